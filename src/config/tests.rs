@@ -1,0 +1,84 @@
+use std::collections::HashMap;
+
+use super::*;
+
+struct FakeEnv(HashMap<&'static str, &'static str>);
+
+impl Environment for FakeEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).map(|v| (*v).to_owned())
+    }
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/hookrelay/hookrelay.toml"), text, &FakeEnv(HashMap::from([("SECRET", "whsec_dGVzdA==")])))
+}
+
+const MINIMAL: &str = r#"
+[sources.parallel]
+secrets = ["env:SECRET"]
+"#;
+
+#[test]
+fn minimal_config_takes_the_documented_defaults() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.server.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(config.server.max_body, 1 << 20);
+    assert_eq!(config.server.header_timeout, Duration::from_secs(10));
+    assert_eq!(config.admin.listen, "127.0.0.1:9180".parse().unwrap());
+    assert_eq!(config.journal.path, Path::new("/etc/hookrelay/data"));
+    assert_eq!(config.journal.dedup_window, Duration::from_secs(72 * 3600));
+    let source = &config.sources["parallel"];
+    assert_eq!(source.tolerance, Duration::from_secs(300));
+    assert_eq!(source.secret_count, 1);
+    assert_eq!(source.keys.len(), 2, "raw and decoded key");
+    assert!(config.targets.is_empty());
+}
+
+#[test]
+fn full_target_parses() {
+    let config = parse(&format!(
+        "{MINIMAL}\n{}",
+        r#"
+[targets.analytics]
+source = "parallel"
+url = "https://analytics.internal:9001/events"
+secret = ["whsec_dGVzdA==", "env:SECRET"]
+events = ["monitor.*"]
+match = { "/data/metadata/team" = "research", "/data/n" = 3 }
+rate_limit = { per_second = 50 }
+concurrency = 2
+timeout = "5s"
+retry = { initial = "1s", max_delay = "1m", max_attempts = 3, max_age = "1h" }
+"#
+    ))
+    .unwrap();
+    let target = &config.targets["analytics"];
+    assert_eq!(target.signing, Signing::Resign);
+    assert_eq!(target.secrets.len(), 2);
+    assert_eq!(target.rate_limit.unwrap().burst.get(), 50, "burst defaults to per_second");
+    assert_eq!(target.retry.max_attempts.get(), 3);
+    assert_eq!(target.match_["/data/n"], serde_json::json!(3));
+}
+
+#[test]
+fn debug_output_has_no_secrets() {
+    let config = parse(&format!(
+        "{MINIMAL}\n[admin]\ntoken = \"admin-token-value\"\n[targets.t]\nsource = \"parallel\"\nurl = \"http://127.0.0.1:1/\"\nsecret = \"target-secret-value\"\n"
+    ))
+    .unwrap();
+    let text = format!("{config:?}");
+    for secret in ["admin-token-value", "target-secret-value", "dGVzdA", "whsec_"] {
+        assert!(!text.contains(secret), "{secret} leaked into {text}");
+    }
+}
+
+#[test]
+fn errors_carry_file_line_and_key() {
+    let err = parse(&format!("{MINIMAL}\n[server]\nlisten = \"127.0.0.1:8080\"\nlisen = 1\n")).unwrap_err();
+    assert_eq!(err.file, Path::new("/etc/hookrelay/hookrelay.toml"));
+    assert_eq!(err.key, "server.lisen");
+    assert_eq!(err.line, Some(7));
+    assert!(err.message.contains("unknown field `lisen`"), "{err}");
+    assert!(err.to_string().starts_with("/etc/hookrelay/hookrelay.toml:7: server.lisen: unknown field `lisen`"), "{err}");
+}

@@ -1,0 +1,105 @@
+//! What routing needs to know about a verified body: the event type and, for
+//! Monitor events, the monitor id. Pure; the body itself is never rewritten.
+
+use serde::Deserialize;
+
+/// Routing keys read from a webhook body. Both are `None` for a body that is
+/// not a JSON object of Parallel's shape; such a body is still journaled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envelope {
+    pub event_type: Option<String>,
+    pub monitor_id: Option<String>,
+}
+
+/// Longest event type or monitor id kept; longer ones are not Parallel's and
+/// are dropped rather than indexed.
+const MAX_KEY_LEN: usize = 256;
+
+impl Envelope {
+    pub fn from_body(body: &[u8]) -> Self {
+        #[derive(Deserialize)]
+        struct Shape<'a> {
+            #[serde(rename = "type", borrow, default)]
+            event_type: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow, default)]
+            data: Option<Data<'a>>,
+        }
+        #[derive(Deserialize)]
+        struct Data<'a> {
+            #[serde(borrow, default)]
+            monitor_id: Option<std::borrow::Cow<'a, str>>,
+        }
+        // Only objects are envelopes; `data` of another JSON type means no monitor id.
+        let Ok(shape) = serde_json::from_slice::<Shape>(body).or_else(|_| {
+            serde_json::from_slice::<ShapeLoose>(body).map(|loose| Shape {
+                event_type: loose.event_type.map(Into::into),
+                data: None,
+            })
+        }) else {
+            return Envelope::default();
+        };
+        let keep = |value: Option<std::borrow::Cow<'_, str>>| {
+            value.filter(|v| !v.is_empty() && v.len() <= MAX_KEY_LEN).map(|v| v.into_owned())
+        };
+        Envelope {
+            event_type: keep(shape.event_type),
+            monitor_id: keep(shape.data.and_then(|d| d.monitor_id)),
+        }
+    }
+}
+
+/// Fallback shape for bodies whose `data` is not an object (or whose
+/// `monitor_id` is not a string): the type still routes.
+#[derive(Deserialize)]
+struct ShapeLoose {
+    #[serde(rename = "type", default)]
+    event_type: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monitor_event() {
+        let body = br#"{"type":"monitor.event.detected","timestamp":"2025-07-02T23:29:35Z",
+            "data":{"monitor_id":"monitor_abc","event":{"event_group_id":"mevtgrp_1"},"metadata":{"team":"x"}}}"#;
+        assert_eq!(
+            Envelope::from_body(body),
+            Envelope {
+                event_type: Some("monitor.event.detected".into()),
+                monitor_id: Some("monitor_abc".into())
+            }
+        );
+    }
+
+    #[test]
+    fn task_run_has_no_monitor() {
+        let body = br#"{"type":"task_run.status","data":{"run_id":"trun_1","status":"completed"}}"#;
+        let envelope = Envelope::from_body(body);
+        assert_eq!(envelope.event_type.as_deref(), Some("task_run.status"));
+        assert_eq!(envelope.monitor_id, None);
+    }
+
+    #[test]
+    fn escaped_strings_are_unescaped() {
+        let envelope = Envelope::from_body(br#"{"type":"a\u002eb"}"#);
+        assert_eq!(envelope.event_type.as_deref(), Some("a.b"));
+    }
+
+    #[test]
+    fn odd_shapes_still_route_by_type() {
+        let envelope = Envelope::from_body(br#"{"type":"x","data":[1,2]}"#);
+        assert_eq!(envelope.event_type.as_deref(), Some("x"));
+        assert_eq!(envelope.monitor_id, None);
+        let envelope = Envelope::from_body(br#"{"type":"x","data":{"monitor_id":5}}"#);
+        assert_eq!(envelope.event_type.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn non_json_and_non_objects_have_no_keys() {
+        for body in [&b"not json"[..], b"", b"[1]", b"\"s\"", b"\xff\xfe", br#"{"type":5}"#, br#"{"type":""}"#] {
+            assert_eq!(Envelope::from_body(body), Envelope::default(), "{body:?}");
+        }
+    }
+}

@@ -1,0 +1,4 @@
+pub mod config;
+pub mod envelope;
+pub mod journal;
+pub mod signature;
