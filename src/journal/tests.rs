@@ -114,20 +114,37 @@ async fn concurrent_duplicates_journal_once() {
 #[tokio::test]
 async fn over_quota_refuses_writes_without_writing() {
     let dir = tempfile::tempdir().unwrap();
+    {
+        let journal = Journal::open(&config(dir.path())).unwrap();
+        journal.append(delivery("evt_a", 1_000)).await.unwrap();
+    }
     let journal = Journal::open(&JournalConfig { max_size: Some(1), ..config(dir.path()) }).unwrap();
-    // A new journal may have nothing on disk yet, so the first write can land;
-    // once the size is re-read (at most once a second) writes are refused.
-    journal.append(delivery("evt_a", 1_000)).await.unwrap();
-    let err = journal.append(delivery("evt_b", 2_500)).await.unwrap_err();
+    let err = journal.append(delivery("evt_b", 2_000)).await.unwrap_err();
     assert!(matches!(err, JournalError::Full { limit: 1, .. }), "{err}");
     assert_eq!(journal.len(), 1);
 }
 
 #[tokio::test]
-async fn quota_recovers_when_the_limit_allows() {
+async fn quota_is_rechecked_as_the_journal_grows() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(&JournalConfig { max_size: Some(1 << 40), ..config(dir.path()) }).unwrap();
-    journal.append(delivery("evt_a", 1_000)).await.unwrap();
+    let journal = Journal::open(&JournalConfig { max_size: Some(4 << 20), ..config(dir.path()) }).unwrap();
+    // sled grows its file in segments, so write until the refreshed size
+    // crosses the limit; every refused write must leave nothing behind.
+    let mut accepted = 0;
+    let mut refused = None;
+    for i in 0..64u64 {
+        let big = NewDelivery { body: vec![b'x'; 256 * 1024], ..delivery(&format!("evt_{i}"), 1_000 + i * 1_100) };
+        match journal.append(big).await {
+            Ok(_) => accepted += 1,
+            Err(err) => {
+                refused = Some(err);
+                break;
+            }
+        }
+    }
+    assert!(accepted >= 1);
+    assert!(matches!(refused, Some(JournalError::Full { .. })), "{refused:?}");
+    assert_eq!(journal.len(), accepted);
 }
 
 #[tokio::test]
