@@ -1,4 +1,139 @@
+//! # hookrelay
+//!
+//! A webhook relay and replay gateway. It verifies webhooks signed by
+//! Parallel (Standard Webhooks scheme), journals every delivery durably in an
+//! embedded sled database before acknowledging it, and fans deliveries out to
+//! internal targets.
+//!
+//! ## Layout
+//! - [`config`]: the TOML file → validated [`config::Config`]; secrets and
+//!   their `env:`/`file:`/`credential:` references.
+//! - [`signature`]: pure Standard Webhooks verify and sign.
+//! - [`envelope`]: pure extraction of routing keys from a verified body.
+//! - [`journal`]: the only module that knows sled; records, dedup index,
+//!   group commit.
+//! - [`ingress`]: the inbound `POST /hooks/{source}` service; decides every answer.
+//! - `server`: accept loop, TLS, HTTP/1.1 and h2, graceful shutdown.
+//! - [`tls`]: PEM files → rustls configuration (ring provider).
+//! - [`cli`]: the `hookrelay` command line; `main.rs` only calls it.
+//!
+//! [`Gateway`] wires them: `Gateway::bind(config)` opens the journal and binds
+//! the listener (port 0 works, for tests), `run(shutdown)` serves until the
+//! shutdown future resolves, drains, and flushes the journal.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
 pub mod config;
 pub mod envelope;
+pub mod ingress;
 pub mod journal;
+mod logging;
+mod server;
 pub mod signature;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+
+use config::Config;
+use ingress::Ingress;
+use journal::{Journal, JournalError};
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot open the journal at {path}: {source}")]
+    Journal { path: String, source: JournalError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("journal flush at shutdown failed: {0}")]
+    Flush(JournalError),
+}
+
+/// How often expired dedup entries are swept.
+const DEDUP_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// A gateway whose journal is open and whose listener is bound.
+pub struct Gateway {
+    config: Config,
+    listener: TcpListener,
+    journal: Arc<Journal>,
+}
+
+impl Gateway {
+    /// Opens the journal and binds `[server] listen`.
+    pub async fn bind(config: Config) -> Result<Gateway, GatewayError> {
+        let addr = config.server.listen;
+        let listener = TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })?;
+        Gateway::with_listener(config, listener)
+    }
+
+    /// Uses an already-bound listener (socket activation, tests).
+    pub fn with_listener(config: Config, listener: TcpListener) -> Result<Gateway, GatewayError> {
+        let journal = Journal::open(&config.journal).map_err(|source| GatewayError::Journal {
+            path: config.journal.path.display().to_string(),
+            source,
+        })?;
+        Ok(Gateway { config, listener, journal: Arc::new(journal) })
+    }
+
+    pub fn inbound_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn journal(&self) -> Arc<Journal> {
+        self.journal.clone()
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, lets in-flight
+    /// requests finish within `[server] shutdown_grace`, and flushes the journal.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+        let Gateway { config, listener, journal } = self;
+        let ingress = Arc::new(Ingress::new(&config, journal.clone()));
+        let tls = config.server.tls.as_ref().map(|tls| tokio_rustls::TlsAcceptor::from(tls.config.clone()));
+        let limits = server::ConnectionLimits {
+            header_timeout: config.server.header_timeout,
+            shutdown_grace: config.server.shutdown_grace,
+        };
+        let pruner = tokio::spawn(prune_dedup_periodically(journal.clone()));
+        tracing::info!(
+            addr = %listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.server.listen, source })?,
+            tls = tls.is_some(),
+            sources = config.sources.len(),
+            journal = %config.journal.path.display(),
+            "listening"
+        );
+        server::serve(listener, tls, ingress, limits, shutdown).await;
+        pruner.abort();
+        let flushed = tokio::task::spawn_blocking(move || journal.flush())
+            .await
+            .expect("journal flush does not panic");
+        flushed.map_err(GatewayError::Flush)?;
+        tracing::info!("journal flushed; stopped");
+        Ok(())
+    }
+}
+
+async fn prune_dedup_periodically(journal: Arc<Journal>) {
+    let mut interval = tokio::time::interval(DEDUP_PRUNE_INTERVAL);
+    loop {
+        interval.tick().await;
+        let journal = journal.clone();
+        let pruned = tokio::task::spawn_blocking(move || journal.prune_dedup(now_ms())).await;
+        match pruned {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => tracing::debug!(removed, "pruned expired dedup entries"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "dedup pruning failed"),
+            Err(_) => return,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -19,6 +19,7 @@ pub use secret::{Environment, ProcessEnv, Secret, SecretRef};
 pub use units::{HumanDuration, HumanSize, parse_duration, parse_size};
 
 use crate::signature::{self, SigningKey};
+use crate::tls::{ServerTls, TlsFile};
 
 /// A config problem: which file, which key, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,17 +304,11 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<ServerTls>,
     pub max_body: u64,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub shutdown_grace: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -482,10 +477,18 @@ impl Validator<'_> {
     }
 
     fn server(&self, raw: RawServer) -> Result<ServerConfig, ConfigError> {
-        let tls = raw.tls.map(|tls| TlsFiles {
-            cert: self.base_dir.join(tls.cert),
-            key: self.base_dir.join(tls.key),
-        });
+        let tls = raw
+            .tls
+            .map(|tls| {
+                ServerTls::load(&self.base_dir.join(tls.cert), &self.base_dir.join(tls.key)).map_err(|err| {
+                    let key = match err.file {
+                        TlsFile::Cert => "server.tls.cert",
+                        TlsFile::Key => "server.tls.key",
+                    };
+                    self.err(key, err.message)
+                })
+            })
+            .transpose()?;
         if raw.max_body.0 == 0 {
             return Err(self.err("server.max_body", "must be larger than zero"));
         }

@@ -1,0 +1,320 @@
+//! The `hookrelay` command line. `main.rs` calls [`main`]; every command
+//! returns its exit code: 0 ok, 64 usage or config error, 69 daemon
+//! unreachable, 1 any other failure.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ProcessEnv, SecretRef, Signing};
+use crate::logging::{self, LogFormat};
+use crate::signature;
+use crate::{Gateway, tls};
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 64;
+pub const EXIT_UNAVAILABLE: u8 = 69;
+
+const DEFAULT_CONFIG: &str = "config/hookrelay.toml";
+
+#[derive(Parser, Debug)]
+#[command(name = "hookrelay", version, about = "Webhook relay and replay gateway for Parallel webhooks")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "HOOKRELAY_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway.
+    Serve(ConfigArg),
+    /// Validate a config file and print a summary (exit 0, or 64 with the error).
+    CheckConfig(ConfigArg),
+    /// Print a new random `whsec_` secret.
+    GenSecret,
+    /// Print the three Standard Webhooks headers for a body, e.g. for curl -H @file.
+    Sign(SignArgs),
+}
+
+#[derive(Args, Debug)]
+struct ConfigArg {
+    /// Config file.
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct SignArgs {
+    /// The secret: a literal, env:NAME, file:PATH or credential:NAME.
+    #[arg(long)]
+    secret: String,
+    /// The body to sign, exactly as it will be sent.
+    #[arg(long, conflicts_with = "body_file", required_unless_present = "body_file")]
+    body: Option<String>,
+    /// Read the body from a file ("-" for stdin).
+    #[arg(long)]
+    body_file: Option<PathBuf>,
+    /// webhook-id (default: a random msg_ id).
+    #[arg(long)]
+    id: Option<String>,
+    /// webhook-timestamp in Unix seconds (default: now).
+    #[arg(long)]
+    timestamp: Option<i64>,
+    /// Key the HMAC with the secret's raw bytes (Parallel's documented way)
+    /// instead of the base64-decoded part of a whsec_ secret.
+    #[arg(long)]
+    raw_key: bool,
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { EXIT_USAGE } else { EXIT_OK });
+        }
+    };
+    ExitCode::from(run(cli))
+}
+
+pub fn run(cli: Cli) -> u8 {
+    logging::init(cli.log_format);
+    tls::install_default_provider();
+    match cli.command {
+        Command::Serve(args) => serve(&args.config),
+        Command::CheckConfig(args) => check_config(&args.config),
+        Command::GenSecret => {
+            println!("{}", generate_secret());
+            EXIT_OK
+        }
+        Command::Sign(args) => sign(args),
+    }
+}
+
+fn load(path: &Path) -> Result<Config, u8> {
+    Config::load(path).map_err(|err| {
+        eprintln!("hookrelay: {err}");
+        EXIT_USAGE
+    })
+}
+
+fn serve(path: &Path) -> u8 {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("hookrelay: cannot start the runtime: {err}");
+            return EXIT_FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let gateway = match Gateway::bind(config).await {
+            Ok(gateway) => gateway,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot start");
+                eprintln!("hookrelay: {err}");
+                return EXIT_FAILURE;
+            }
+        };
+        match gateway.run(shutdown_signal()).await {
+            Ok(()) => EXIT_OK,
+            Err(err) => {
+                tracing::error!(error = %err, "stopped with an error");
+                EXIT_FAILURE
+            }
+        }
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutting down");
+}
+
+fn check_config(path: &Path) -> u8 {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    print!("{}", summary(&config));
+    EXIT_OK
+}
+
+/// A human summary of a valid config; never shows a secret.
+fn summary(config: &Config) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let server = &config.server;
+    let scheme = if server.tls.is_some() { "https" } else { "http" };
+    let _ = writeln!(out, "{}: OK", config.file.display());
+    let _ = writeln!(
+        out,
+        "inbound  {scheme}://{}/hooks/{{source}}  max_body={}B header_timeout={:?} body_timeout={:?}",
+        server.listen, server.max_body, server.header_timeout, server.body_timeout
+    );
+    let token = if config.admin.token.is_some() { "token set" } else { "no token (loopback only)" };
+    let _ = writeln!(out, "admin    {}  {token}", config.admin.listen);
+    let journal = &config.journal;
+    let _ = writeln!(
+        out,
+        "journal  {}  dedup_window={:?} retention={:?} cache={}B max_size={}",
+        journal.path.display(),
+        journal.dedup_window,
+        journal.retention,
+        journal.cache,
+        journal.max_size.map_or_else(|| "none".to_owned(), |size| format!("{size}B"))
+    );
+    for source in config.sources.values() {
+        let rate = source
+            .rate_limit
+            .map_or_else(|| "unlimited".to_owned(), |r| format!("{}/s burst {}", r.per_second, r.burst));
+        let _ = writeln!(
+            out,
+            "source   {}  POST /hooks/{}  secrets={} tolerance={:?} rate={rate}",
+            source.name, source.name, source.secret_count, source.tolerance
+        );
+    }
+    for target in config.targets.values() {
+        let signing = match target.signing {
+            Signing::Resign => format!("resign with {} secret(s)", target.secrets.len()),
+            Signing::Passthrough => "passthrough".to_owned(),
+            Signing::None => "unsigned".to_owned(),
+        };
+        let events = if target.events.is_empty() { "*".to_owned() } else { target.events.join(",") };
+        let _ = writeln!(
+            out,
+            "target   {}  {} -> {}  events={events} {signing}",
+            target.name, target.source, target.url
+        );
+    }
+    out
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    bytes
+}
+
+/// `whsec_` and 32 random bytes in base64, the Standard Webhooks form.
+pub fn generate_secret() -> String {
+    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(random_bytes::<32>()))
+}
+
+fn sign(args: SignArgs) -> u8 {
+    match sign_headers(args) {
+        Ok(headers) => {
+            print!("{headers}");
+            EXIT_OK
+        }
+        Err(message) => {
+            eprintln!("hookrelay: {message}");
+            EXIT_USAGE
+        }
+    }
+}
+
+fn sign_headers(args: SignArgs) -> Result<String, String> {
+    let secret = SecretRef::from(args.secret)
+        .resolve(Path::new("."), &ProcessEnv)
+        .map_err(|err| format!("--secret: {err}"))?;
+    let body = match (&args.body, &args.body_file) {
+        (Some(body), _) => body.clone().into_bytes(),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut body = Vec::new();
+            std::io::stdin().read_to_end(&mut body).map_err(|err| format!("cannot read stdin: {err}"))?;
+            body
+        }
+        (None, Some(path)) => {
+            std::fs::read(path).map_err(|err| format!("--body-file: cannot read {}: {err}", path.display()))?
+        }
+        (None, None) => return Err("give --body or --body-file".into()),
+    };
+    let key = if args.raw_key {
+        if secret.expose().is_empty() {
+            return Err("--secret: secret is empty".into());
+        }
+        signature::SigningKey::from_bytes(secret.expose().as_bytes())
+    } else {
+        signature::signing_key_for_secret(secret.expose()).map_err(|err| format!("--secret: {err}"))?
+    };
+    let id = args.id.unwrap_or_else(|| {
+        let bytes = random_bytes::<12>();
+        format!("msg_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    });
+    let timestamp = args
+        .timestamp
+        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64))
+        .to_string();
+    let signature = signature::sign(&key, &id, &timestamp, &body);
+    Ok(format!(
+        "{}: {id}\n{}: {timestamp}\n{}: {signature}\n",
+        signature::HEADER_ID,
+        signature::HEADER_TIMESTAMP,
+        signature::HEADER_SIGNATURE
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_secrets_are_whsec_and_usable() {
+        let secret = generate_secret();
+        assert!(secret.starts_with("whsec_"));
+        assert_ne!(secret, generate_secret());
+        assert_eq!(signature::keys_for_secret(&secret).unwrap().len(), 2, "decodes as base64");
+    }
+
+    #[test]
+    fn sign_matches_the_protocol_vector() {
+        let headers = sign_headers(SignArgs {
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            body: Some(r#"{"test": 2432232314}"#.into()),
+            body_file: None,
+            id: Some("msg_p5jXN8AQM9LWM0D4loKWxJek".into()),
+            timestamp: Some(1614265330),
+            raw_key: false,
+        })
+        .unwrap();
+        assert_eq!(
+            headers,
+            "webhook-id: msg_p5jXN8AQM9LWM0D4loKWxJek\nwebhook-timestamp: 1614265330\n\
+             webhook-signature: v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=\n"
+        );
+    }
+
+    #[test]
+    fn sign_with_raw_key_matches_the_protocol_vector() {
+        let headers = sign_headers(SignArgs {
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            body: Some(r#"{"test": 2432232314}"#.into()),
+            body_file: None,
+            id: Some("msg_p5jXN8AQM9LWM0D4loKWxJek".into()),
+            timestamp: Some(1614265330),
+            raw_key: true,
+        })
+        .unwrap();
+        assert!(headers.ends_with("webhook-signature: v1,TcxlhK9b6UD6iVI1ZU2tTqp8PEVfYRseNNfa6b+LcUg=\n"));
+    }
+}

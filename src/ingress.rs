@@ -1,0 +1,368 @@
+//! The inbound service: `POST /hooks/{source}` → rate limit → bounded body
+//! read → signature check → journal → `200 {"id", "duplicate"}`.
+//!
+//! Every answer is decided here; the connection layer (`server`) only moves
+//! bytes. Each request ends in exactly one structured log line.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Body;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::config::{Config, RateLimit, SourceConfig};
+use crate::envelope::Envelope;
+use crate::journal::{Journal, JournalError, NewDelivery};
+use crate::signature::{self, SignedHeaders, Verifier, VerifyError};
+
+pub const HOOKS_PREFIX: &str = "/hooks/";
+
+/// Retry-After for a full journal: space comes back slowly, if at all.
+const RETRY_AFTER_FULL_SECS: u64 = 60;
+/// Retry-After for a failing journal write: often transient.
+const RETRY_AFTER_UNAVAILABLE_SECS: u64 = 5;
+
+/// What happened to one request; becomes the status, the error body and the log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted { id: String, duplicate: bool },
+    NotFound,
+    UnknownSource,
+    MethodNotAllowed,
+    RateLimited { retry_after_secs: u64 },
+    BodyTooLarge { limit: u64 },
+    BodyTimeout,
+    BodyUnreadable,
+    Rejected(VerifyError),
+    JournalFull,
+    JournalUnavailable,
+}
+
+impl Outcome {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Outcome::Accepted { .. } => StatusCode::OK,
+            Outcome::NotFound | Outcome::UnknownSource => StatusCode::NOT_FOUND,
+            Outcome::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Outcome::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Outcome::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Outcome::BodyUnreadable => StatusCode::BAD_REQUEST,
+            Outcome::Rejected(err) if err.is_malformed() => StatusCode::BAD_REQUEST,
+            Outcome::Rejected(_) => StatusCode::UNAUTHORIZED,
+            Outcome::JournalFull | Outcome::JournalUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Stable machine-readable code: the `error` field and the log's `outcome`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Outcome::Accepted { duplicate: false, .. } => "accepted",
+            Outcome::Accepted { duplicate: true, .. } => "duplicate",
+            Outcome::NotFound => "not_found",
+            Outcome::UnknownSource => "unknown_source",
+            Outcome::MethodNotAllowed => "method_not_allowed",
+            Outcome::RateLimited { .. } => "rate_limited",
+            Outcome::BodyTooLarge { .. } => "body_too_large",
+            Outcome::BodyTimeout => "body_timeout",
+            Outcome::BodyUnreadable => "body_unreadable",
+            Outcome::Rejected(err) => err.code(),
+            Outcome::JournalFull => "journal_full",
+            Outcome::JournalUnavailable => "journal_unavailable",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Outcome::Accepted { .. } => String::new(),
+            Outcome::NotFound => "webhooks are accepted at POST /hooks/{source}".into(),
+            Outcome::UnknownSource => "no source with this name is configured".into(),
+            Outcome::MethodNotAllowed => "use POST".into(),
+            Outcome::RateLimited { .. } => "the source's rate limit is exceeded; retry later".into(),
+            Outcome::BodyTooLarge { limit } => format!("the body is larger than {limit} bytes"),
+            Outcome::BodyTimeout => "the body did not arrive in time".into(),
+            Outcome::BodyUnreadable => "the body could not be read".into(),
+            Outcome::Rejected(err) => err.to_string(),
+            Outcome::JournalFull => "the journal is over its size limit; retry later".into(),
+            Outcome::JournalUnavailable => "the journal cannot take writes right now; retry later".into(),
+        }
+    }
+
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Outcome::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            Outcome::JournalFull => Some(RETRY_AFTER_FULL_SECS),
+            Outcome::JournalUnavailable => Some(RETRY_AFTER_UNAVAILABLE_SECS),
+            _ => None,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let body = match &self {
+            Outcome::Accepted { id, duplicate } => serde_json::json!({ "id": id, "duplicate": duplicate }),
+            other => serde_json::json!({ "error": other.code(), "message": other.message() }),
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(secs) = self.retry_after_secs() {
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            headers.insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        response
+    }
+}
+
+/// One configured source at run time.
+struct Source {
+    name: String,
+    verifier: Verifier,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+impl Source {
+    fn new(config: &SourceConfig) -> Self {
+        Source {
+            name: config.name.clone(),
+            verifier: Verifier::new(config.keys.clone(), config.tolerance),
+            limiter: config.rate_limit.map(limiter),
+        }
+    }
+
+    /// `Err(seconds to wait)` when over the rate limit.
+    fn admit(&self) -> Result<(), u64> {
+        let Some(limiter) = &self.limiter else { return Ok(()) };
+        limiter.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+        })
+    }
+}
+
+fn limiter(rate: RateLimit) -> DefaultDirectRateLimiter {
+    RateLimiter::direct(Quota::per_second(rate.per_second).allow_burst(rate.burst))
+}
+
+/// The inbound webhook service.
+pub struct Ingress {
+    sources: HashMap<String, Source>,
+    journal: Arc<Journal>,
+    max_body: u64,
+    body_timeout: Duration,
+}
+
+impl Ingress {
+    pub fn new(config: &Config, journal: Arc<Journal>) -> Self {
+        Ingress {
+            sources: config.sources.values().map(|s| (s.name.clone(), Source::new(s))).collect(),
+            journal,
+            max_body: config.server.max_body,
+            body_timeout: config.server.body_timeout,
+        }
+    }
+
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let started = Instant::now();
+        let source = source_from_path(request.uri().path()).map(truncate_for_log).unwrap_or_default().to_owned();
+        let webhook_id = request
+            .headers()
+            .get(signature::HEADER_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(truncate_for_log)
+            .unwrap_or_default()
+            .to_owned();
+        let outcome = self.accept(request).await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let status = outcome.status().as_u16();
+        let delivery_id = match &outcome {
+            Outcome::Accepted { id, .. } => id.as_str(),
+            _ => "",
+        };
+        match outcome {
+            Outcome::JournalUnavailable | Outcome::JournalFull => tracing::error!(
+                source, webhook_id, status, outcome = outcome.code(), latency_ms, "delivery refused"
+            ),
+            Outcome::Accepted { .. } => tracing::info!(
+                source, webhook_id, status, outcome = outcome.code(), delivery_id, latency_ms, "delivery accepted"
+            ),
+            _ => tracing::info!(
+                source, webhook_id, status, outcome = outcome.code(), latency_ms, "delivery rejected"
+            ),
+        }
+        outcome.into_response()
+    }
+
+    async fn accept<B>(&self, request: Request<B>) -> Outcome
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let Some(name) = source_from_path(request.uri().path()) else {
+            return Outcome::NotFound;
+        };
+        let Some(source) = self.sources.get(name) else {
+            return Outcome::UnknownSource;
+        };
+        if request.method() != Method::POST {
+            return Outcome::MethodNotAllowed;
+        }
+        if let Err(retry_after_secs) = source.admit() {
+            return Outcome::RateLimited { retry_after_secs };
+        }
+        let (parts, body) = request.into_parts();
+        let headers = &parts.headers;
+        // Header syntax first: a request that cannot verify is refused before
+        // its body is read.
+        let (id, timestamp, signature) = match (
+            header(headers, signature::HEADER_ID),
+            header(headers, signature::HEADER_TIMESTAMP),
+            header(headers, signature::HEADER_SIGNATURE),
+        ) {
+            (Ok(id), Ok(ts), Ok(sig)) => (id, ts, sig),
+            (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => return Outcome::Rejected(err),
+        };
+        let signed = match SignedHeaders::parse(id, timestamp, signature) {
+            Ok(signed) => signed,
+            Err(err) => return Outcome::Rejected(err),
+        };
+        let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body) {
+            return Outcome::BodyTooLarge { limit: self.max_body };
+        }
+        let body = match self.read_body(body).await {
+            Ok(body) => body,
+            Err(outcome) => return outcome,
+        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        if let Err(err) = source.verifier.verify(&signed, &body, now.as_secs() as i64) {
+            return Outcome::Rejected(err);
+        }
+        let envelope = Envelope::from_body(&body);
+        let delivery = NewDelivery {
+            received_at_ms: now.as_millis() as u64,
+            source: source.name.clone(),
+            webhook_id: signed.id.to_owned(),
+            webhook_timestamp: signed.timestamp.to_owned(),
+            webhook_signature: signed.signature.to_owned(),
+            content_type: headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            event_type: envelope.event_type,
+            monitor_id: envelope.monitor_id,
+            body: body.to_vec(),
+        };
+        match self.journal.append(delivery).await {
+            Ok(appended) => Outcome::Accepted { id: appended.id.to_string(), duplicate: appended.duplicate },
+            Err(JournalError::Full { size, limit }) => {
+                tracing::error!(size, limit, "journal is over journal.max_size; refusing deliveries");
+                Outcome::JournalFull
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "journal write failed");
+                Outcome::JournalUnavailable
+            }
+        }
+    }
+
+    /// Reads at most `max_body` bytes within `body_timeout`.
+    async fn read_body<B>(&self, body: B) -> Result<Bytes, Outcome>
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
+        match tokio::time::timeout(self.body_timeout, Limited::new(body, limit).collect()).await {
+            Err(_) => Err(Outcome::BodyTimeout),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(err)) if err.is::<LengthLimitError>() => Err(Outcome::BodyTooLarge { limit: self.max_body }),
+            Ok(Err(_)) => Err(Outcome::BodyUnreadable),
+        }
+    }
+}
+
+/// `/hooks/{source}` → `source`; anything else (including nested paths) → None.
+fn source_from_path(path: &str) -> Option<&str> {
+    let name = path.strip_prefix(HOOKS_PREFIX)?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
+/// `Ok(None)` when absent; an error when present but not visible ASCII.
+fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, VerifyError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(value) => value.to_str().map(Some).map_err(|_| VerifyError::MalformedHeader(name)),
+    }
+}
+
+/// Request-controlled strings are cut short before they reach a log line.
+fn truncate_for_log(text: &str) -> &str {
+    const MAX: usize = 128;
+    if text.len() <= MAX {
+        return text;
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(source_from_path("/hooks/parallel"), Some("parallel"));
+        assert_eq!(source_from_path("/hooks/"), None);
+        assert_eq!(source_from_path("/hooks/a/b"), None);
+        assert_eq!(source_from_path("/hooks/../admin"), None);
+        assert_eq!(source_from_path("/other"), None);
+    }
+
+    #[test]
+    fn every_error_answer_is_json_with_a_code() {
+        let outcomes = [
+            Outcome::NotFound,
+            Outcome::UnknownSource,
+            Outcome::MethodNotAllowed,
+            Outcome::RateLimited { retry_after_secs: 2 },
+            Outcome::BodyTooLarge { limit: 10 },
+            Outcome::BodyTimeout,
+            Outcome::BodyUnreadable,
+            Outcome::Rejected(VerifyError::TimestampTooOld),
+            Outcome::Rejected(VerifyError::MissingHeader("webhook-id")),
+            Outcome::JournalFull,
+            Outcome::JournalUnavailable,
+        ];
+        for outcome in outcomes {
+            let response = outcome.into_response();
+            assert!(response.status().is_client_error() || response.status().is_server_error());
+            assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        }
+        assert_eq!(Outcome::Rejected(VerifyError::MissingHeader("x")).status(), StatusCode::BAD_REQUEST);
+        assert_eq!(Outcome::Rejected(VerifyError::NoMatchingSignature).status(), StatusCode::UNAUTHORIZED);
+        let limited = Outcome::RateLimited { retry_after_secs: 2 }.into_response();
+        assert_eq!(limited.headers()[RETRY_AFTER], "2");
+        assert!(Outcome::JournalFull.into_response().headers().contains_key(RETRY_AFTER));
+    }
+
+    #[test]
+    fn log_fields_are_truncated_on_char_boundaries() {
+        let long = "é".repeat(100);
+        let cut = truncate_for_log(&long);
+        assert!(cut.len() <= 128 && long.starts_with(cut));
+    }
+}

@@ -1,0 +1,140 @@
+//! Connections: accept, optional TLS, HTTP/1.1 or h2 (by ALPN), graceful
+//! shutdown. Requests are handed to [`Ingress`]; nothing here decides an answer
+//! except the 408 for a head that never finished (see [`head_timeout`]).
+
+mod head_timeout;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::ingress::Ingress;
+use head_timeout::{HeadTimeout, RequestGuard, RequestState};
+
+/// Per-connection settings taken from `[server]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnectionLimits {
+    pub header_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Accepts connections until `shutdown` resolves, then lets in-flight
+/// requests finish within the grace period.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    ingress: Arc<Ingress>,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let watcher = graceful.watcher();
+        let connection = Connection { ingress: ingress.clone(), tls: tls.clone(), limits, peer };
+        tokio::spawn(connection.run(stream, watcher));
+    }
+    drop(listener);
+    let open = graceful.count();
+    tracing::info!(open_connections = open, grace = ?limits.shutdown_grace, "draining connections");
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("grace period over; closing the remaining connections");
+    }
+}
+
+struct Connection {
+    ingress: Arc<Ingress>,
+    tls: Option<TlsAcceptor>,
+    limits: ConnectionLimits,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    async fn run(self, stream: TcpStream, watcher: Watcher) {
+        let _ = stream.set_nodelay(true);
+        let Some(acceptor) = self.tls.clone() else {
+            return self.serve_http1(stream, watcher).await;
+        };
+        let stream = match tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::debug!(peer = %self.peer, error = %err, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            self.serve_http2(stream, watcher).await;
+        } else {
+            self.serve_http1(stream, watcher).await;
+        }
+    }
+
+    async fn serve_http1<S>(self, stream: S, watcher: Watcher)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let state = Arc::new(RequestState::default());
+        let io = TokioIo::new(HeadTimeout::new(stream, self.limits.header_timeout, state.clone()));
+        let ingress = self.ingress;
+        let service = service_fn(move |request: hyper::Request<Incoming>| {
+            let ingress = ingress.clone();
+            let guard = RequestGuard::enter(&state);
+            async move {
+                let response = ingress.handle(request).await;
+                drop(guard);
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None) // HeadTimeout answers 408 instead
+            .serve_connection(io, service);
+        if let Err(err) = watcher.watch(connection).await {
+            tracing::debug!(peer = %self.peer, error = %err, "HTTP/1 connection ended with an error");
+        }
+    }
+
+    async fn serve_http2<S>(self, stream: S, watcher: Watcher)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let ingress = self.ingress;
+        let service = service_fn(move |request: hyper::Request<Incoming>| {
+            let ingress = ingress.clone();
+            async move { Ok::<_, Infallible>(ingress.handle(request).await) }
+        });
+        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .serve_connection(TokioIo::new(stream), service);
+        if let Err(err) = watcher.watch(connection).await {
+            tracing::debug!(peer = %self.peer, error = %err, "HTTP/2 connection ended with an error");
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! PEM files → rustls configuration, always with the `ring` provider.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The crypto provider hookrelay uses everywhere.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Makes `ring` the process-wide default so no library picks another
+/// provider. Harmless when called twice.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A loaded server certificate and key, ready to accept connections.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which file a TLS problem is in, so config errors can name the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsFile {
+    Cert,
+    Key,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TlsError {
+    pub file: TlsFile,
+    pub message: String,
+}
+
+impl ServerTls {
+    /// Loads a PEM certificate chain and private key, serving HTTP/1.1 and h2
+    /// by ALPN.
+    pub fn load(cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
+        let cert_err = |message: String| TlsError { file: TlsFile::Cert, message };
+        let key_err = |message: String| TlsError { file: TlsFile::Key, message };
+        let cert_pem = std::fs::read(cert)
+            .map_err(|err| cert_err(format!("cannot read {}: {err}", cert.display())))?;
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| cert_err(format!("{} is not valid PEM: {err}", cert.display())))?;
+        if chain.is_empty() {
+            return Err(cert_err(format!("{} holds no CERTIFICATE section", cert.display())));
+        }
+        let key_pem = std::fs::read(key)
+            .map_err(|err| key_err(format!("cannot read {}: {err}", key.display())))?;
+        let private_key = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|err| key_err(format!("{} holds no usable private key: {err}", key.display())))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|err| cert_err(format!("TLS setup failed: {err}")))?
+            .with_no_client_auth()
+            .with_single_cert(chain, private_key)
+            .map_err(|err| key_err(format!("{} does not fit {}: {err}", key.display(), cert.display())))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(ServerTls { cert: cert.to_owned(), key: key.to_owned(), config: Arc::new(config) })
+    }
+}
