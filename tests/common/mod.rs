@@ -168,6 +168,11 @@ impl Drop for TestGateway {
     }
 }
 
+/// Sends one request over plain HTTP/1.1 to `addr` on a fresh connection.
+pub async fn send_plain(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
+    http1(TcpStream::connect(addr).await.unwrap(), request).await
+}
+
 /// A self-signed certificate for localhost/127.0.0.1 and a client trusting it.
 pub fn make_tls(dir: &Path) -> (PathBuf, PathBuf, Arc<rustls::ClientConfig>) {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();

@@ -1,0 +1,265 @@
+//! The real binary as a child process: durability across SIGKILL, graceful
+//! SIGTERM, CLI exit codes, and logs that never carry a secret.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use common::*;
+use hookrelay::config::Config;
+use hookrelay::journal::{DeliveryId, Journal};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
+
+/// A gateway child process whose JSON logs are captured.
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(config: &Path) -> Daemon {
+        let mut child = Command::new(BIN)
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
+                    && event["message"] == "listening"
+                {
+                    let _ = tx.send(event["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no 'listening' line; logs: {:?}", logs.lock().unwrap()));
+        Daemon { child, addr, logs }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill").args(["-s", name, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the daemon did not exit");
+    }
+
+    fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("hookrelay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[journal]\npath = \"journal\"\n\
+             [sources.parallel]\nsecrets = [\"{SECRET}\"]\n{extra}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Sends `bodies` concurrently (at most `concurrency` at once); returns the
+/// delivery id each got, in order.
+async fn send_all(addr: SocketAddr, bodies: &[(String, String)], concurrency: usize) -> Vec<(u16, serde_json::Value)> {
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let tasks: Vec<_> = bodies
+        .iter()
+        .cloned()
+        .map(|(id, body)| {
+            let semaphore = semaphore.clone();
+            tokio::spawn(async move {
+                let _permit = semaphore.acquire().await.unwrap();
+                let reply = send_plain(addr, signed_request("parallel", SECRET, &id, now(), body.as_bytes())).await;
+                let json = if reply.status == 200 { reply.json() } else { serde_json::Value::Null };
+                (reply.status, json)
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.push(task.await.unwrap());
+    }
+    replies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_deliveries_survive_sigkill() {
+    const N: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), "");
+    let bodies: Vec<(String, String)> = (0..N)
+        .map(|i| {
+            (
+                format!("whevent_{i:04}"),
+                format!(r#"{{"type":"monitor.event.detected","data":{{"monitor_id":"monitor_{i}","n":{i}}}}}"#),
+            )
+        })
+        .collect();
+
+    let mut daemon = Daemon::start(&config_path);
+    let replies = send_all(daemon.addr, &bodies, 16).await;
+    // SIGKILL straight after the last 200: no flush at exit, no goodbye.
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    let ids: Vec<String> = replies
+        .iter()
+        .map(|(status, json)| {
+            assert_eq!(*status, 200);
+            assert_eq!(json["duplicate"], false);
+            json["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let first_logs = daemon.logs();
+    drop(daemon);
+
+    // Restart on the same journal: every webhook is known, under its original id.
+    let mut daemon = Daemon::start(&config_path);
+    let again = send_all(daemon.addr, &bodies, 16).await;
+    for ((status, json), id) in again.iter().zip(&ids) {
+        assert_eq!(*status, 200);
+        assert_eq!(json["duplicate"], true, "{json}");
+        assert_eq!(json["id"].as_str(), Some(id.as_str()));
+    }
+    daemon.signal("TERM");
+    let status = daemon.wait();
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+    let logs = format!("{first_logs}\n{}", daemon.logs());
+    assert!(logs.contains("journal flushed; stopped"));
+
+    // And the records hold the exact bytes.
+    let config = Config::load(&config_path).unwrap();
+    let journal = Journal::open(&config.journal).unwrap();
+    assert_eq!(journal.len(), N);
+    for ((webhook_id, body), id) in bodies.iter().zip(&ids) {
+        let record = journal.get(id.parse::<DeliveryId>().unwrap()).unwrap().expect("journaled");
+        assert_eq!(&record.webhook_id, webhook_id);
+        assert_eq!(record.body, body.as_bytes());
+    }
+    println!("acked {N}, all {N} present after SIGKILL and restart");
+
+    // Nothing secret reached the logs, even at debug level.
+    for secret in [SECRET, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] {
+        assert!(!logs.contains(secret), "a secret reached the logs");
+    }
+    assert!(logs.contains("delivery accepted") && logs.contains("\"outcome\":\"duplicate\""));
+}
+
+#[test]
+fn check_config_exit_codes() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/hookrelay.toml");
+    let ok = Command::new(BIN).args(["check-config", "--config"]).arg(&shipped).output().unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    let summary = String::from_utf8_lossy(&ok.stdout);
+    assert!(summary.contains(": OK") && summary.contains("source   parallel"), "{summary}");
+    assert!(!summary.contains("whsec_"), "the summary shows no secret");
+
+    let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid-config/unknown-server-key.toml");
+    for command in ["check-config", "serve"] {
+        let out = Command::new(BIN).args([command, "--config"]).arg(&bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{command}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("unknown-server-key.toml:3: server.lisen: unknown field `lisen`"), "{stderr}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_64_and_help_exits_0() {
+    let out = Command::new(BIN).arg("no-such-command").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("check-config"));
+}
+
+#[test]
+fn serve_exits_1_when_the_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookrelay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"{}\"\n[journal]\npath = \"journal\"\n[sources.parallel]\nsecrets = [\"{SECRET}\"]\n",
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"));
+}
+
+#[test]
+fn gen_secret_prints_a_fresh_whsec_secret() {
+    let run = || String::from_utf8(Command::new(BIN).arg("gen-secret").output().unwrap().stdout).unwrap();
+    let (a, b) = (run(), run());
+    assert!(a.starts_with("whsec_") && a.ends_with('\n'));
+    assert_ne!(a, b);
+    assert!(hookrelay::signature::keys_for_secret(a.trim()).unwrap().len() == 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_output_is_accepted_by_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), "");
+    let body_path = dir.path().join("event.json");
+    std::fs::write(&body_path, MONITOR_EVENT).unwrap();
+    let mut daemon = Daemon::start(&config_path);
+    for raw in [false, true] {
+        let mut command = Command::new(BIN);
+        command.args(["sign", "--secret", "env:TEST_SIGN_SECRET", "--body-file"]).arg(&body_path);
+        command.env("TEST_SIGN_SECRET", SECRET);
+        if raw {
+            command.arg("--raw-key");
+        }
+        let out = command.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let headers: Vec<(&str, &str)> = text.lines().map(|line| line.split_once(": ").unwrap()).collect();
+        assert_eq!(headers.iter().map(|h| h.0).collect::<Vec<_>>(), ["webhook-id", "webhook-timestamp", "webhook-signature"]);
+        let reply = send_plain(daemon.addr, request("parallel", &headers, MONITOR_EVENT.as_bytes())).await;
+        assert_eq!(reply.status, 200, "raw={raw}: {}", reply.text());
+    }
+    let out = Command::new(BIN).args(["sign", "--secret", "env:SURELY_UNSET_FOR_TEST", "--body", "{}"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SURELY_UNSET_FOR_TEST is not set"));
+    daemon.signal("INT");
+    assert!(daemon.wait().success(), "SIGINT exits 0 too");
+}
