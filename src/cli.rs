@@ -244,9 +244,8 @@ fn sign_headers(args: SignArgs) -> Result<String, String> {
             std::io::stdin().read_to_end(&mut body).map_err(|err| format!("cannot read stdin: {err}"))?;
             body
         }
-        (None, Some(path)) => {
-            std::fs::read(path).map_err(|err| format!("--body-file: cannot read {}: {err}", path.display()))?
-        }
+        (None, Some(path)) => std::fs::read(path)
+            .map_err(|err| format!("--body-file: cannot read {}: {err}", path.display()))?,
         (None, None) => return Err("give --body or --body-file".into()),
     };
     let key = if args.raw_key {

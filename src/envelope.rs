@@ -31,10 +31,8 @@ impl Envelope {
         }
         // Only objects are envelopes; `data` of another JSON type means no monitor id.
         let Ok(shape) = serde_json::from_slice::<Shape>(body).or_else(|_| {
-            serde_json::from_slice::<ShapeLoose>(body).map(|loose| Shape {
-                event_type: loose.event_type.map(Into::into),
-                data: None,
-            })
+            serde_json::from_slice::<ShapeLoose>(body)
+                .map(|loose| Shape { event_type: loose.event_type.map(Into::into), data: None })
         }) else {
             return Envelope::default();
         };
@@ -98,7 +96,9 @@ mod tests {
 
     #[test]
     fn non_json_and_non_objects_have_no_keys() {
-        for body in [&b"not json"[..], b"", b"[1]", b"\"s\"", b"\xff\xfe", br#"{"type":5}"#, br#"{"type":""}"#] {
+        for body in
+            [&b"not json"[..], b"", b"[1]", b"\"s\"", b"\xff\xfe", br#"{"type":5}"#, br#"{"type":""}"#]
+        {
             assert_eq!(Envelope::from_body(body), Envelope::default(), "{body:?}");
         }
     }

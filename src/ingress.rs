@@ -177,7 +177,8 @@ impl Ingress {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let started = Instant::now();
-        let source = source_from_path(request.uri().path()).map(truncate_for_log).unwrap_or_default().to_owned();
+        let source =
+            source_from_path(request.uri().path()).map(truncate_for_log).unwrap_or_default().to_owned();
         let webhook_id = request
             .headers()
             .get(signature::HEADER_ID)
@@ -194,13 +195,29 @@ impl Ingress {
         };
         match outcome {
             Outcome::JournalUnavailable | Outcome::JournalFull => tracing::error!(
-                source, webhook_id, status, outcome = outcome.code(), latency_ms, "delivery refused"
+                source,
+                webhook_id,
+                status,
+                outcome = outcome.code(),
+                latency_ms,
+                "delivery refused"
             ),
             Outcome::Accepted { .. } => tracing::info!(
-                source, webhook_id, status, outcome = outcome.code(), delivery_id, latency_ms, "delivery accepted"
+                source,
+                webhook_id,
+                status,
+                outcome = outcome.code(),
+                delivery_id,
+                latency_ms,
+                "delivery accepted"
             ),
             _ => tracing::info!(
-                source, webhook_id, status, outcome = outcome.code(), latency_ms, "delivery rejected"
+                source,
+                webhook_id,
+                status,
+                outcome = outcome.code(),
+                latency_ms,
+                "delivery rejected"
             ),
         }
         outcome.into_response()
@@ -286,7 +303,9 @@ impl Ingress {
         match tokio::time::timeout(self.body_timeout, Limited::new(body, limit).collect()).await {
             Err(_) => Err(Outcome::BodyTimeout),
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(err)) if err.is::<LengthLimitError>() => Err(Outcome::BodyTooLarge { limit: self.max_body }),
+            Ok(Err(err)) if err.is::<LengthLimitError>() => {
+                Err(Outcome::BodyTooLarge { limit: self.max_body })
+            }
             Ok(Err(_)) => Err(Outcome::BodyUnreadable),
         }
     }

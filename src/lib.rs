@@ -110,9 +110,8 @@ impl Gateway {
         );
         server::serve(listener, tls, ingress, limits, shutdown).await;
         pruner.abort();
-        let flushed = tokio::task::spawn_blocking(move || journal.flush())
-            .await
-            .expect("journal flush does not panic");
+        let flushed =
+            tokio::task::spawn_blocking(move || journal.flush()).await.expect("journal flush does not panic");
         flushed.map_err(GatewayError::Flush)?;
         tracing::info!("journal flushed; stopped");
         Ok(())

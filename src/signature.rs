@@ -157,8 +157,8 @@ impl<'a> SignedHeaders<'a> {
         if id.is_empty() || id.len() > MAX_ID_LEN {
             return Err(VerifyError::MalformedHeader(HEADER_ID));
         }
-        let timestamp_secs = parse_timestamp(timestamp)
-            .ok_or(VerifyError::MalformedHeader(HEADER_TIMESTAMP))?;
+        let timestamp_secs =
+            parse_timestamp(timestamp).ok_or(VerifyError::MalformedHeader(HEADER_TIMESTAMP))?;
         if signature.trim().is_empty() {
             return Err(VerifyError::MalformedHeader(HEADER_SIGNATURE));
         }
@@ -207,12 +207,7 @@ impl Verifier {
 
     /// Checks the timestamp against `now_secs` and then the MAC over the exact
     /// bytes. Comparison is constant-time (`CtOutput`'s equality).
-    pub fn verify(
-        &self,
-        headers: &SignedHeaders<'_>,
-        body: &[u8],
-        now_secs: i64,
-    ) -> Result<(), VerifyError> {
+    pub fn verify(&self, headers: &SignedHeaders<'_>, body: &[u8], now_secs: i64) -> Result<(), VerifyError> {
         let age = i128::from(now_secs) - i128::from(headers.timestamp_secs);
         if age > i128::from(self.tolerance_secs) {
             return Err(VerifyError::TimestampTooOld);
@@ -220,11 +215,8 @@ impl Verifier {
         if -age > i128::from(self.tolerance_secs) {
             return Err(VerifyError::TimestampTooNew);
         }
-        let expected: Vec<CtOutput<HmacSha256>> = self
-            .keys
-            .iter()
-            .map(|key| key.tag(headers.id, headers.timestamp, body))
-            .collect();
+        let expected: Vec<CtOutput<HmacSha256>> =
+            self.keys.iter().map(|key| key.tag(headers.id, headers.timestamp, body)).collect();
         for candidate in v1_signatures(headers.signature) {
             let candidate = CtOutput::<HmacSha256>::new(candidate.into());
             // `|` rather than `any` so every key is compared for every entry.
@@ -369,14 +361,8 @@ mod tests {
         let ts = 1649367553;
         assert_eq!(check(V2_SECRET, V2_ID, V2_TS, sig, V2_BODY, ts + 300), Ok(()));
         assert_eq!(check(V2_SECRET, V2_ID, V2_TS, sig, V2_BODY, ts - 300), Ok(()));
-        assert_eq!(
-            check(V2_SECRET, V2_ID, V2_TS, sig, V2_BODY, ts + 301),
-            Err(VerifyError::TimestampTooOld)
-        );
-        assert_eq!(
-            check(V2_SECRET, V2_ID, V2_TS, sig, V2_BODY, ts - 301),
-            Err(VerifyError::TimestampTooNew)
-        );
+        assert_eq!(check(V2_SECRET, V2_ID, V2_TS, sig, V2_BODY, ts + 301), Err(VerifyError::TimestampTooOld));
+        assert_eq!(check(V2_SECRET, V2_ID, V2_TS, sig, V2_BODY, ts - 301), Err(VerifyError::TimestampTooNew));
     }
 
     #[test]
@@ -386,8 +372,14 @@ mod tests {
         let headers = SignedHeaders::parse(Some(V2_ID), Some("999999999999999999"), Some(sig)).unwrap();
         assert_eq!(wide.verify(&headers, V2_BODY, 0), Err(VerifyError::NoMatchingSignature));
         assert_eq!(wide.verify(&headers, V2_BODY, i64::MIN), Err(VerifyError::TimestampTooNew));
-        assert_eq!(verifier(V2_SECRET).verify(&headers, V2_BODY, i64::MAX), Err(VerifyError::TimestampTooOld));
-        assert_eq!(verifier(V2_SECRET).verify(&headers, V2_BODY, i64::MIN), Err(VerifyError::TimestampTooNew));
+        assert_eq!(
+            verifier(V2_SECRET).verify(&headers, V2_BODY, i64::MAX),
+            Err(VerifyError::TimestampTooOld)
+        );
+        assert_eq!(
+            verifier(V2_SECRET).verify(&headers, V2_BODY, i64::MIN),
+            Err(VerifyError::TimestampTooNew)
+        );
     }
 
     #[test]
@@ -409,7 +401,10 @@ mod tests {
             parse(Some(&long_id), Some("1"), Some("v1,x")),
             Err(VerifyError::MalformedHeader(HEADER_ID))
         );
-        assert_eq!(parse(Some("a"), Some("1"), Some("  ")), Err(VerifyError::MalformedHeader(HEADER_SIGNATURE)));
+        assert_eq!(
+            parse(Some("a"), Some("1"), Some("  ")),
+            Err(VerifyError::MalformedHeader(HEADER_SIGNATURE))
+        );
     }
 
     #[test]

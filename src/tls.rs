@@ -28,10 +28,7 @@ pub struct ServerTls {
 
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerTls")
-            .field("cert", &self.cert)
-            .field("key", &self.key)
-            .finish_non_exhaustive()
+        f.debug_struct("ServerTls").field("cert", &self.cert).field("key", &self.key).finish_non_exhaustive()
     }
 }
 
@@ -55,16 +52,16 @@ impl ServerTls {
     pub fn load(cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
         let cert_err = |message: String| TlsError { file: TlsFile::Cert, message };
         let key_err = |message: String| TlsError { file: TlsFile::Key, message };
-        let cert_pem = std::fs::read(cert)
-            .map_err(|err| cert_err(format!("cannot read {}: {err}", cert.display())))?;
+        let cert_pem =
+            std::fs::read(cert).map_err(|err| cert_err(format!("cannot read {}: {err}", cert.display())))?;
         let chain = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|err| cert_err(format!("{} is not valid PEM: {err}", cert.display())))?;
         if chain.is_empty() {
             return Err(cert_err(format!("{} holds no CERTIFICATE section", cert.display())));
         }
-        let key_pem = std::fs::read(key)
-            .map_err(|err| key_err(format!("cannot read {}: {err}", key.display())))?;
+        let key_pem =
+            std::fs::read(key).map_err(|err| key_err(format!("cannot read {}: {err}", key.display())))?;
         let private_key = PrivateKeyDer::from_pem_slice(&key_pem)
             .map_err(|err| key_err(format!("{} holds no usable private key: {err}", key.display())))?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider())

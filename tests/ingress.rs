@@ -18,10 +18,13 @@ fn delivery_id(reply: &Reply) -> DeliveryId {
 async fn accepts_and_journals_the_exact_bytes_over_every_transport() {
     for (i, transport) in ALL_TRANSPORTS.into_iter().enumerate() {
         let gateway = TestGateway::for_transport(transport, Options::default()).await;
-        let body = format!("{{\"type\":\"monitor.event.detected\",\"data\":{{\"monitor_id\":\"monitor_{i}\"}},  \"pad\": \"\\u00e9\"}}");
+        let body = format!(
+            "{{\"type\":\"monitor.event.detected\",\"data\":{{\"monitor_id\":\"monitor_{i}\"}},  \"pad\": \"\\u00e9\"}}"
+        );
         let id = format!("whevent_{transport:?}");
         let ts = now();
-        let reply = gateway.send(transport, signed_request("parallel", SECRET, &id, ts, body.as_bytes())).await;
+        let reply =
+            gateway.send(transport, signed_request("parallel", SECRET, &id, ts, body.as_bytes())).await;
         assert_eq!(reply.status, 200, "{transport:?}: {}", reply.text());
         assert_eq!(reply.json()["duplicate"], false);
         let record = gateway.journal.get(delivery_id(&reply)).unwrap().expect("journaled");
@@ -50,7 +53,11 @@ async fn both_key_modes_and_every_rotated_secret_verify() {
         let reply = gateway
             .send(
                 Transport::Http,
-                request("parallel", &[("webhook-id", &id), ("webhook-timestamp", &ts), ("webhook-signature", &sig)], body),
+                request(
+                    "parallel",
+                    &[("webhook-id", &id), ("webhook-timestamp", &ts), ("webhook-signature", &sig)],
+                    body,
+                ),
             )
             .await;
         assert_eq!(reply.status, 200, "{name}: {}", reply.text());
@@ -61,7 +68,11 @@ async fn both_key_modes_and_every_rotated_secret_verify() {
     let reply = gateway
         .send(
             Transport::Http,
-            request("parallel", &[("webhook-id", "evt_multi"), ("webhook-timestamp", &ts), ("webhook-signature", &header)], body),
+            request(
+                "parallel",
+                &[("webhook-id", "evt_multi"), ("webhook-timestamp", &ts), ("webhook-signature", &header)],
+                body,
+            ),
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -100,7 +111,10 @@ async fn malformed_headers_are_400_on_every_transport() {
         (&[("webhook-timestamp", &ts), ("webhook-signature", sig)], "missing_header"),
         (&[("webhook-id", "evt"), ("webhook-signature", sig)], "missing_header"),
         (&[("webhook-id", "evt"), ("webhook-timestamp", &ts)], "missing_header"),
-        (&[("webhook-id", "evt"), ("webhook-timestamp", "yesterday"), ("webhook-signature", sig)], "malformed_header"),
+        (
+            &[("webhook-id", "evt"), ("webhook-timestamp", "yesterday"), ("webhook-signature", sig)],
+            "malformed_header",
+        ),
     ];
     for transport in ALL_TRANSPORTS {
         let gateway = TestGateway::for_transport(transport, Options::default()).await;
@@ -120,7 +134,8 @@ async fn bad_signatures_and_timestamps_are_401_and_say_which() {
     let right_sig = right.headers()["webhook-signature"].to_str().unwrap().to_owned();
     for transport in ALL_TRANSPORTS {
         let gateway = TestGateway::for_transport(transport, Options::default()).await;
-        let wrong_secret = gateway.send(transport, signed_request("parallel", "whsec_d3Jvbmc=", "evt", now(), body)).await;
+        let wrong_secret =
+            gateway.send(transport, signed_request("parallel", "whsec_d3Jvbmc=", "evt", now(), body)).await;
         assert_eq!(wrong_secret.status, 401);
         assert_eq!(wrong_secret.error_code(), "invalid_signature");
         assert!(!wrong_secret.text().contains(&right_sig[3..]), "never shows the expected signature");
@@ -134,9 +149,11 @@ async fn bad_signatures_and_timestamps_are_401_and_say_which() {
         );
         assert_eq!(gateway.send(transport, tampered).await.status, 401);
 
-        let stale = gateway.send(transport, signed_request("parallel", SECRET, "evt_old", now() - 301, body)).await;
+        let stale =
+            gateway.send(transport, signed_request("parallel", SECRET, "evt_old", now() - 301, body)).await;
         assert_eq!((stale.status, stale.error_code().as_str()), (401, "timestamp_too_old"));
-        let future = gateway.send(transport, signed_request("parallel", SECRET, "evt_new", now() + 301, body)).await;
+        let future =
+            gateway.send(transport, signed_request("parallel", SECRET, "evt_new", now() + 301, body)).await;
         assert_eq!((future.status, future.error_code().as_str()), (401, "timestamp_too_new"));
         assert!(gateway.journal.is_empty());
     }
@@ -169,21 +186,30 @@ async fn bodies_over_max_body_are_413_declared_or_streamed() {
     let exact = format!("{{\"pad\":\"{}\"}}", "a".repeat(1024 - 10));
     assert_eq!(exact.len(), 1024);
     for transport in ALL_TRANSPORTS {
-        let gateway =
-            TestGateway::for_transport(transport, Options { server: "max_body = \"1KiB\"".into(), ..Options::default() })
-                .await;
+        let gateway = TestGateway::for_transport(
+            transport,
+            Options { server: "max_body = \"1KiB\"".into(), ..Options::default() },
+        )
+        .await;
         let declared = gateway.post_signed(transport, "parallel", "evt_big", &big).await;
-        assert_eq!((declared.status, declared.error_code().as_str()), (413, "body_too_large"), "{transport:?}");
-        let at_limit = gateway.post_signed(transport, "parallel", &format!("evt_exact_{transport:?}"), &exact).await;
+        assert_eq!(
+            (declared.status, declared.error_code().as_str()),
+            (413, "body_too_large"),
+            "{transport:?}"
+        );
+        let at_limit =
+            gateway.post_signed(transport, "parallel", &format!("evt_exact_{transport:?}"), &exact).await;
         assert_eq!(at_limit.status, 200, "{transport:?}: a body of exactly max_body is fine");
         assert_eq!(gateway.journal.len(), 1);
     }
 
     // Chunked, with no content-length: cut off at the limit, still 413.
-    let plain = TestGateway::with(Options { server: "max_body = \"1KiB\"".into(), ..Options::default() }).await;
+    let plain =
+        TestGateway::with(Options { server: "max_body = \"1KiB\"".into(), ..Options::default() }).await;
     let mut stream = tokio::net::TcpStream::connect(plain.addr).await.unwrap();
     let head = signed_request("parallel", SECRET, "evt_chunked", now(), big.as_bytes());
-    let mut text = String::from("POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n");
+    let mut text =
+        String::from("POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n");
     for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
         text.push_str(&format!("{name}: {}\r\n", head.headers()[name].to_str().unwrap()));
     }
@@ -211,9 +237,11 @@ async fn read_response(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Stri
                 buf.extend_from_slice(&chunk[..n]);
                 let text = String::from_utf8_lossy(&buf);
                 if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len = head
-                        .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse::<usize>().unwrap()));
+                    let len = head.lines().find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    });
                     if len.is_some_and(|len| body.len() >= len) {
                         break;
                     }
@@ -260,19 +288,28 @@ async fn slow_headers_get_408_over_http_and_https() {
     assert_eq!(read_response(&mut silent).await, "");
 
     // The gateways still serve others.
-    assert_eq!(gateway.post_signed(Transport::Http, "parallel", "evt_after", MONITOR_EVENT).await.status, 200);
-    assert_eq!(tls_gateway.post_signed(Transport::Https2, "parallel", "evt_after", MONITOR_EVENT).await.status, 200);
+    assert_eq!(
+        gateway.post_signed(Transport::Http, "parallel", "evt_after", MONITOR_EVENT).await.status,
+        200
+    );
+    assert_eq!(
+        tls_gateway.post_signed(Transport::Https2, "parallel", "evt_after", MONITOR_EVENT).await.status,
+        200
+    );
 }
 
 #[tokio::test]
 async fn a_keep_alive_connection_gets_a_fresh_head_deadline_per_request() {
-    let gateway = TestGateway::with(Options { server: "header_timeout = \"400ms\"".into(), ..Options::default() }).await;
+    let gateway =
+        TestGateway::with(Options { server: "header_timeout = \"400ms\"".into(), ..Options::default() })
+            .await;
     let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
     for i in 0..3 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let body = MONITOR_EVENT;
         let req = signed_request("parallel", SECRET, &format!("evt_ka_{i}"), now(), body.as_bytes());
-        let mut text = format!("POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n", body.len());
+        let mut text =
+            format!("POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n", body.len());
         for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
             text.push_str(&format!("{name}: {}\r\n", req.headers()[name].to_str().unwrap()));
         }
@@ -286,10 +323,14 @@ async fn a_keep_alive_connection_gets_a_fresh_head_deadline_per_request() {
 
 #[tokio::test]
 async fn slow_bodies_get_408() {
-    let gateway = TestGateway::with(Options { server: "body_timeout = \"300ms\"".into(), ..Options::default() }).await;
+    let gateway =
+        TestGateway::with(Options { server: "body_timeout = \"300ms\"".into(), ..Options::default() }).await;
     let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
     let req = signed_request("parallel", SECRET, "evt_slow_body", now(), MONITOR_EVENT.as_bytes());
-    let mut text = format!("POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n", MONITOR_EVENT.len());
+    let mut text = format!(
+        "POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n",
+        MONITOR_EVENT.len()
+    );
     for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
         text.push_str(&format!("{name}: {}\r\n", req.headers()[name].to_str().unwrap()));
     }
@@ -308,12 +349,16 @@ async fn over_the_source_rate_limit_is_429_with_retry_after() {
         "[sources.parallel]\nsecrets = [\"{SECRET}\"]\nrate_limit = {{ per_second = 1, burst = 2 }}\n"
     );
     for transport in ALL_TRANSPORTS {
-        let gateway =
-            TestGateway::for_transport(transport, Options { sources: Some(sources.clone()), ..Options::default() }).await;
+        let gateway = TestGateway::for_transport(
+            transport,
+            Options { sources: Some(sources.clone()), ..Options::default() },
+        )
+        .await;
         let mut statuses = Vec::new();
         let mut limited = None;
         for i in 0..6 {
-            let reply = gateway.post_signed(transport, "parallel", &format!("evt_rl_{i}"), MONITOR_EVENT).await;
+            let reply =
+                gateway.post_signed(transport, "parallel", &format!("evt_rl_{i}"), MONITOR_EVENT).await;
             statuses.push(reply.status);
             if reply.status == 429 {
                 limited.get_or_insert(reply);
@@ -336,10 +381,14 @@ async fn a_journal_over_its_quota_answers_503_with_retry_after() {
         let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
         {
             let gateway = TestGateway::with(Options { dir: Some(dir.clone()), ..Options::default() }).await;
-            assert_eq!(gateway.post_signed(Transport::Http, "parallel", "evt_1", MONITOR_EVENT).await.status, 200);
+            assert_eq!(
+                gateway.post_signed(Transport::Http, "parallel", "evt_1", MONITOR_EVENT).await.status,
+                200
+            );
             gateway.stop().await.unwrap();
         }
-        let options = Options { dir: Some(dir.clone()), journal: "max_size = \"1B\"".into(), ..Options::default() };
+        let options =
+            Options { dir: Some(dir.clone()), journal: "max_size = \"1B\"".into(), ..Options::default() };
         let gateway = TestGateway::for_transport(transport, options).await;
         let reply = gateway.post_signed(transport, "parallel", "evt_2", MONITOR_EVENT).await;
         assert_eq!((reply.status, reply.error_code().as_str()), (503, "journal_full"), "{transport:?}");
@@ -352,7 +401,8 @@ async fn a_journal_over_its_quota_answers_503_with_retry_after() {
 async fn non_json_bodies_are_journaled_with_no_type() {
     let gateway = TestGateway::start().await;
     let body = b"\xff\xfe not json at all";
-    let reply = gateway.send(Transport::Http, signed_request("parallel", SECRET, "evt_bin", now(), body)).await;
+    let reply =
+        gateway.send(Transport::Http, signed_request("parallel", SECRET, "evt_bin", now(), body)).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     let record = gateway.journal.get(delivery_id(&reply)).unwrap().unwrap();
     assert_eq!(record.body, body);
@@ -365,7 +415,10 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let mut gateway = TestGateway::start().await;
     let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
     let req = signed_request("parallel", SECRET, "evt_inflight", now(), MONITOR_EVENT.as_bytes());
-    let mut text = format!("POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n", MONITOR_EVENT.len());
+    let mut text = format!(
+        "POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n",
+        MONITOR_EVENT.len()
+    );
     for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
         text.push_str(&format!("{name}: {}\r\n", req.headers()[name].to_str().unwrap()));
     }

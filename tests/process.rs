@@ -97,7 +97,11 @@ fn write_config(dir: &Path, extra: &str) -> PathBuf {
 
 /// Sends `bodies` concurrently (at most `concurrency` at once); returns the
 /// delivery id each got, in order.
-async fn send_all(addr: SocketAddr, bodies: &[(String, String)], concurrency: usize) -> Vec<(u16, serde_json::Value)> {
+async fn send_all(
+    addr: SocketAddr,
+    bodies: &[(String, String)],
+    concurrency: usize,
+) -> Vec<(u16, serde_json::Value)> {
     let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let tasks: Vec<_> = bodies
         .iter()
@@ -106,7 +110,8 @@ async fn send_all(addr: SocketAddr, bodies: &[(String, String)], concurrency: us
             let semaphore = semaphore.clone();
             tokio::spawn(async move {
                 let _permit = semaphore.acquire().await.unwrap();
-                let reply = send_plain(addr, signed_request("parallel", SECRET, &id, now(), body.as_bytes())).await;
+                let reply =
+                    send_plain(addr, signed_request("parallel", SECRET, &id, now(), body.as_bytes())).await;
                 let json = if reply.status == 200 { reply.json() } else { serde_json::Value::Null };
                 (reply.status, json)
             })
@@ -128,7 +133,9 @@ async fn acknowledged_deliveries_survive_sigkill() {
         .map(|i| {
             (
                 format!("whevent_{i:04}"),
-                format!(r#"{{"type":"monitor.event.detected","data":{{"monitor_id":"monitor_{i}","n":{i}}}}}"#),
+                format!(
+                    r#"{{"type":"monitor.event.detected","data":{{"monitor_id":"monitor_{i}","n":{i}}}}}"#
+                ),
             )
         })
         .collect();
@@ -190,12 +197,16 @@ fn check_config_exit_codes() {
     assert!(summary.contains(": OK") && summary.contains("source   parallel"), "{summary}");
     assert!(!summary.contains("whsec_"), "the summary shows no secret");
 
-    let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid-config/unknown-server-key.toml");
+    let bad =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid-config/unknown-server-key.toml");
     for command in ["check-config", "serve"] {
         let out = Command::new(BIN).args([command, "--config"]).arg(&bad).output().unwrap();
         assert_eq!(out.status.code(), Some(64), "{command}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("unknown-server-key.toml:3: server.lisen: unknown field `lisen`"), "{stderr}");
+        assert!(
+            stderr.contains("unknown-server-key.toml:3: server.lisen: unknown field `lisen`"),
+            "{stderr}"
+        );
     }
 }
 
@@ -253,11 +264,17 @@ async fn sign_output_is_accepted_by_the_gateway() {
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8(out.stdout).unwrap();
         let headers: Vec<(&str, &str)> = text.lines().map(|line| line.split_once(": ").unwrap()).collect();
-        assert_eq!(headers.iter().map(|h| h.0).collect::<Vec<_>>(), ["webhook-id", "webhook-timestamp", "webhook-signature"]);
+        assert_eq!(
+            headers.iter().map(|h| h.0).collect::<Vec<_>>(),
+            ["webhook-id", "webhook-timestamp", "webhook-signature"]
+        );
         let reply = send_plain(daemon.addr, request("parallel", &headers, MONITOR_EVENT.as_bytes())).await;
         assert_eq!(reply.status, 200, "raw={raw}: {}", reply.text());
     }
-    let out = Command::new(BIN).args(["sign", "--secret", "env:SURELY_UNSET_FOR_TEST", "--body", "{}"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["sign", "--secret", "env:SURELY_UNSET_FOR_TEST", "--body", "{}"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("SURELY_UNSET_FOR_TEST is not set"));
     daemon.signal("INT");

@@ -436,12 +436,7 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: self.file.to_owned(),
-            line: None,
-            key: key.into(),
-            message: message.into(),
-        }
+        ConfigError { file: self.file.to_owned(), line: None, key: key.into(), message: message.into() }
     }
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -465,8 +460,9 @@ impl Validator<'_> {
     }
 
     fn listen(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
-        text.parse()
-            .map_err(|_| self.err(key, format!("{text:?} is not an address like \"127.0.0.1:8080\" or \"[::1]:8080\"")))
+        text.parse().map_err(|_| {
+            self.err(key, format!("{text:?} is not an address like \"127.0.0.1:8080\" or \"[::1]:8080\""))
+        })
     }
 
     fn positive(&self, key: &str, value: Duration) -> Result<Duration, ConfigError> {
@@ -564,9 +560,8 @@ impl Validator<'_> {
         let mut keys = Vec::new();
         for (i, reference) in raw.secrets.iter().enumerate() {
             let secret_key = format!("{key}.secrets[{i}]");
-            let secret = reference
-                .resolve(&self.base_dir, self.env)
-                .map_err(|msg| self.err(&secret_key, msg))?;
+            let secret =
+                reference.resolve(&self.base_dir, self.env).map_err(|msg| self.err(&secret_key, msg))?;
             keys.extend(
                 signature::keys_for_secret(secret.expose())
                     .map_err(|err| self.err(&secret_key, err.to_string()))?,
@@ -600,9 +595,8 @@ impl Validator<'_> {
         let mut secrets = Vec::new();
         for (i, reference) in raw.secret.into_vec().into_iter().enumerate() {
             let secret_key = format!("{key}.secret[{i}]");
-            let secret = reference
-                .resolve(&self.base_dir, self.env)
-                .map_err(|msg| self.err(&secret_key, msg))?;
+            let secret =
+                reference.resolve(&self.base_dir, self.env).map_err(|msg| self.err(&secret_key, msg))?;
             signature::signing_key_for_secret(secret.expose())
                 .map_err(|err| self.err(&secret_key, err.to_string()))?;
             secrets.push(secret);
@@ -662,9 +656,8 @@ impl Validator<'_> {
     }
 
     fn url(&self, key: &str, text: &str) -> Result<hyper::Uri, ConfigError> {
-        let uri: hyper::Uri = text
-            .parse()
-            .map_err(|err| self.err(key, format!("{text:?} is not a URL: {err}")))?;
+        let uri: hyper::Uri =
+            text.parse().map_err(|err| self.err(key, format!("{text:?} is not a URL: {err}")))?;
         match uri.scheme_str() {
             Some("http" | "https") => {}
             _ => return Err(self.err(key, format!("{text:?} must start with http:// or https://"))),

@@ -99,15 +99,12 @@ impl SecretRef {
                 if name.is_empty() {
                     return Err("env: needs a variable name, e.g. env:PARALLEL_WEBHOOK_SECRET".into());
                 }
-                env.var(name)
-                    .ok_or_else(|| format!("environment variable {name} is not set"))?
+                env.var(name).ok_or_else(|| format!("environment variable {name} is not set"))?
             }
             SecretRef::File(path) => read_secret_file(&base_dir.join(path))?,
             SecretRef::Credential(name) => {
                 if name.is_empty() || name.contains('/') {
-                    return Err(format!(
-                        "credential:{name} must name a credential, without slashes"
-                    ));
+                    return Err(format!("credential:{name} must name a credential, without slashes"));
                 }
                 let dir = env.var("CREDENTIALS_DIRECTORY").ok_or_else(|| {
                     format!(
@@ -186,14 +183,13 @@ mod tests {
             parse("env:NOPE").resolve(base, &env).unwrap_err(),
             "environment variable NOPE is not set"
         );
-        assert!(parse("file:missing")
-            .resolve(base, &env)
-            .unwrap_err()
-            .starts_with("cannot read secret file /nonexistent/missing"));
-        assert!(parse("credential:c")
-            .resolve(base, &env)
-            .unwrap_err()
-            .contains("$CREDENTIALS_DIRECTORY"));
+        assert!(
+            parse("file:missing")
+                .resolve(base, &env)
+                .unwrap_err()
+                .starts_with("cannot read secret file /nonexistent/missing")
+        );
+        assert!(parse("credential:c").resolve(base, &env).unwrap_err().contains("$CREDENTIALS_DIRECTORY"));
         assert!(parse("credential:../x").resolve(base, &env).unwrap_err().contains("slashes"));
         assert!(parse("").resolve(base, &env).unwrap_err().contains("empty"));
     }

@@ -11,7 +11,11 @@ impl Environment for FakeEnv {
 }
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
-    Config::parse(Path::new("/etc/hookrelay/hookrelay.toml"), text, &FakeEnv(HashMap::from([("SECRET", "whsec_dGVzdA==")])))
+    Config::parse(
+        Path::new("/etc/hookrelay/hookrelay.toml"),
+        text,
+        &FakeEnv(HashMap::from([("SECRET", "whsec_dGVzdA==")])),
+    )
 }
 
 const MINIMAL: &str = r#"
@@ -80,5 +84,8 @@ fn errors_carry_file_line_and_key() {
     assert_eq!(err.key, "server.lisen");
     assert_eq!(err.line, Some(7));
     assert!(err.message.contains("unknown field `lisen`"), "{err}");
-    assert!(err.to_string().starts_with("/etc/hookrelay/hookrelay.toml:7: server.lisen: unknown field `lisen`"), "{err}");
+    assert!(
+        err.to_string().starts_with("/etc/hookrelay/hookrelay.toml:7: server.lisen: unknown field `lisen`"),
+        "{err}"
+    );
 }

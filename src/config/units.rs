@@ -6,8 +6,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 /// Parses a duration made of one or more `<integer><unit>` parts, units being
 /// `ms`, `s`, `m`, `h` and `d`: `"250ms"`, `"5m"`, `"1h30m"`, `"30d"`.
@@ -44,9 +44,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .ok()
             .and_then(|n| n.checked_mul(unit_ms))
             .ok_or_else(|| format!("duration {text:?} is too large"))?;
-        total_ms = total_ms
-            .checked_add(part)
-            .ok_or_else(|| format!("duration {text:?} is too large"))?;
+        total_ms = total_ms.checked_add(part).ok_or_else(|| format!("duration {text:?} is too large"))?;
         rest = tail;
     }
     Ok(Duration::from_millis(total_ms))
@@ -115,9 +113,7 @@ impl<'de> Deserialize<'de> for HumanSize {
                 parse_size(v).map(HumanSize).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<HumanSize, E> {
-                u64::try_from(v)
-                    .map(HumanSize)
-                    .map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v).map(HumanSize).map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<HumanSize, E> {
                 Ok(HumanSize(v))

@@ -26,21 +26,19 @@ impl GroupCommit {
         let (queue, waiters) = mpsc::channel::<Waiter>();
         let flushes = Arc::new(AtomicU64::new(0));
         let counter = flushes.clone();
-        let thread = std::thread::Builder::new()
-            .name("journal-commit".into())
-            .spawn(move || {
-                // Ends when the journal, and with it the sender, is dropped.
-                while let Ok(first) = waiters.recv() {
-                    let mut batch = vec![first];
-                    batch.extend(waiters.try_iter());
-                    let outcome = db.flush().map(drop).map_err(|err| err.to_string());
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    for waiter in batch {
-                        // A waiter whose request was cancelled is gone; fine.
-                        let _ = waiter.send(outcome.clone());
-                    }
+        let thread = std::thread::Builder::new().name("journal-commit".into()).spawn(move || {
+            // Ends when the journal, and with it the sender, is dropped.
+            while let Ok(first) = waiters.recv() {
+                let mut batch = vec![first];
+                batch.extend(waiters.try_iter());
+                let outcome = db.flush().map(drop).map_err(|err| err.to_string());
+                counter.fetch_add(1, Ordering::Relaxed);
+                for waiter in batch {
+                    // A waiter whose request was cancelled is gone; fine.
+                    let _ = waiter.send(outcome.clone());
                 }
-            })?;
+            }
+        })?;
         Ok(GroupCommit { queue: Some(queue), thread: Some(thread), flushes })
     }
 

@@ -87,10 +87,7 @@ const QUOTA_REFRESH_MS: u64 = 1_000;
 impl Journal {
     /// Opens (or creates) the journal directory.
     pub fn open(config: &JournalConfig) -> Result<Journal, JournalError> {
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache)
-            .open()?;
+        let db = sled::Config::new().path(&config.path).cache_capacity(config.cache).open()?;
         Journal::from_db(db, config.dedup_window, config.max_size)
     }
 

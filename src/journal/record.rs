@@ -145,7 +145,9 @@ mod tests {
         assert_eq!(DeliveryId::from_key(&id.to_key()), Some(id));
         let later = DeliveryId { received_at_ms: id.received_at_ms + 1, seq: 0 };
         assert!(id.to_key() < later.to_key());
-        for bad in ["", "dlv_", "dlv_xyz", "abc_0197cd3c6e930000000000000007", "dlv_0197cd3c6e9300000000000000077"] {
+        for bad in
+            ["", "dlv_", "dlv_xyz", "abc_0197cd3c6e930000000000000007", "dlv_0197cd3c6e9300000000000000077"]
+        {
             assert_eq!(bad.parse::<DeliveryId>(), Err(BadDeliveryId), "{bad}");
         }
     }

@@ -55,7 +55,8 @@ async fn duplicate_within_window_returns_the_original() {
     assert_eq!(again, Appended { id: original.id, duplicate: true });
     assert_eq!(journal.len(), 1);
     // The same id from another source is not a duplicate.
-    let other = journal.append(NewDelivery { source: "other".into(), ..delivery("evt_a", 2_000) }).await.unwrap();
+    let other =
+        journal.append(NewDelivery { source: "other".into(), ..delivery("evt_a", 2_000) }).await.unwrap();
     assert!(!other.duplicate);
 }
 
@@ -133,7 +134,8 @@ async fn quota_is_rechecked_as_the_journal_grows() {
     let mut accepted = 0;
     let mut refused = None;
     for i in 0..64u64 {
-        let big = NewDelivery { body: vec![b'x'; 256 * 1024], ..delivery(&format!("evt_{i}"), 1_000 + i * 1_100) };
+        let big =
+            NewDelivery { body: vec![b'x'; 256 * 1024], ..delivery(&format!("evt_{i}"), 1_000 + i * 1_100) };
         match journal.append(big).await {
             Ok(_) => accepted += 1,
             Err(err) => {

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hookrelay::config::Config;
 use hookrelay::journal::Journal;
 use hookrelay::signature;
 use hookrelay::{Gateway, GatewayError};
+use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
@@ -152,7 +152,11 @@ impl TestGateway {
                 let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
                 let tls = connector.connect(name, tcp).await.unwrap();
                 assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
-                if transport == Transport::Https2 { http2(tls, request).await } else { http1(tls, request).await }
+                if transport == Transport::Https2 {
+                    http2(tls, request).await
+                } else {
+                    http1(tls, request).await
+                }
             }
         }
     }
@@ -200,8 +204,9 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|err| panic!("body is not JSON ({err}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|err| {
+            panic!("body is not JSON ({err}): {:?}", String::from_utf8_lossy(&self.body))
+        })
     }
 
     pub fn error_code(&self) -> String {
@@ -215,7 +220,11 @@ impl Reply {
 
 async fn collect(response: Response<hyper::body::Incoming>) -> Reply {
     let (parts, body) = response.into_parts();
-    Reply { status: parts.status.as_u16(), headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
 }
 
 async fn http1<S>(stream: S, request: Request<Full<Bytes>>) -> Reply
@@ -242,7 +251,13 @@ pub fn now() -> i64 {
 }
 
 /// A POST to `/hooks/{source}` signed the Standard Webhooks way with `secret`.
-pub fn signed_request(source: &str, secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Request<Full<Bytes>> {
+pub fn signed_request(
+    source: &str,
+    secret: &str,
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Request<Full<Bytes>> {
     let key = signature::signing_key_for_secret(secret).unwrap();
     let ts = timestamp.to_string();
     let sig = signature::sign(&key, id, &ts, body);
