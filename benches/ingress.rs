@@ -77,6 +77,7 @@ fn journal_append(c: &mut Criterion) {
             .unwrap(),
         );
         let mut next_id = 0u64;
+        let flushes_before = journal.flush_count();
         group.bench_function(BenchmarkId::new("writers", writers), |b| {
             b.iter_custom(|iters| {
                 let per_writer = iters.div_ceil(writers as u64);
@@ -104,6 +105,12 @@ fn journal_append(c: &mut Criterion) {
                 })
             })
         });
+        // How well group commit batches: appends that shared each fsync.
+        let flushes = journal.flush_count() - flushes_before;
+        eprintln!(
+            "journal_append_1KiB/writers/{writers}: {:.1} appends per flush",
+            next_id as f64 / flushes as f64
+        );
     }
     group.finish();
 }

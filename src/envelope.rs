@@ -2,6 +2,7 @@
 //! Monitor events, the monitor id. Pure; the body itself is never rewritten.
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// Routing keys read from a webhook body. Both are `None` for a body that is
 /// not a JSON object of Parallel's shape; such a body is still journaled.
@@ -16,42 +17,35 @@ pub struct Envelope {
 const MAX_KEY_LEN: usize = 256;
 
 impl Envelope {
+    /// Reads `type` and `data.monitor_id` without building the rest of the
+    /// document: other fields are only skipped over.
     pub fn from_body(body: &[u8]) -> Self {
         #[derive(Deserialize)]
-        struct Shape<'a> {
+        struct Object<'a> {
             #[serde(rename = "type", borrow, default)]
-            event_type: Option<std::borrow::Cow<'a, str>>,
+            event_type: Option<&'a RawValue>,
             #[serde(borrow, default)]
-            data: Option<Data<'a>>,
+            data: Option<&'a RawValue>,
         }
         #[derive(Deserialize)]
         struct Data<'a> {
             #[serde(borrow, default)]
-            monitor_id: Option<std::borrow::Cow<'a, str>>,
+            monitor_id: Option<&'a RawValue>,
         }
-        // Only objects are envelopes; `data` of another JSON type means no monitor id.
-        let Ok(shape) = serde_json::from_slice::<Shape>(body).or_else(|_| {
-            serde_json::from_slice::<ShapeLoose>(body)
-                .map(|loose| Shape { event_type: loose.event_type.map(Into::into), data: None })
-        }) else {
+        let Ok(object) = serde_json::from_slice::<Object>(body) else {
             return Envelope::default();
         };
-        let keep = |value: Option<std::borrow::Cow<'_, str>>| {
-            value.filter(|v| !v.is_empty() && v.len() <= MAX_KEY_LEN).map(|v| v.into_owned())
-        };
+        let data = object.data.and_then(|raw| serde_json::from_str::<Data>(raw.get()).ok());
         Envelope {
-            event_type: keep(shape.event_type),
-            monitor_id: keep(shape.data.and_then(|d| d.monitor_id)),
+            event_type: routing_key(object.event_type),
+            monitor_id: routing_key(data.and_then(|data| data.monitor_id)),
         }
     }
 }
 
-/// Fallback shape for bodies whose `data` is not an object (or whose
-/// `monitor_id` is not a string): the type still routes.
-#[derive(Deserialize)]
-struct ShapeLoose {
-    #[serde(rename = "type", default)]
-    event_type: Option<String>,
+/// A JSON string of sensible length, unescaped; anything else is no key.
+fn routing_key(raw: Option<&RawValue>) -> Option<String> {
+    serde_json::from_str::<String>(raw?.get()).ok().filter(|key| !key.is_empty() && key.len() <= MAX_KEY_LEN)
 }
 
 #[cfg(test)]

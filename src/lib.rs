@@ -101,8 +101,11 @@ impl Gateway {
             shutdown_grace: config.server.shutdown_grace,
         };
         let pruner = tokio::spawn(prune_dedup_periodically(journal.clone()));
+        let addr = listener
+            .local_addr()
+            .map_err(|source| GatewayError::Bind { addr: config.server.listen, source })?;
         tracing::info!(
-            addr = %listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.server.listen, source })?,
+            %addr,
             tls = tls.is_some(),
             sources = config.sources.len(),
             journal = %config.journal.path.display(),

@@ -74,3 +74,45 @@ impl ServerTls {
         Ok(ServerTls { cert: cert.to_owned(), key: key.to_owned(), config: Arc::new(config) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+        (cert, key)
+    }
+
+    #[test]
+    fn loads_a_matching_pair_with_alpn() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_pair(dir.path(), "a");
+        let tls = ServerTls::load(&cert, &key).unwrap();
+        assert_eq!(tls.config.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert!(!format!("{tls:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn a_key_from_another_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = write_pair(dir.path(), "a");
+        let (_, other_key) = write_pair(dir.path(), "b");
+        let err = ServerTls::load(&cert, &other_key).unwrap_err();
+        assert_eq!(err.file, TlsFile::Key);
+        assert!(err.message.contains("does not fit"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_file_without_a_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = write_pair(dir.path(), "a");
+        let err = ServerTls::load(&cert, &cert).unwrap_err();
+        assert_eq!(err.file, TlsFile::Key);
+        assert!(err.message.contains("holds no usable private key"), "{}", err.message);
+    }
+}

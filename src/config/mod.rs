@@ -658,6 +658,11 @@ impl Validator<'_> {
     fn url(&self, key: &str, text: &str) -> Result<hyper::Uri, ConfigError> {
         let uri: hyper::Uri =
             text.parse().map_err(|err| self.err(key, format!("{text:?} is not a URL: {err}")))?;
+        // Checked first: a password in the URL must not reach error messages, logs and the admin API.
+        if uri.authority().is_some_and(|authority| authority.as_str().contains('@')) {
+            return Err(self
+                .err(key, "must not carry credentials (user:password@); targets authenticate by signature"));
+        }
         match uri.scheme_str() {
             Some("http" | "https") => {}
             _ => return Err(self.err(key, format!("{text:?} must start with http:// or https://"))),

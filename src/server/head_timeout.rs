@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep};
 const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
 content-type: application/json\r\n\
 connection: close\r\n\
-content-length: 82\r\n\
+content-length: 81\r\n\
 \r\n\
 {\"error\":\"header_timeout\",\"message\":\"the request headers did not arrive in time\"}";
 
