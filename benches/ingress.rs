@@ -92,7 +92,7 @@ fn journal_append(c: &mut Criterion) {
                             tokio::spawn(async move {
                                 for i in 0..per_writer {
                                     let n = first + w * per_writer + i;
-                                    journal.append(delivery(n, body.clone())).await.unwrap();
+                                    journal.append(delivery(n, body.clone()), &[]).await.unwrap();
                                 }
                             })
                         })

@@ -17,8 +17,10 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::config::{Config, RateLimit, SourceConfig};
+use crate::delivery::Wakers;
 use crate::envelope::Envelope;
 use crate::journal::{Journal, JournalError, NewDelivery};
+use crate::routing::{Route, Router};
 use crate::signature::{self, SignedHeaders, Verifier, VerifyError};
 
 pub const HOOKS_PREFIX: &str = "/hooks/";
@@ -156,15 +158,19 @@ fn limiter(rate: RateLimit) -> DefaultDirectRateLimiter {
 /// The inbound webhook service.
 pub struct Ingress {
     sources: HashMap<String, Source>,
+    router: Router,
+    wakers: Wakers,
     journal: Arc<Journal>,
     max_body: u64,
     body_timeout: Duration,
 }
 
 impl Ingress {
-    pub fn new(config: &Config, journal: Arc<Journal>) -> Self {
+    pub fn new(config: &Config, journal: Arc<Journal>, wakers: Wakers) -> Self {
         Ingress {
             sources: config.sources.values().map(|s| (s.name.clone(), Source::new(s))).collect(),
+            router: Router::new(config.targets.values().map(Route::from_target)),
+            wakers,
             journal,
             max_body: config.server.max_body,
             body_timeout: config.server.body_timeout,
@@ -269,6 +275,7 @@ impl Ingress {
             return Outcome::Rejected(err);
         }
         let envelope = Envelope::from_body(&body);
+        let targets = self.router.targets_for(&source.name, envelope.event_type.as_deref(), &body);
         let delivery = NewDelivery {
             received_at_ms: now.as_millis() as u64,
             source: source.name.clone(),
@@ -280,8 +287,15 @@ impl Ingress {
             monitor_id: envelope.monitor_id,
             body: body.to_vec(),
         };
-        match self.journal.append(delivery).await {
-            Ok(appended) => Outcome::Accepted { id: appended.id.to_string(), duplicate: appended.duplicate },
+        match self.journal.append(delivery, &targets).await {
+            Ok(appended) => {
+                if !appended.duplicate {
+                    for target in &targets {
+                        self.wakers.wake(target);
+                    }
+                }
+                Outcome::Accepted { id: appended.id.to_string(), duplicate: appended.duplicate }
+            }
             Err(JournalError::Full { size, limit }) => {
                 tracing::error!(size, limit, "journal is over journal.max_size; refusing deliveries");
                 Outcome::JournalFull

@@ -13,22 +13,27 @@
 //! - [`journal`]: the only module that knows sled; records, dedup index,
 //!   group commit.
 //! - [`ingress`]: the inbound `POST /hooks/{source}` service; decides every answer.
+//! - [`routing`]: pure target selection (`events` globs, `match` pointers).
+//! - [`delivery`]: per-target lanes that re-sign and POST queued jobs, with
+//!   rate limits, retries ([`delivery::policy`]) and a circuit breaker.
 //! - `server`: accept loop, TLS, HTTP/1.1 and h2, graceful shutdown.
 //! - [`tls`]: PEM files → rustls configuration (ring provider).
 //! - [`cli`]: the `hookrelay` command line; `main.rs` only calls it.
 //!
 //! [`Gateway`] wires them: `Gateway::bind(config)` opens the journal and binds
-//! the listener (port 0 works, for tests), `run(shutdown)` serves until the
-//! shutdown future resolves, drains, and flushes the journal.
+//! the listener (port 0 works, for tests), `run(shutdown)` serves and delivers
+//! until the shutdown future resolves, drains both, and flushes the journal.
 
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod envelope;
 pub mod ingress;
 pub mod journal;
 mod logging;
+pub mod routing;
 mod server;
 pub mod signature;
 pub mod tls;
@@ -94,7 +99,8 @@ impl Gateway {
     /// requests finish within `[server] shutdown_grace`, and flushes the journal.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
         let Gateway { config, listener, journal } = self;
-        let ingress = Arc::new(Ingress::new(&config, journal.clone()));
+        let dispatcher = delivery::Dispatcher::new(&config, journal.clone());
+        let ingress = Arc::new(Ingress::new(&config, journal.clone(), dispatcher.wakers()));
         let tls = config.server.tls.as_ref().map(|tls| tokio_rustls::TlsAcceptor::from(tls.config.clone()));
         let limits = server::ConnectionLimits {
             header_timeout: config.server.header_timeout,
@@ -108,10 +114,23 @@ impl Gateway {
             %addr,
             tls = tls.is_some(),
             sources = config.sources.len(),
+            targets = config.targets.len(),
             journal = %config.journal.path.display(),
             "listening"
         );
-        server::serve(listener, tls, ingress, limits, shutdown).await;
+        // One stop signal for both halves: ingress stops accepting and the
+        // lanes stop taking jobs at the same moment, then each drains.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let trigger = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        let mut server_stop = stop_rx.clone();
+        let serving = server::serve(listener, tls, ingress, limits, async move {
+            let _ = server_stop.wait_for(|stopping| *stopping).await;
+        });
+        let delivering = dispatcher.run(stop_rx, config.server.shutdown_grace);
+        tokio::join!(trigger, serving, delivering);
         pruner.abort();
         let flushed =
             tokio::task::spawn_blocking(move || journal.flush()).await.expect("journal flush does not panic");

@@ -18,6 +18,37 @@ pub fn install_default_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Reads every certificate of a PEM file, for a target's `ca_file`.
+pub fn load_ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| format!("{} is not valid PEM: {err}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no CERTIFICATE section", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The TLS client configuration for outbound requests: the system's roots
+/// plus `extra` (a target's private CA), HTTP/1.1 only.
+pub fn client_config(extra: &[CertificateDer<'static>]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::debug!(%error, "could not load a system root certificate");
+    }
+    roots.add_parsable_certificates(native.certs);
+    roots.add_parsable_certificates(extra.iter().cloned());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
 /// A loaded server certificate and key, ready to accept connections.
 #[derive(Clone)]
 pub struct ServerTls {

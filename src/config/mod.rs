@@ -13,6 +13,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
 pub use secret::{Environment, ProcessEnv, Secret, SecretRef};
@@ -176,6 +177,28 @@ struct RawTarget {
     timeout: HumanDuration,
     #[serde(default)]
     retry: RawRetry,
+    /// Extra CA certificates (PEM) trusted for this target's https URL.
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    breaker: RawBreaker,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    #[serde(default = "defaults::breaker_failures")]
+    failures: u32,
+    #[serde(default = "defaults::breaker_probe_interval")]
+    probe_interval: HumanDuration,
+}
+
+impl Default for RawBreaker {
+    fn default() -> Self {
+        RawBreaker {
+            failures: defaults::breaker_failures(),
+            probe_interval: defaults::breaker_probe_interval(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -284,6 +307,12 @@ mod defaults {
     pub fn retry_max_age() -> HumanDuration {
         secs(48 * 3600)
     }
+    pub fn breaker_failures() -> u32 {
+        10
+    }
+    pub fn breaker_probe_interval() -> HumanDuration {
+        secs(30)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -372,6 +401,17 @@ pub struct TargetConfig {
     pub concurrency: NonZeroU32,
     pub timeout: Duration,
     pub retry: RetryConfig,
+    /// CA certificates from `ca_file`, trusted besides the system's roots.
+    pub ca_certs: Vec<CertificateDer<'static>>,
+    pub breaker: BreakerConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive failures that pause the target.
+    pub failures: NonZeroU32,
+    /// How often a paused target is probed with one job.
+    pub probe_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -640,6 +680,17 @@ impl Validator<'_> {
         let concurrency = NonZeroU32::new(raw.concurrency)
             .ok_or_else(|| self.err(format!("{key}.concurrency"), "must be at least 1"))?;
         let retry = self.retry(&format!("{key}.retry"), raw.retry)?;
+        let ca_certs = match raw.ca_file {
+            None => Vec::new(),
+            Some(path) => crate::tls::load_ca_certs(&self.base_dir.join(path))
+                .map_err(|msg| self.err(format!("{key}.ca_file"), msg))?,
+        };
+        let breaker = BreakerConfig {
+            failures: NonZeroU32::new(raw.breaker.failures)
+                .ok_or_else(|| self.err(format!("{key}.breaker.failures"), "must be at least 1"))?,
+            probe_interval: self
+                .positive(&format!("{key}.breaker.probe_interval"), raw.breaker.probe_interval.0)?,
+        };
         Ok(TargetConfig {
             name: name.to_owned(),
             source: raw.source,
@@ -652,6 +703,8 @@ impl Validator<'_> {
             concurrency,
             timeout: self.positive(&format!("{key}.timeout"), raw.timeout.0)?,
             retry,
+            ca_certs,
+            breaker,
         })
     }
 

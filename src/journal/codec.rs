@@ -33,6 +33,10 @@ impl Writer {
         self.buf.push(value);
         self
     }
+    pub(crate) fn u32(&mut self, value: u32) -> &mut Self {
+        self.buf.extend_from_slice(&value.to_be_bytes());
+        self
+    }
     pub(crate) fn u64(&mut self, value: u64) -> &mut Self {
         self.buf.extend_from_slice(&value.to_be_bytes());
         self
@@ -75,6 +79,9 @@ impl<'a> Reader<'a> {
     }
     pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
+    }
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("took 4 bytes")))
     }
     pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("took 8 bytes")))

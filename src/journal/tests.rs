@@ -32,8 +32,8 @@ async fn append_then_read_back_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let first = {
         let journal = Journal::open(&config(dir.path())).unwrap();
-        let a = journal.append(delivery("evt_a", 1_000)).await.unwrap();
-        let b = journal.append(delivery("evt_b", 2_000)).await.unwrap();
+        let a = journal.append(delivery("evt_a", 1_000), &[]).await.unwrap();
+        let b = journal.append(delivery("evt_b", 2_000), &[]).await.unwrap();
         assert!(!a.duplicate && !b.duplicate);
         assert!(a.id < b.id);
         a
@@ -50,13 +50,15 @@ async fn append_then_read_back_after_reopen() {
 async fn duplicate_within_window_returns_the_original() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(&config(dir.path())).unwrap();
-    let original = journal.append(delivery("evt_a", 1_000)).await.unwrap();
-    let again = journal.append(delivery("evt_a", 1_000 + 3_599_999)).await.unwrap();
+    let original = journal.append(delivery("evt_a", 1_000), &[]).await.unwrap();
+    let again = journal.append(delivery("evt_a", 1_000 + 3_599_999), &[]).await.unwrap();
     assert_eq!(again, Appended { id: original.id, duplicate: true });
     assert_eq!(journal.len(), 1);
     // The same id from another source is not a duplicate.
-    let other =
-        journal.append(NewDelivery { source: "other".into(), ..delivery("evt_a", 2_000) }).await.unwrap();
+    let other = journal
+        .append(NewDelivery { source: "other".into(), ..delivery("evt_a", 2_000) }, &[])
+        .await
+        .unwrap();
     assert!(!other.duplicate);
 }
 
@@ -64,12 +66,12 @@ async fn duplicate_within_window_returns_the_original() {
 async fn duplicate_after_window_is_a_new_delivery() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(&config(dir.path())).unwrap();
-    let original = journal.append(delivery("evt_a", 1_000)).await.unwrap();
-    let later = journal.append(delivery("evt_a", 1_000 + 3_600_000)).await.unwrap();
+    let original = journal.append(delivery("evt_a", 1_000), &[]).await.unwrap();
+    let later = journal.append(delivery("evt_a", 1_000 + 3_600_000), &[]).await.unwrap();
     assert!(!later.duplicate);
     assert_ne!(later.id, original.id);
     // ... and later copies dedup against the newer one.
-    let again = journal.append(delivery("evt_a", 1_000 + 3_600_001)).await.unwrap();
+    let again = journal.append(delivery("evt_a", 1_000 + 3_600_001), &[]).await.unwrap();
     assert_eq!(again, Appended { id: later.id, duplicate: true });
 }
 
@@ -81,7 +83,7 @@ async fn concurrent_appends_share_flushes_and_all_land() {
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let journal = journal.clone();
-            tokio::spawn(async move { journal.append(delivery(&format!("evt_{i}"), 5_000)).await })
+            tokio::spawn(async move { journal.append(delivery(&format!("evt_{i}"), 5_000), &[]).await })
         })
         .collect();
     for task in tasks {
@@ -99,7 +101,7 @@ async fn concurrent_duplicates_journal_once() {
     let tasks: Vec<_> = (0..32)
         .map(|_| {
             let journal = journal.clone();
-            tokio::spawn(async move { journal.append(delivery("evt_same", 5_000)).await.unwrap() })
+            tokio::spawn(async move { journal.append(delivery("evt_same", 5_000), &[]).await.unwrap() })
         })
         .collect();
     let mut outcomes = Vec::new();
@@ -117,10 +119,10 @@ async fn over_quota_refuses_writes_without_writing() {
     let dir = tempfile::tempdir().unwrap();
     {
         let journal = Journal::open(&config(dir.path())).unwrap();
-        journal.append(delivery("evt_a", 1_000)).await.unwrap();
+        journal.append(delivery("evt_a", 1_000), &[]).await.unwrap();
     }
     let journal = Journal::open(&JournalConfig { max_size: Some(1), ..config(dir.path()) }).unwrap();
-    let err = journal.append(delivery("evt_b", 2_000)).await.unwrap_err();
+    let err = journal.append(delivery("evt_b", 2_000), &[]).await.unwrap_err();
     assert!(matches!(err, JournalError::Full { limit: 1, .. }), "{err}");
     assert_eq!(journal.len(), 1);
 }
@@ -136,7 +138,7 @@ async fn quota_is_rechecked_as_the_journal_grows() {
     for i in 0..64u64 {
         let big =
             NewDelivery { body: vec![b'x'; 256 * 1024], ..delivery(&format!("evt_{i}"), 1_000 + i * 1_100) };
-        match journal.append(big).await {
+        match journal.append(big, &[]).await {
             Ok(_) => accepted += 1,
             Err(err) => {
                 refused = Some(err);
@@ -153,12 +155,12 @@ async fn quota_is_rechecked_as_the_journal_grows() {
 async fn prune_dedup_drops_only_expired_entries() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(&config(dir.path())).unwrap();
-    journal.append(delivery("evt_old", 1_000)).await.unwrap();
-    journal.append(delivery("evt_new", 3_000_000)).await.unwrap();
+    journal.append(delivery("evt_old", 1_000), &[]).await.unwrap();
+    journal.append(delivery("evt_new", 3_000_000), &[]).await.unwrap();
     assert_eq!(journal.prune_dedup(1_000 + 3_600_000).unwrap(), 1);
     // The pruned id is accepted as new; the kept one is still a duplicate.
-    assert!(!journal.append(delivery("evt_old", 3_700_000)).await.unwrap().duplicate);
-    assert!(journal.append(delivery("evt_new", 3_700_000)).await.unwrap().duplicate);
+    assert!(!journal.append(delivery("evt_old", 3_700_000), &[]).await.unwrap().duplicate);
+    assert!(journal.append(delivery("evt_new", 3_700_000), &[]).await.unwrap().duplicate);
     // Records themselves are untouched by dedup pruning.
     assert_eq!(journal.len(), 3);
 }
