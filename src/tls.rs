@@ -31,22 +31,28 @@ pub fn load_ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String
 }
 
 /// The TLS client configuration for outbound requests: the system's roots
-/// plus `extra` (a target's private CA), HTTP/1.1 only.
+/// plus `extra` (a target's private CA). ALPN is left to the connector.
 pub fn client_config(extra: &[CertificateDer<'static>]) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for error in &native.errors {
-        tracing::debug!(%error, "could not load a system root certificate");
-    }
-    roots.add_parsable_certificates(native.certs);
+    roots.add_parsable_certificates(native_roots().iter().cloned());
     roots.add_parsable_certificates(extra.iter().cloned());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+    rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config
+        .with_no_client_auth()
+}
+
+/// The system's root certificates, read once per process.
+fn native_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let native = rustls_native_certs::load_native_certs();
+        for error in &native.errors {
+            tracing::debug!(%error, "could not load a system root certificate");
+        }
+        native.certs
+    })
 }
 
 /// A loaded server certificate and key, ready to accept connections.

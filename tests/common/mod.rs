@@ -3,6 +3,8 @@
 //! client speaking HTTP/1.1, HTTP/1.1 over TLS or h2 over TLS.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod target;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,6 +46,8 @@ pub struct Options {
     pub journal: String,
     /// Replaces the default `[sources.parallel]` table.
     pub sources: Option<String>,
+    /// `[targets.*]` tables appended to the config.
+    pub targets: String,
     pub tls: bool,
     /// Reuse this directory (its journal) instead of a fresh one.
     pub dir: Option<Arc<tempfile::TempDir>>,
@@ -96,10 +100,11 @@ impl TestGateway {
             client_tls = Some(client);
         }
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{tls_line}\n{}\n[journal]\npath = \"{dir_path}/journal\"\n{}\n{}",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{tls_line}\n{}\n[journal]\npath = \"{dir_path}/journal\"\n{}\n{}\n{}",
             options.server.replace("{dir}", &dir_path),
             options.journal.replace("{dir}", &dir_path),
             options.sources.clone().unwrap_or_else(default_sources).replace("{dir}", &dir_path),
+            options.targets.replace("{dir}", &dir_path),
         );
         let config_path = dir.path().join("hookrelay.toml");
         std::fs::write(&config_path, &text).unwrap();
