@@ -44,11 +44,14 @@ impl Received {
     }
 }
 
+/// Picks an answer from the request's headers; `None` falls back to the script.
+type Chooser = Box<dyn Fn(&HeaderMap) -> Option<Answer> + Send>;
+
 struct State {
     script: VecDeque<Answer>,
     default: Answer,
     /// Answers chosen by a function of the request (overrides the script).
-    by_request: Option<Box<dyn Fn(&HeaderMap) -> Option<Answer> + Send>>,
+    by_request: Option<Chooser>,
     received: Vec<Received>,
 }
 
