@@ -415,3 +415,70 @@ async fn pending_jobs_resume_after_a_restart() {
         received.iter().filter(|r| r.answered == "Status(200)").map(|r| r.header("webhook-id")).collect();
     assert_eq!(delivered.len(), 5);
 }
+
+/// Verifies a received request with the Python `standardwebhooks` package,
+/// the library consumers use; returns whether it accepted.
+fn python_verifies(secret: &str, request: &Received, body: &[u8]) -> bool {
+    use std::io::Write;
+    let script = r#"
+import base64, json, sys
+from standardwebhooks.webhooks import Webhook
+d = json.load(sys.stdin)
+try:
+    Webhook(d["secret"]).verify(base64.b64decode(d["body"]), d["headers"])
+except Exception as e:
+    print("rejected:", e)
+    sys.exit(3)
+print("verified")
+"#;
+    let headers: serde_json::Map<String, serde_json::Value> =
+        ["webhook-id", "webhook-timestamp", "webhook-signature"]
+            .iter()
+            .map(|h| (h.to_string(), serde_json::Value::from(request.header(h))))
+            .collect();
+    use base64::Engine;
+    let input = serde_json::json!({
+        "secret": secret,
+        "headers": headers,
+        "body": base64::engine::general_purpose::STANDARD.encode(body),
+    });
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (installed by .ci/run)");
+    child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("ModuleNotFoundError"),
+        "pip install standardwebhooks first (.ci/run does): {stderr}"
+    );
+    out.status.success()
+}
+
+#[tokio::test]
+async fn outbound_signatures_verify_with_the_python_standardwebhooks_library() {
+    let target = TestTarget::start(Some(TARGET_SECRET), vec![Answer::Status(500)]).await;
+    let gateway = gateway_with(target_table("t", &target, "")).await;
+    gateway.post_signed(Transport::Http, "parallel", "evt_py", MONITOR_EVENT).await;
+    let received = target.wait_for(2, WAIT).await;
+    for request in &received {
+        assert!(
+            python_verifies(TARGET_SECRET, request, &request.body),
+            "attempt {}",
+            request.header("hookrelay-attempt")
+        );
+    }
+    // The same check refuses a changed body or another secret: it can fail.
+    let mut tampered = request_body(&received[0]);
+    tampered.push(b' ');
+    assert!(!python_verifies(TARGET_SECRET, &received[0], &tampered));
+    assert!(!python_verifies("whsec_b3RoZXI=", &received[0], &received[0].body));
+}
+
+fn request_body(request: &Received) -> Vec<u8> {
+    request.body.to_vec()
+}

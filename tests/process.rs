@@ -188,6 +188,67 @@ async fn acknowledged_deliveries_survive_sigkill() {
     assert!(logs.contains("delivery accepted") && logs.contains("\"outcome\":\"duplicate\""));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_and_retrying_jobs_survive_sigkill() {
+    use common::target::{Answer, TestTarget};
+    const N: usize = 100;
+    const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";
+    let target = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    // Failing, and slowly, so attempts are in flight and retries queued at the kill.
+    target.answer_with(|_| Some(Answer::Slow(Duration::from_millis(50), 503)));
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(
+        dir.path(),
+        &format!(
+            "[targets.t]\nsource = \"parallel\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\nconcurrency = 8\n\
+             breaker = {{ failures = 1000000 }}\n\
+             retry = {{ initial = \"100ms\", max_delay = \"300ms\", max_attempts = 1000, max_age = \"1h\" }}\n",
+            target.url()
+        ),
+    );
+    let bodies: Vec<(String, String)> = (0..N)
+        .map(|i| {
+            (format!("whevent_{i:03}"), format!(r#"{{"type":"monitor.event.detected","data":{{"n":{i}}}}}"#))
+        })
+        .collect();
+    let mut daemon = Daemon::start(&config_path);
+    let replies = send_all(daemon.addr, &bodies, 16).await;
+    assert!(replies.iter().all(|(status, _)| *status == 200));
+    target.wait_for(N + 20, Duration::from_secs(30)).await;
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    let before_kill = target.received().len();
+    drop(daemon);
+
+    target.answer_with(|_| None); // recovered: 200 from now on
+    let daemon = Daemon::start(&config_path);
+    let received = target
+        .wait_until(Duration::from_secs(60), |r| {
+            r.iter()
+                .filter(|r| r.answered == "Status(200)")
+                .map(|r| r.header("webhook-id"))
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                >= N
+        })
+        .await;
+    let delivered: std::collections::BTreeSet<&str> =
+        received.iter().filter(|r| r.answered == "Status(200)").map(|r| r.header("webhook-id")).collect();
+    let expected: std::collections::BTreeSet<&str> = bodies.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(delivered, expected);
+    for request in &received {
+        assert_eq!(request.verified, Some(Ok(())), "only bodies and signatures that were sent");
+        let id = request.header("webhook-id");
+        let body = &bodies.iter().find(|(i, _)| i == id).expect("a webhook-id that was sent").1;
+        assert_eq!(request.body, body.as_bytes());
+    }
+    let duplicates = received.iter().filter(|r| r.answered == "Status(200)").count() - N;
+    println!(
+        "acked {N}; {before_kill} failed attempts before SIGKILL; all {N} delivered after restart ({duplicates} duplicate 200s)"
+    );
+    drop(daemon);
+}
+
 #[test]
 fn check_config_exit_codes() {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/hookrelay.toml");
