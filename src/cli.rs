@@ -42,6 +42,41 @@ enum Command {
     GenSecret,
     /// Print the three Standard Webhooks headers for a body, e.g. for curl -H @file.
     Sign(SignArgs),
+    /// Post a realistic signed Parallel sample event to the gateway.
+    SendTest(SendTestArgs),
+    /// A consumer that verifies and prints every webhook it receives.
+    Tap(TapArgs),
+}
+
+#[derive(Args, Debug)]
+struct SendTestArgs {
+    /// Event type: monitor.event.detected, monitor.execution.completed,
+    /// monitor.execution.failed or task_run.status.
+    #[arg(long = "type", default_value = "monitor.event.detected")]
+    event_type: String,
+    /// Config to take the source's address and secret from.
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// The source to post to.
+    #[arg(long, default_value = "parallel")]
+    source: String,
+    /// Post here instead of the config's listen address.
+    #[arg(long)]
+    url: Option<String>,
+    /// Sign with this secret (literal, env:, file:) instead of the source's
+    /// first secret; the config is then not read.
+    #[arg(long)]
+    secret: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct TapArgs {
+    /// Address to listen on, e.g. 127.0.0.1:9001.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// The target's secret (literal, env:, file:), to verify signatures.
+    #[arg(long)]
+    secret: String,
 }
 
 #[derive(Args, Debug)]
@@ -97,6 +132,8 @@ pub fn run(cli: Cli) -> u8 {
             EXIT_OK
         }
         Command::Sign(args) => sign(args),
+        Command::SendTest(args) => send_test(args),
+        Command::Tap(args) => tap(args),
     }
 }
 
@@ -271,6 +308,157 @@ fn sign_headers(args: SignArgs) -> Result<String, String> {
         signature::HEADER_TIMESTAMP,
         signature::HEADER_SIGNATURE
     ))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|err| {
+        eprintln!("hookrelay: cannot start the runtime: {err}");
+        EXIT_FAILURE
+    })
+}
+
+fn tap(args: TapArgs) -> u8 {
+    let secret = match SecretRef::from(args.secret).resolve(Path::new("."), &ProcessEnv) {
+        Ok(secret) => secret,
+        Err(err) => {
+            eprintln!("hookrelay: --secret: {err}");
+            return EXIT_USAGE;
+        }
+    };
+    let keys = match signature::keys_for_secret(secret.expose()) {
+        Ok(keys) => keys,
+        Err(err) => {
+            eprintln!("hookrelay: --secret: {err}");
+            return EXIT_USAGE;
+        }
+    };
+    let verifier = signature::Verifier::new(keys, std::time::Duration::from_secs(300));
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(listener) => listener,
+            Err(err) => {
+                eprintln!("hookrelay: cannot listen on {}: {err}", args.listen);
+                return EXIT_FAILURE;
+            }
+        };
+        eprintln!(
+            "hookrelay tap: listening on http://{}/ (Ctrl-C to stop)",
+            listener.local_addr().map_or(args.listen, |a| a)
+        );
+        tokio::select! {
+            result = crate::tap::run(listener, verifier) => {
+                if let Err(err) = result {
+                    eprintln!("hookrelay: tap stopped: {err}");
+                    return EXIT_FAILURE;
+                }
+                EXIT_OK
+            }
+            () = shutdown_signal() => EXIT_OK,
+        }
+    })
+}
+
+fn send_test(args: SendTestArgs) -> u8 {
+    let prepared = match prepare_send_test(&args) {
+        Ok(prepared) => prepared,
+        Err(message) => {
+            eprintln!("hookrelay: {message}");
+            return EXIT_USAGE;
+        }
+    };
+    let (url, key) = prepared;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let suffix: String = random_bytes::<8>().iter().map(|b| format!("{b:02x}")).collect();
+    let Some(body) = crate::samples::sample_event(&args.event_type, &suffix, &crate::samples::rfc3339(now))
+    else {
+        eprintln!(
+            "hookrelay: --type: unknown event type {:?} (one of: {})",
+            args.event_type,
+            crate::samples::EVENT_TYPES.join(", ")
+        );
+        return EXIT_USAGE;
+    };
+    let id = format!("whevent_{suffix}");
+    let timestamp = now.to_string();
+    let sig = signature::sign(&key, &id, &timestamp, body.as_bytes());
+    let request = hyper::Request::post(&url)
+        .header("content-type", "application/json")
+        .header(signature::HEADER_ID, &id)
+        .header(signature::HEADER_TIMESTAMP, &timestamp)
+        .header(signature::HEADER_SIGNATURE, &sig)
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)));
+    let request = match request {
+        Ok(request) => request,
+        Err(err) => {
+            eprintln!("hookrelay: --url: {err}");
+            return EXIT_USAGE;
+        }
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async {
+        use http_body_util::BodyExt;
+        let client = crate::delivery::outbound::http_client(&[], 1);
+        let response =
+            match tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request)).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(err)) => {
+                    eprintln!("hookrelay: cannot reach {url}: {err}");
+                    return EXIT_UNAVAILABLE;
+                }
+                Err(_) => {
+                    eprintln!("hookrelay: no answer from {url} within 30s");
+                    return EXIT_UNAVAILABLE;
+                }
+            };
+        let status = response.status();
+        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        println!("{} {} -> {} {}", args.event_type, id, status.as_u16(), String::from_utf8_lossy(&body));
+        if status.is_success() { EXIT_OK } else { EXIT_FAILURE }
+    })
+}
+
+/// The URL to post to and the key to sign with, from flags or the config.
+fn prepare_send_test(args: &SendTestArgs) -> Result<(String, signature::SigningKey), String> {
+    let config = match (&args.url, &args.secret) {
+        (Some(_), Some(_)) => None,
+        _ => Some(Config::load(&args.config).map_err(|err| err.to_string())?),
+    };
+    let url = match (&args.url, &config) {
+        (Some(url), _) => url.clone(),
+        (None, Some(config)) => {
+            let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+            let mut addr = config.server.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("{scheme}://{addr}/hooks/{}", args.source)
+        }
+        (None, None) => unreachable!("the config is loaded when --url is absent"),
+    };
+    let key = match (&args.secret, &config) {
+        (Some(secret), _) => {
+            let secret = SecretRef::from(secret.clone())
+                .resolve(Path::new("."), &ProcessEnv)
+                .map_err(|err| format!("--secret: {err}"))?;
+            // Parallel signs with the secret's raw bytes; so does send-test.
+            signature::keys_for_secret(secret.expose()).map_err(|err| format!("--secret: {err}"))?.remove(0)
+        }
+        (None, Some(config)) => {
+            let source = config.sources.get(&args.source).ok_or_else(|| {
+                format!("--source: no source {:?} in {}", args.source, args.config.display())
+            })?;
+            source.keys[0].clone()
+        }
+        (None, None) => unreachable!("the config is loaded when --secret is absent"),
+    };
+    Ok((url, key))
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@
 //! - `server`: accept loop, TLS, HTTP/1.1 and h2, graceful shutdown.
 //! - [`tls`]: PEM files → rustls configuration (ring provider).
 //! - [`cli`]: the `hookrelay` command line; `main.rs` only calls it.
+//! - [`tap`] and [`samples`]: the developer tools `hookrelay tap` (a verifying
+//!   receiver) and `hookrelay send-test` (a signed sample event).
 //!
 //! [`Gateway`] wires them: `Gateway::bind(config)` opens the journal and binds
 //! the listener (port 0 works, for tests), `run(shutdown)` serves and delivers
@@ -34,8 +36,10 @@ pub mod ingress;
 pub mod journal;
 mod logging;
 pub mod routing;
+pub mod samples;
 mod server;
 pub mod signature;
+pub mod tap;
 pub mod tls;
 
 use std::future::Future;

@@ -341,3 +341,141 @@ async fn sign_output_is_accepted_by_the_gateway() {
     daemon.signal("INT");
     assert!(daemon.wait().success(), "SIGINT exits 0 too");
 }
+
+/// A child process whose stdout lines are collected.
+struct Lines {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Lines {
+    fn spawn(command: &mut Command) -> Lines {
+        let mut child =
+            command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Lines { child, lines }
+    }
+
+    fn wait_for_line(&self, pred: impl Fn(&str) -> bool) -> String {
+        for _ in 0..200 {
+            if let Some(line) = self.lines.lock().unwrap().iter().find(|l| pred(l)) {
+                return line.clone();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no such line; got {:?}", self.lines.lock().unwrap());
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nothing listens on {port}");
+}
+
+#[test]
+fn quick_start_serve_tap_and_send_test() {
+    const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";
+    let tap_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(
+        dir.path(),
+        &format!(
+            "[targets.tap]\nsource = \"parallel\"\nurl = \"http://127.0.0.1:{tap_port}/events\"\nsecret = \"{TARGET_SECRET}\"\n"
+        ),
+    );
+    let tap = Lines::spawn(Command::new(BIN).args([
+        "tap",
+        "--listen",
+        &format!("127.0.0.1:{tap_port}"),
+        "--secret",
+        TARGET_SECRET,
+    ]));
+    wait_for_port(tap_port);
+    let daemon = Daemon::start(&config_path);
+    for event_type in hookrelay::samples::EVENT_TYPES {
+        let out = Command::new(BIN)
+            .args(["send-test", "--type", event_type, "--config"])
+            .arg(&config_path)
+            .args(["--url", &format!("http://{}/hooks/parallel", daemon.addr)])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("-> 200") && stdout.contains("\"duplicate\":false"), "{stdout}");
+        let line = tap.wait_for_line(|l| l.contains(&format!("type={event_type} ")));
+        assert!(
+            line.contains(" verified ") && line.contains("attempt=1") && line.contains("delivery=dlv_"),
+            "{line}"
+        );
+    }
+
+    // A tap with the wrong secret says why it refuses, and answers 401.
+    let wrong_port = free_port();
+    let wrong = Lines::spawn(Command::new(BIN).args([
+        "tap",
+        "--listen",
+        &format!("127.0.0.1:{wrong_port}"),
+        "--secret",
+        "whsec_d3Jvbmc=",
+    ]));
+    wait_for_port(wrong_port);
+    let out = Command::new(BIN)
+        .args(["send-test", "--url", &format!("http://127.0.0.1:{wrong_port}/"), "--secret", TARGET_SECRET])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a 401 is a failure");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("-> 401"));
+    wrong.wait_for_line(|l| l.contains("REJECTED (invalid_signature)"));
+}
+
+#[test]
+fn send_test_errors() {
+    let unreachable = Command::new(BIN)
+        .args([
+            "send-test",
+            "--url",
+            &format!("http://127.0.0.1:{}/hooks/parallel", free_port()),
+            "--secret",
+            SECRET,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(69), "{}", String::from_utf8_lossy(&unreachable.stderr));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach"));
+    let unknown = Command::new(BIN)
+        .args(["send-test", "--type", "nope", "--url", "http://127.0.0.1:1/", "--secret", SECRET])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown event type \"nope\""));
+    let no_source = Command::new(BIN)
+        .args(["send-test", "--source", "nope", "--config"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/hookrelay.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(no_source.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&no_source.stderr).contains("no source \"nope\""));
+}

@@ -11,7 +11,7 @@
 
 pub mod breaker;
 mod lane;
-mod outbound;
+pub mod outbound;
 pub mod policy;
 
 use std::collections::HashMap;

@@ -17,7 +17,7 @@ use crate::config::{Signing, TargetConfig};
 use crate::journal::DeliveryRecord;
 use crate::signature::{self, SigningKey};
 
-pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Response bodies are read (so the connection can be reused) up to this much.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
@@ -25,14 +25,19 @@ const MAX_RESPONSE_BODY: usize = 64 * 1024;
 /// A pooled client for one target: http or https, the system's roots plus the
 /// target's `ca_file`. Redirects are never followed (hyper does not).
 pub(crate) fn client(target: &TargetConfig) -> HttpClient {
+    http_client(&target.ca_certs, target.concurrency.get() as usize)
+}
+
+/// A pooled HTTP/1.1 client for http and https URLs (also used by the CLI).
+pub fn http_client(ca_certs: &[rustls_pki_types::CertificateDer<'static>], max_idle: usize) -> HttpClient {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(crate::tls::client_config(&target.ca_certs))
+        .with_tls_config(crate::tls::client_config(ca_certs))
         .https_or_http()
         .enable_http1()
         .build();
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(target.concurrency.get() as usize)
+        .pool_max_idle_per_host(max_idle)
         .build(connector)
 }
 
