@@ -1,31 +1,28 @@
 //! The journal: the only module that knows sled.
 //!
-//! Trees:
-//! - `deliveries`: [`DeliveryId`] key (time-ordered) → encoded [`DeliveryRecord`];
-//!   being keyed by time, it is also the time index for listing and replay.
-//! - `dedup`: `source \0 webhook-id` → the key of the first delivery with that
-//!   id, which carries its receive time, so the window check needs no lookup.
-//! - `jobs`: delivery key ++ target name → encoded [`Job`] (state and history).
-//! - `queue`: the work index of pending jobs, per target:
-//!   `target \0 class due_ms delivery_key` → empty, where class 0 is a fresh
-//!   job (due = creation, so FIFO) and class 1 a retry (ordered by due time).
-//!   A job stays indexed while an attempt is in flight, so a crash leaves it
-//!   pending and it is retried at the next start.
+//! Everything lives in one sled tree, under one-byte key prefixes, so that a
+//! group of appends is a single atomic `apply_batch`:
+//! - `D` delivery id (16 bytes, time-ordered) → encoded [`DeliveryRecord`];
+//!   being keyed by time, this is also the time index for listing and replay.
+//! - `U` source `\0` webhook-id → the key of the first delivery with that id,
+//!   which carries its receive time, so the window check needs no lookup.
+//! - `J` delivery id ++ target → encoded [`Job`] (state and attempt history).
+//! - `Q` target `\0` class due_ms delivery id → empty: the work index of
+//!   pending jobs. Class 0 is a fresh job (due = arrival, so FIFO), class 1 a
+//!   retry (ordered by due time). A job stays indexed while its attempt is in
+//!   flight, so a crash leaves it pending and it is retried at the next start.
 //!
-//! [`Journal::append`] writes record, dedup entry and the fan-out jobs in one
-//! sled transaction and returns only once a group-commit flush covers the
-//! write: an acknowledged delivery and its jobs survive a crash.
+//! [`Journal::append`] hands the delivery to the writer thread (see `writer`),
+//! which writes it with its fan-out jobs and answers only after the flush that
+//! covers them: an acknowledged delivery and its jobs survive a crash.
 
 mod codec;
-mod commit;
 mod job;
 mod record;
+mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
 
 pub use codec::DecodeError;
 pub use job::{Attempt, Job, JobState};
@@ -33,7 +30,7 @@ pub use record::{BadDeliveryId, DeliveryId, DeliveryRecord};
 
 use crate::config::JournalConfig;
 use crate::delivery::policy::Decision;
-use commit::GroupCommit;
+use writer::Writer;
 
 /// Why the journal could not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,11 +73,8 @@ pub struct Appended {
 
 pub struct Journal {
     db: sled::Db,
-    deliveries: sled::Tree,
-    dedup: sled::Tree,
-    jobs: sled::Tree,
-    queue: sled::Tree,
-    commit: GroupCommit,
+    tree: sled::Tree,
+    writer: Writer,
     dedup_window_ms: u64,
     quota: Option<Quota>,
 }
@@ -103,12 +97,10 @@ impl Journal {
     }
 
     fn from_db(db: sled::Db, dedup_window: Duration, max_size: Option<u64>) -> Result<Journal, JournalError> {
-        let deliveries = db.open_tree("deliveries")?;
-        let dedup = db.open_tree("dedup")?;
-        let jobs = db.open_tree("jobs")?;
-        let queue = db.open_tree("queue")?;
-        let commit = GroupCommit::start(db.clone())
-            .map_err(|err| JournalError::Storage(format!("cannot start the commit thread: {err}")))?;
+        let tree = db.open_tree("journal")?;
+        let dedup_window_ms = u64::try_from(dedup_window.as_millis()).unwrap_or(u64::MAX);
+        let writer = Writer::start(db.clone(), tree.clone(), dedup_window_ms)
+            .map_err(|err| JournalError::Storage(format!("cannot start the journal writer: {err}")))?;
         let quota = match max_size {
             None => None,
             Some(limit) => Some(Quota {
@@ -117,75 +109,16 @@ impl Journal {
                 refreshed_at_ms: AtomicU64::new(0),
             }),
         };
-        Ok(Journal {
-            db,
-            deliveries,
-            dedup,
-            jobs,
-            queue,
-            commit,
-            dedup_window_ms: u64::try_from(dedup_window.as_millis()).unwrap_or(u64::MAX),
-            quota,
-        })
+        Ok(Journal { db, tree, writer, dedup_window_ms, quota })
     }
 
     /// Journals a delivery and one pending job per target in `targets`,
     /// unless `(source, webhook_id)` was seen within the dedup window, and
-    /// returns once the outcome is durable on disk.
+    /// returns once the outcome is durable on disk. A duplicate is answered
+    /// after a flush too: its original may have been written in the same group.
     pub async fn append(&self, new: NewDelivery, targets: &[String]) -> Result<Appended, JournalError> {
         self.check_quota(new.received_at_ms)?;
-        let appended = self.write(new, targets)?;
-        // A duplicate waits too: the original may still be awaiting its flush.
-        self.commit.durable().await.map_err(JournalError::Storage)?;
-        Ok(appended)
-    }
-
-    fn write(&self, new: NewDelivery, targets: &[String]) -> Result<Appended, JournalError> {
-        let id = DeliveryId { received_at_ms: new.received_at_ms, seq: self.db.generate_id()? };
-        let dedup_key = dedup_key(&new.source, &new.webhook_id);
-        let received_at_ms = new.received_at_ms;
-        let record = DeliveryRecord {
-            id,
-            source: new.source,
-            webhook_id: new.webhook_id,
-            webhook_timestamp: new.webhook_timestamp,
-            webhook_signature: new.webhook_signature,
-            content_type: new.content_type,
-            event_type: new.event_type,
-            monitor_id: new.monitor_id,
-            body: new.body,
-        }
-        .encode();
-        let window = self.dedup_window_ms;
-        let jobs: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = targets
-            .iter()
-            .map(|target| {
-                let job = Job::new(id, target, received_at_ms, false);
-                (job_key(id, target), job.encode(), queue_key(target, QueueClass::Fresh, received_at_ms, id))
-            })
-            .collect();
-        let trees = (&self.deliveries, &self.dedup, &self.jobs, &self.queue);
-        let outcome = trees.transaction(|(deliveries, dedup, job_tree, queue)| {
-            if let Some(previous) = dedup.get(&dedup_key)?.as_deref().and_then(DeliveryId::from_key)
-                && received_at_ms.saturating_sub(previous.received_at_ms) < window
-            {
-                return Err(ConflictableTransactionError::Abort(previous));
-            }
-            dedup.insert(dedup_key.as_slice(), &id.to_key())?;
-            deliveries.insert(&id.to_key(), record.as_slice())?;
-            for (key, job, queued) in &jobs {
-                job_tree.insert(key.as_slice(), job.as_slice())?;
-                queue.insert(queued.as_slice(), &[])?;
-            }
-            Ok(())
-        });
-        match outcome {
-            Ok(()) => Ok(Appended { id, duplicate: false }),
-            Err(sled::transaction::TransactionError::Abort(original)) => {
-                Ok(Appended { id: original, duplicate: true })
-            }
-            Err(sled::transaction::TransactionError::Storage(err)) => Err(err.into()),
-        }
+        self.writer.append(new, targets.to_vec()).await
     }
 
     fn check_quota(&self, now_ms: u64) -> Result<(), JournalError> {
@@ -230,7 +163,7 @@ impl Journal {
         class: QueueClass,
         skip: &dyn Fn(&[u8]) -> bool,
     ) -> Result<Option<QueueEntry>, JournalError> {
-        for entry in self.queue.scan_prefix(queue_prefix(target, class)) {
+        for entry in self.tree.scan_prefix(keys::queue_prefix(target, class)) {
             let (key, _) = entry?;
             if skip(&key) {
                 continue;
@@ -245,20 +178,18 @@ impl Journal {
 
     /// How many jobs of `target` are pending (fresh and retries).
     pub fn pending_count(&self, target: &str) -> usize {
-        let mut prefix = target.as_bytes().to_vec();
-        prefix.push(0);
-        self.queue.scan_prefix(prefix).count()
+        self.tree.scan_prefix(keys::queue_target_prefix(target)).count()
     }
 
     pub fn job(&self, delivery: DeliveryId, target: &str) -> Result<Option<Job>, JournalError> {
-        let key = job_key(delivery, target);
-        self.jobs.get(&key)?.map(|bytes| decode_job(&key, &bytes)).transpose()
+        let key = keys::job(delivery, target);
+        self.tree.get(&key)?.map(|bytes| decode_job(&key, &bytes)).transpose()
     }
 
     /// Every job of one delivery.
     pub fn jobs_of(&self, delivery: DeliveryId) -> Result<Vec<Job>, JournalError> {
-        self.jobs
-            .scan_prefix(delivery.to_key())
+        self.tree
+            .scan_prefix(keys::job_prefix(delivery))
             .map(|entry| {
                 let (key, value) = entry?;
                 decode_job(&key, &value)
@@ -277,45 +208,42 @@ impl Journal {
         attempt: Attempt,
         decision: Decision,
     ) -> Result<Job, JournalError> {
-        let key = job_key(entry.delivery, target);
-        let outcome = (&self.jobs, &self.queue).transaction(|(jobs, queue)| {
-            let Some(bytes) = jobs.get(&key)? else {
-                return Err(ConflictableTransactionError::Abort(JournalError::Corrupt {
-                    key: format!("job {} → {target}", entry.delivery),
-                    error: DecodeError::Truncated,
-                }));
-            };
-            let mut job = decode_job(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
-            job.push_attempt(attempt.clone());
-            queue.remove(entry.key.as_slice())?;
-            match decision {
-                Decision::Delivered => job.state = JobState::Delivered,
-                Decision::Dead => job.state = JobState::Dead,
-                Decision::RetryAt(at_ms) => {
-                    job.state = JobState::Pending;
-                    job.next_attempt_at_ms = at_ms;
-                    queue.insert(queue_key(target, QueueClass::Retry, at_ms, entry.delivery), &[])?;
-                }
+        // Only this target's lane touches this job, one attempt at a time, so
+        // read-modify-write needs no transaction; the batch makes job and
+        // queue change together.
+        let key = keys::job(entry.delivery, target);
+        let bytes = self.tree.get(&key)?.ok_or_else(|| JournalError::Corrupt {
+            key: format!("job {} → {target}", entry.delivery),
+            error: DecodeError::Truncated,
+        })?;
+        let mut job = decode_job(&key, &bytes)?;
+        job.push_attempt(attempt);
+        let mut batch = sled::Batch::default();
+        batch.remove(entry.key.as_slice());
+        match decision {
+            Decision::Delivered => job.state = JobState::Delivered,
+            Decision::Dead => job.state = JobState::Dead,
+            Decision::RetryAt(at_ms) => {
+                job.state = JobState::Pending;
+                job.next_attempt_at_ms = at_ms;
+                batch.insert(keys::queue(target, QueueClass::Retry, at_ms, entry.delivery), &[]);
             }
-            jobs.insert(key.as_slice(), job.encode())?;
-            Ok(job)
-        });
-        outcome.map_err(|err| match err {
-            sled::transaction::TransactionError::Abort(err) => err,
-            sled::transaction::TransactionError::Storage(err) => err.into(),
-        })
+        }
+        batch.insert(key, job.encode());
+        self.tree.apply_batch(batch)?;
+        Ok(job)
     }
 
     /// Drops dedup entries older than the window, so the index stays bounded.
     /// Returns how many were removed.
     pub fn prune_dedup(&self, now_ms: u64) -> Result<usize, JournalError> {
         let mut removed = 0;
-        for entry in self.dedup.iter() {
+        for entry in self.tree.scan_prefix(keys::DEDUP) {
             let (key, value) = entry?;
             let expired = DeliveryId::from_key(&value)
                 .is_none_or(|id| now_ms.saturating_sub(id.received_at_ms) >= self.dedup_window_ms);
             // Compare-and-swap: a fresh entry written meanwhile is kept.
-            if expired && self.dedup.compare_and_swap(&key, Some(&value), None::<&[u8]>)?.is_ok() {
+            if expired && self.tree.compare_and_swap(&key, Some(&value), None::<&[u8]>)?.is_ok() {
                 removed += 1;
             }
         }
@@ -323,23 +251,24 @@ impl Journal {
     }
 
     pub fn get(&self, id: DeliveryId) -> Result<Option<DeliveryRecord>, JournalError> {
-        self.deliveries.get(id.to_key())?.map(|bytes| decode(&id.to_key(), &bytes)).transpose()
+        self.tree.get(keys::delivery(id))?.map(|bytes| decode(&id.to_key(), &bytes)).transpose()
     }
 
     /// Every delivery, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = Result<DeliveryRecord, JournalError>> + '_ {
-        self.deliveries.iter().map(|entry| {
+        self.tree.scan_prefix(keys::DELIVERY).map(|entry| {
             let (key, value) = entry?;
-            decode(&key, &value)
+            decode(&key[1..], &value)
         })
     }
 
+    /// How many deliveries the journal holds (walks them: for tests and tools).
     pub fn len(&self) -> usize {
-        self.deliveries.len()
+        self.tree.scan_prefix(keys::DELIVERY).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.deliveries.is_empty()
+        self.tree.scan_prefix(keys::DELIVERY).next().is_none()
     }
 
     /// Flushes everything to disk now (used at shutdown).
@@ -350,7 +279,7 @@ impl Journal {
 
     /// Group-commit flushes run so far.
     pub fn flush_count(&self) -> u64 {
-        self.commit.flushes()
+        self.writer.flushes()
     }
 
     pub fn size_on_disk(&self) -> Result<u64, JournalError> {
@@ -377,7 +306,7 @@ pub struct QueueEntry {
 
 impl QueueEntry {
     fn parse(key: &[u8], target_len: usize) -> Option<Self> {
-        let rest = key.get(target_len + 1..)?;
+        let rest = key.get(1 + target_len + 1..)?;
         let class = match rest.first()? {
             0 => QueueClass::Fresh,
             1 => QueueClass::Retry,
@@ -389,37 +318,8 @@ impl QueueEntry {
     }
 }
 
-fn queue_prefix(target: &str, class: QueueClass) -> Vec<u8> {
-    let mut key = Vec::with_capacity(target.len() + 2 + 8 + DeliveryId::KEY_LEN);
-    key.extend_from_slice(target.as_bytes());
-    key.push(0);
-    key.push(class as u8);
-    key
-}
-
-fn queue_key(target: &str, class: QueueClass, due_ms: u64, delivery: DeliveryId) -> Vec<u8> {
-    let mut key = queue_prefix(target, class);
-    key.extend_from_slice(&due_ms.to_be_bytes());
-    key.extend_from_slice(&delivery.to_key());
-    key
-}
-
-fn job_key(delivery: DeliveryId, target: &str) -> Vec<u8> {
-    let mut key = delivery.to_key().to_vec();
-    key.extend_from_slice(target.as_bytes());
-    key
-}
-
 fn decode_job(key: &[u8], bytes: &[u8]) -> Result<Job, JournalError> {
     Job::decode(bytes).map_err(|error| JournalError::Corrupt { key: format!("job {key:02x?}"), error })
-}
-
-fn dedup_key(source: &str, webhook_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(source.len() + 1 + webhook_id.len());
-    key.extend_from_slice(source.as_bytes());
-    key.push(0);
-    key.extend_from_slice(webhook_id.as_bytes());
-    key
 }
 
 fn decode(key: &[u8], bytes: &[u8]) -> Result<DeliveryRecord, JournalError> {
@@ -427,6 +327,50 @@ fn decode(key: &[u8], bytes: &[u8]) -> Result<DeliveryRecord, JournalError> {
         key: DeliveryId::from_key(key).map_or_else(|| format!("{key:02x?}"), |id| id.to_string()),
         error,
     })
+}
+
+/// Key layout of the journal tree (see the module docs).
+mod keys {
+    use super::{DeliveryId, QueueClass};
+
+    pub const DELIVERY: &[u8] = b"D";
+    pub const DEDUP: &[u8] = b"U";
+    const JOB: u8 = b'J';
+    const QUEUE: u8 = b'Q';
+
+    pub fn delivery(id: DeliveryId) -> Vec<u8> {
+        [DELIVERY, &id.to_key()].concat()
+    }
+
+    pub fn dedup(source: &str, webhook_id: &str) -> Vec<u8> {
+        [DEDUP, source.as_bytes(), b"\0", webhook_id.as_bytes()].concat()
+    }
+
+    pub fn job_prefix(delivery: DeliveryId) -> Vec<u8> {
+        [&[JOB][..], &delivery.to_key()].concat()
+    }
+
+    pub fn job(delivery: DeliveryId, target: &str) -> Vec<u8> {
+        [job_prefix(delivery).as_slice(), target.as_bytes()].concat()
+    }
+
+    /// Every queued job of one target (target names never contain `\0`).
+    pub fn queue_target_prefix(target: &str) -> Vec<u8> {
+        [&[QUEUE][..], target.as_bytes(), b"\0"].concat()
+    }
+
+    pub fn queue_prefix(target: &str, class: QueueClass) -> Vec<u8> {
+        let mut key = queue_target_prefix(target);
+        key.push(class as u8);
+        key
+    }
+
+    pub fn queue(target: &str, class: QueueClass, due_ms: u64, delivery: DeliveryId) -> Vec<u8> {
+        let mut key = queue_prefix(target, class);
+        key.extend_from_slice(&due_ms.to_be_bytes());
+        key.extend_from_slice(&delivery.to_key());
+        key
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,144 @@
+//! The append writer: one thread that owns every append, so appends need no
+//! transactions, and that makes them durable in groups.
+//!
+//! Callers queue an append and wait. The thread takes everything queued,
+//! checks each against the dedup index (and against the rest of the group),
+//! writes the whole group as ONE atomic sled batch, flushes once, and answers
+//! every caller. While it flushes, the next group gathers, so concurrent
+//! requests share fsyncs instead of queueing behind each other, and no
+//! request is answered before the flush that covers its write.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
+
+use super::keys;
+use super::{Appended, DeliveryId, DeliveryRecord, Job, JournalError, NewDelivery, QueueClass};
+
+/// Most appends written in one group; bounds the latency a group adds.
+const MAX_GROUP: usize = 512;
+
+pub(crate) struct Append {
+    pub new: NewDelivery,
+    pub targets: Vec<String>,
+    pub reply: oneshot::Sender<Result<Appended, JournalError>>,
+}
+
+pub(crate) struct Writer {
+    /// `None` only while dropping, to let the thread see the channel close.
+    queue: Option<mpsc::Sender<Append>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    flushes: Arc<AtomicU64>,
+}
+
+impl Writer {
+    pub(crate) fn start(db: sled::Db, tree: sled::Tree, dedup_window_ms: u64) -> std::io::Result<Self> {
+        let (queue, appends) = mpsc::channel::<Append>();
+        let flushes = Arc::new(AtomicU64::new(0));
+        let counter = flushes.clone();
+        let thread = std::thread::Builder::new().name("journal-writer".into()).spawn(move || {
+            // Ends when the journal, and with it the sender, is dropped.
+            while let Ok(first) = appends.recv() {
+                let mut group = vec![first];
+                group.extend(appends.try_iter().take(MAX_GROUP - 1));
+                write_group(&db, &tree, dedup_window_ms, group);
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        })?;
+        Ok(Writer { queue: Some(queue), thread: Some(thread), flushes })
+    }
+
+    pub(crate) async fn append(
+        &self,
+        new: NewDelivery,
+        targets: Vec<String>,
+    ) -> Result<Appended, JournalError> {
+        let stopped = || JournalError::Storage("the journal writer has stopped".to_owned());
+        let (reply, answer) = oneshot::channel();
+        let queue = self.queue.as_ref().expect("queue lives until drop");
+        queue.send(Append { new, targets, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Groups written (= flushes) so far; with concurrent writers, fewer than appends.
+    pub(crate) fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Writer {
+    /// Joins the thread so its handle on the database is gone when the
+    /// journal is: sled locks its directory until the last handle drops.
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn write_group(db: &sled::Db, tree: &sled::Tree, dedup_window_ms: u64, group: Vec<Append>) {
+    let mut batch = sled::Batch::default();
+    // Dedup keys written by this group: a duplicate within the group points
+    // at the first one.
+    let mut in_group: HashMap<Vec<u8>, DeliveryId> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(group.len());
+    for Append { new, targets, reply } in group {
+        outcomes.push((reply, plan(db, tree, dedup_window_ms, new, &targets, &mut in_group, &mut batch)));
+    }
+    let written = tree.apply_batch(batch).and_then(|()| db.flush().map(drop));
+    for (reply, outcome) in outcomes {
+        let answer = match &written {
+            Ok(()) => outcome,
+            Err(err) => Err(JournalError::Storage(err.to_string())),
+        };
+        // A caller whose request was cancelled is gone; fine.
+        let _ = reply.send(answer);
+    }
+}
+
+/// Adds one append's writes to the group's batch, or finds its original.
+fn plan(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    dedup_window_ms: u64,
+    new: NewDelivery,
+    targets: &[String],
+    in_group: &mut HashMap<Vec<u8>, DeliveryId>,
+    batch: &mut sled::Batch,
+) -> Result<Appended, JournalError> {
+    let dedup_key = keys::dedup(&new.source, &new.webhook_id);
+    let previous = match in_group.get(&dedup_key) {
+        Some(id) => Some(*id),
+        None => tree.get(&dedup_key)?.as_deref().and_then(DeliveryId::from_key),
+    };
+    if let Some(previous) = previous
+        && new.received_at_ms.saturating_sub(previous.received_at_ms) < dedup_window_ms
+    {
+        return Ok(Appended { id: previous, duplicate: true });
+    }
+    let id = DeliveryId { received_at_ms: new.received_at_ms, seq: db.generate_id()? };
+    let received_at_ms = new.received_at_ms;
+    let record = DeliveryRecord {
+        id,
+        source: new.source,
+        webhook_id: new.webhook_id,
+        webhook_timestamp: new.webhook_timestamp,
+        webhook_signature: new.webhook_signature,
+        content_type: new.content_type,
+        event_type: new.event_type,
+        monitor_id: new.monitor_id,
+        body: new.body,
+    };
+    batch.insert(keys::delivery(id), record.encode());
+    for target in targets {
+        batch.insert(keys::job(id, target), Job::new(id, target, received_at_ms, false).encode());
+        batch.insert(keys::queue(target, QueueClass::Fresh, received_at_ms, id), &[]);
+    }
+    batch.insert(dedup_key.clone(), &id.to_key());
+    in_group.insert(dedup_key, id);
+    Ok(Appended { id, duplicate: false })
+}
