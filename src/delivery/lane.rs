@@ -209,8 +209,19 @@ impl Lane {
             other => (None, Some(other.describe())),
         };
         let attempt = Attempt { at_ms: started_ms, latency_ms, status, error };
-        if let Err(err) = self.journal.record_attempt(&entry, &self.name, attempt, decision) {
-            tracing::error!(target_name = %self.name, delivery_id = %entry.delivery, error = %err, "cannot record the attempt");
+        // sled writes can block while the journal writer flushes: keep them
+        // off the async workers, which also serve ingress.
+        let recorded = {
+            let (journal, entry, name) = (self.journal.clone(), entry.clone(), self.name.clone());
+            tokio::task::spawn_blocking(move || journal.record_attempt(&entry, &name, attempt, decision))
+                .await
+        };
+        match recorded {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::error!(
+                target_name = %self.name, delivery_id = %entry.delivery, error = %err, "cannot record the attempt"
+            ),
+            Err(err) => tracing::error!(target_name = %self.name, error = %err, "attempt recording panicked"),
         }
         let result = outcome.describe();
         let delivery_id = entry.delivery.to_string();
