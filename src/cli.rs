@@ -473,17 +473,22 @@ mod tests {
         assert_eq!(signature::keys_for_secret(&secret).unwrap().len(), 2, "decodes as base64");
     }
 
-    #[test]
-    fn sign_matches_the_protocol_vector() {
-        let headers = sign_headers(SignArgs {
+    /// `sign` over PROTOCOL.md's vector 1 inputs.
+    fn sign_vector_1(raw_key: bool) -> String {
+        sign_headers(SignArgs {
             secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
             body: Some(r#"{"test": 2432232314}"#.into()),
             body_file: None,
             id: Some("msg_p5jXN8AQM9LWM0D4loKWxJek".into()),
             timestamp: Some(1614265330),
-            raw_key: false,
+            raw_key,
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn sign_matches_the_protocol_vector() {
+        let headers = sign_vector_1(false);
         assert_eq!(
             headers,
             "webhook-id: msg_p5jXN8AQM9LWM0D4loKWxJek\nwebhook-timestamp: 1614265330\n\
@@ -493,15 +498,7 @@ mod tests {
 
     #[test]
     fn sign_with_raw_key_matches_the_protocol_vector() {
-        let headers = sign_headers(SignArgs {
-            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-            body: Some(r#"{"test": 2432232314}"#.into()),
-            body_file: None,
-            id: Some("msg_p5jXN8AQM9LWM0D4loKWxJek".into()),
-            timestamp: Some(1614265330),
-            raw_key: true,
-        })
-        .unwrap();
+        let headers = sign_vector_1(true);
         assert!(headers.ends_with("webhook-signature: v1,TcxlhK9b6UD6iVI1ZU2tTqp8PEVfYRseNNfa6b+LcUg=\n"));
     }
 }

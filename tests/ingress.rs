@@ -208,12 +208,7 @@ async fn bodies_over_max_body_are_413_declared_or_streamed() {
         TestGateway::with(Options { server: "max_body = \"1KiB\"".into(), ..Options::default() }).await;
     let mut stream = tokio::net::TcpStream::connect(plain.addr).await.unwrap();
     let head = signed_request("parallel", SECRET, "evt_chunked", now(), big.as_bytes());
-    let mut text =
-        String::from("POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n");
-    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
-        text.push_str(&format!("{name}: {}\r\n", head.headers()[name].to_str().unwrap()));
-    }
-    text.push_str("\r\n");
+    let text = raw_head(&head, "transfer-encoding: chunked");
     stream.write_all(text.as_bytes()).await.unwrap();
     for chunk in big.as_bytes().chunks(512) {
         stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.unwrap();
@@ -224,6 +219,17 @@ async fn bodies_over_max_body_are_413_declared_or_streamed() {
     let response = read_response(&mut stream).await;
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
     assert!(plain.journal.is_empty());
+}
+
+/// The head of a signed request as raw HTTP/1.1 text, with `framing` (a
+/// content-length or transfer-encoding line), for tests that send bytes by hand.
+fn raw_head(request: &hyper::Request<http_body_util::Full<bytes::Bytes>>, framing: &str) -> String {
+    let mut text = format!("POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\n{framing}\r\n");
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        text.push_str(&format!("{name}: {}\r\n", request.headers()[name].to_str().unwrap()));
+    }
+    text.push_str("\r\n");
+    text
 }
 
 /// Reads until the peer closes or a full small response has arrived.
@@ -308,12 +314,7 @@ async fn a_keep_alive_connection_gets_a_fresh_head_deadline_per_request() {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let body = MONITOR_EVENT;
         let req = signed_request("parallel", SECRET, &format!("evt_ka_{i}"), now(), body.as_bytes());
-        let mut text =
-            format!("POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n", body.len());
-        for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
-            text.push_str(&format!("{name}: {}\r\n", req.headers()[name].to_str().unwrap()));
-        }
-        text.push_str("\r\n");
+        let mut text = raw_head(&req, &format!("content-length: {}", body.len()));
         text.push_str(body);
         stream.write_all(text.as_bytes()).await.unwrap();
         let response = read_response(&mut stream).await;
@@ -327,14 +328,7 @@ async fn slow_bodies_get_408() {
         TestGateway::with(Options { server: "body_timeout = \"300ms\"".into(), ..Options::default() }).await;
     let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
     let req = signed_request("parallel", SECRET, "evt_slow_body", now(), MONITOR_EVENT.as_bytes());
-    let mut text = format!(
-        "POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n",
-        MONITOR_EVENT.len()
-    );
-    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
-        text.push_str(&format!("{name}: {}\r\n", req.headers()[name].to_str().unwrap()));
-    }
-    text.push_str("\r\n");
+    let text = raw_head(&req, &format!("content-length: {}", MONITOR_EVENT.len()));
     stream.write_all(text.as_bytes()).await.unwrap();
     stream.write_all(&MONITOR_EVENT.as_bytes()[..10]).await.unwrap();
     let response = read_response(&mut stream).await;
@@ -415,14 +409,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let mut gateway = TestGateway::start().await;
     let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
     let req = signed_request("parallel", SECRET, "evt_inflight", now(), MONITOR_EVENT.as_bytes());
-    let mut text = format!(
-        "POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n",
-        MONITOR_EVENT.len()
-    );
-    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
-        text.push_str(&format!("{name}: {}\r\n", req.headers()[name].to_str().unwrap()));
-    }
-    text.push_str("\r\n");
+    let text = raw_head(&req, &format!("content-length: {}", MONITOR_EVENT.len()));
     stream.write_all(text.as_bytes()).await.unwrap();
     stream.write_all(&MONITOR_EVENT.as_bytes()[..20]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await; // the request is in progress
