@@ -17,7 +17,7 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::config::{Config, RateLimit, SourceConfig};
-use crate::delivery::Wakers;
+use crate::delivery::Inboxes;
 use crate::envelope::Envelope;
 use crate::journal::{Journal, JournalError, NewDelivery};
 use crate::routing::{Route, Router};
@@ -159,18 +159,18 @@ fn limiter(rate: RateLimit) -> DefaultDirectRateLimiter {
 pub struct Ingress {
     sources: HashMap<String, Source>,
     router: Router,
-    wakers: Wakers,
+    lanes: Inboxes,
     journal: Arc<Journal>,
     max_body: u64,
     body_timeout: Duration,
 }
 
 impl Ingress {
-    pub fn new(config: &Config, journal: Arc<Journal>, wakers: Wakers) -> Self {
+    pub fn new(config: &Config, journal: Arc<Journal>, lanes: Inboxes) -> Self {
         Ingress {
             sources: config.sources.values().map(|s| (s.name.clone(), Source::new(s))).collect(),
             router: Router::new(config.targets.values().map(Route::from_target)),
-            wakers,
+            lanes,
             journal,
             max_body: config.server.max_body,
             body_timeout: config.server.body_timeout,
@@ -291,7 +291,7 @@ impl Ingress {
             Ok(appended) => {
                 if !appended.duplicate {
                     for target in &targets {
-                        self.wakers.wake(target);
+                        self.lanes.deliver(target, appended.id);
                     }
                 }
                 Outcome::Accepted { id: appended.id.to_string(), duplicate: appended.duplicate }

@@ -103,8 +103,10 @@ impl Gateway {
     /// requests finish within `[server] shutdown_grace`, and flushes the journal.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
         let Gateway { config, listener, journal } = self;
-        let dispatcher = delivery::Dispatcher::new(&config, journal.clone());
-        let ingress = Arc::new(Ingress::new(&config, journal.clone(), dispatcher.wakers()));
+        let dispatcher = delivery::Dispatcher::new(&config, journal.clone()).map_err(|source| {
+            GatewayError::Journal { path: config.journal.path.display().to_string(), source }
+        })?;
+        let ingress = Arc::new(Ingress::new(&config, journal.clone(), dispatcher.inboxes()));
         let tls = config.server.tls.as_ref().map(|tls| tokio_rustls::TlsAcceptor::from(tls.config.clone()));
         let limits = server::ConnectionLimits {
             header_timeout: config.server.header_timeout,

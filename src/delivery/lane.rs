@@ -1,29 +1,26 @@
-//! One target's lane: picks the next job from the journal (fresh before
-//! retries, without starving retries), waits for the breaker, a concurrency
-//! permit and the rate limiter, sends, and records the outcome.
+//! One target's lane: takes the next job from its in-memory queue (fresh
+//! before retries, without starving retries; see `queue`), waits for the
+//! breaker, a concurrency permit and the rate limiter, sends, and records the
+//! outcome in the journal.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hyper::Uri;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use super::Inbox;
 use super::breaker::{Admission, Breaker, BreakerState};
 use super::outbound::{self, AttemptInfo, HttpClient, Signer};
 use super::policy::{self, AttemptOutcome, Decision};
+use super::queue::Next;
 use crate::config::{RetryConfig, TargetConfig};
 use crate::journal::{Attempt, Journal, QueueEntry};
 
-/// After this many fresh jobs in a row, a due retry goes next: fresh traffic
-/// comes first, but a steady stream of it cannot starve retries.
-const FRESH_BEFORE_RETRY: u32 = 4;
 /// How long an idle lane sleeps when nothing wakes it (a safety net only).
 const IDLE_RECHECK: Duration = Duration::from_secs(60);
-/// Back-off after a journal read error, so a broken disk is not spun on.
-const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 pub(crate) struct Lane {
     name: String,
@@ -35,20 +32,14 @@ pub(crate) struct Lane {
     limiter: Option<DefaultDirectRateLimiter>,
     permits: Arc<Semaphore>,
     breaker: Mutex<Breaker>,
-    /// Queue keys of jobs with an attempt in flight, skipped when picking.
-    in_flight: Mutex<HashSet<Vec<u8>>>,
-    wake: Arc<Notify>,
+    /// Pending jobs not in flight; a job leaves it when its attempt starts
+    /// and comes back (as a retry) only through `record_attempt`.
+    inbox: Arc<Inbox>,
     journal: Arc<Journal>,
 }
 
-enum Pick {
-    Ready(QueueEntry),
-    NotBefore(u64),
-    Empty,
-}
-
 impl Lane {
-    pub(crate) fn new(target: &TargetConfig, journal: Arc<Journal>) -> Self {
+    pub(crate) fn new(target: &TargetConfig, journal: Arc<Journal>, inbox: Arc<Inbox>) -> Self {
         Lane {
             name: target.name.clone(),
             url: target.url.clone(),
@@ -61,37 +52,27 @@ impl Lane {
                 .map(|rate| RateLimiter::direct(Quota::per_second(rate.per_second).allow_burst(rate.burst))),
             permits: Arc::new(Semaphore::new(target.concurrency.get() as usize)),
             breaker: Mutex::new(Breaker::new(target.breaker.failures.get(), target.breaker.probe_interval)),
-            in_flight: Mutex::new(HashSet::new()),
-            wake: Arc::new(Notify::new()),
+            inbox,
             journal,
         }
     }
 
-    pub(crate) fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub(crate) fn waker(&self) -> Arc<Notify> {
-        self.wake.clone()
-    }
-
     pub(crate) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, grace: Duration) {
         let mut attempts = JoinSet::new();
-        let mut fresh_streak = 0;
         loop {
             // Capacity first: a job is picked only when it can go out at once.
             let permit = tokio::select! {
                 permit = self.permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
                 _ = stop.wait_for(|stopping| *stopping) => break,
             };
-            let Some(entry) = self.next_job(&mut fresh_streak, &mut stop).await else { break };
+            let Some(entry) = self.next_job(&mut stop).await else { break };
+            // A job dropped here at a stop is still queued in the journal.
             if let Some(limiter) = &self.limiter {
                 tokio::select! {
                     () = limiter.until_ready() => {}
                     _ = stop.wait_for(|stopping| *stopping) => break,
                 }
             }
-            self.in_flight.lock().expect("not poisoned").insert(entry.key.clone());
             let lane = self.clone();
             attempts.spawn(async move {
                 lane.attempt(entry).await;
@@ -111,65 +92,40 @@ impl Lane {
         }
     }
 
-    /// Waits until a job may be sent now; `None` when stopping.
-    async fn next_job(&self, fresh_streak: &mut u32, stop: &mut watch::Receiver<bool>) -> Option<QueueEntry> {
+    /// Waits until a job may be sent now and takes it; `None` when stopping.
+    async fn next_job(&self, stop: &mut watch::Receiver<bool>) -> Option<QueueEntry> {
         loop {
             if *stop.borrow() {
                 return None;
             }
             let now = now_ms();
-            let wait_until = match self.pick(now, fresh_streak) {
-                Ok(Pick::Ready(entry)) => match self.breaker.lock().expect("not poisoned").admit(now) {
-                    Admission::Send => return Some(entry),
-                    Admission::Probe => {
-                        tracing::info!(target_name = %self.name, delivery_id = %entry.delivery, "probing paused target");
-                        return Some(entry);
-                    }
-                    // While a probe is out, its completion wakes the lane.
-                    Admission::Wait { until_ms } => until_ms,
-                },
-                Ok(Pick::NotBefore(due_ms)) => Some(due_ms),
-                Ok(Pick::Empty) => None,
-                Err(err) => {
-                    tracing::error!(target_name = %self.name, error = %err, "cannot read the job queue");
-                    Some(now + ERROR_PAUSE.as_millis() as u64)
+            let wait_until = {
+                let mut queue = self.inbox.queue.lock().expect("not poisoned");
+                match queue.next(now) {
+                    Next::Ready(class) => match self.breaker.lock().expect("not poisoned").admit(now) {
+                        Admission::Send => return queue.take(class),
+                        Admission::Probe => {
+                            let probe = queue.take(class);
+                            if let Some(probe) = &probe {
+                                tracing::info!(target_name = %self.name, delivery_id = %probe.delivery, "probing paused target");
+                            }
+                            return probe;
+                        }
+                        // While a probe is out, its completion rings the bell.
+                        Admission::Wait { until_ms } => until_ms,
+                    },
+                    Next::NotBefore(due_ms) => Some(due_ms),
+                    Next::Empty => None,
                 }
             };
             let sleep =
                 wait_until.map_or(IDLE_RECHECK, |until| Duration::from_millis(until.saturating_sub(now)));
             tokio::select! {
-                () = self.wake.notified() => {}
+                () = self.inbox.bell.notified() => {}
                 () = tokio::time::sleep(sleep) => {}
                 _ = stop.wait_for(|stopping| *stopping) => return None,
             }
         }
-    }
-
-    fn pick(&self, now_ms: u64, fresh_streak: &mut u32) -> Result<Pick, crate::journal::JournalError> {
-        let in_flight = self.in_flight.lock().expect("not poisoned");
-        let skip = |key: &[u8]| in_flight.contains(key);
-        let fresh = self.journal.next_fresh(&self.name, &skip)?;
-        let retry = self.journal.next_retry(&self.name, &skip)?;
-        let (due, later) = match retry {
-            Some(retry) if retry.due_ms <= now_ms => (Some(retry), None),
-            Some(retry) => (None, Some(retry.due_ms)),
-            None => (None, None),
-        };
-        Ok(match (fresh, due) {
-            (Some(_), Some(retry)) if *fresh_streak >= FRESH_BEFORE_RETRY => {
-                *fresh_streak = 0;
-                Pick::Ready(retry)
-            }
-            (Some(fresh), _) => {
-                *fresh_streak = fresh_streak.saturating_add(1);
-                Pick::Ready(fresh)
-            }
-            (None, Some(retry)) => {
-                *fresh_streak = 0;
-                Pick::Ready(retry)
-            }
-            (None, None) => later.map_or(Pick::Empty, Pick::NotBefore),
-        })
     }
 
     async fn attempt(&self, entry: QueueEntry) {
@@ -188,8 +144,9 @@ impl Lane {
                 (outcome, info.number, job.created_at_ms, record.webhook_id)
             }
             Err(err) => {
+                // Left in the journal's queue: retried after a restart.
                 tracing::error!(target_name = %self.name, delivery_id = %entry.delivery, error = %err, "cannot load the job");
-                self.finish(&entry);
+                self.inbox.bell.notify_one();
                 return;
             }
         };
@@ -217,7 +174,8 @@ impl Lane {
                 .await
         };
         match recorded {
-            Ok(Ok(_)) => {}
+            Ok(Ok(Some(retry))) => self.inbox.push(retry),
+            Ok(Ok(None)) => self.inbox.bell.notify_one(),
             Ok(Err(err)) => tracing::error!(
                 target_name = %self.name, delivery_id = %entry.delivery, error = %err, "cannot record the attempt"
             ),
@@ -238,7 +196,6 @@ impl Lane {
                 "attempt failed; retry budget spent, job is dead (kept for replay)"
             ),
         }
-        self.finish(&entry);
     }
 
     fn load(
@@ -254,11 +211,6 @@ impl Lane {
         let record = self.journal.get(entry.delivery)?.ok_or_else(missing)?;
         let job = self.journal.job(entry.delivery, &self.name)?.ok_or_else(missing)?;
         Ok((record, job))
-    }
-
-    fn finish(&self, entry: &QueueEntry) {
-        self.in_flight.lock().expect("not poisoned").remove(&entry.key);
-        self.wake.notify_one();
     }
 }
 

@@ -6,6 +6,7 @@
 //!
 //! - [`policy`]: pure retry decisions and `Retry-After` parsing.
 //! - [`breaker`]: the pure per-target circuit breaker.
+//! - [`queue`]: the pure in-memory order of a lane's pending jobs.
 //! - `lane`: the per-target loop (I/O).
 //! - `outbound`: building and sending one request.
 
@@ -13,25 +14,43 @@ pub mod breaker;
 mod lane;
 pub mod outbound;
 pub mod policy;
+pub mod queue;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
-use crate::journal::Journal;
+use crate::journal::{DeliveryId, Journal, JournalError, QueueClass, QueueEntry};
 use lane::Lane;
+use queue::LaneQueue;
 
-/// Wakes a target's lane when new work is queued for it.
+/// A lane's pending jobs and the bell that tells it new ones arrived.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    queue: Mutex<LaneQueue>,
+    bell: Notify,
+}
+
+impl Inbox {
+    pub(crate) fn push(&self, entry: QueueEntry) {
+        self.queue.lock().expect("not poisoned").push(entry);
+        self.bell.notify_one();
+    }
+}
+
+/// Hands newly journaled jobs to their lanes.
 #[derive(Clone, Default)]
-pub struct Wakers(Arc<HashMap<String, Arc<Notify>>>);
+pub struct Inboxes(Arc<HashMap<String, Arc<Inbox>>>);
 
-impl Wakers {
-    pub fn wake(&self, target: &str) {
-        if let Some(notify) = self.0.get(target) {
-            notify.notify_one();
+impl Inboxes {
+    /// Queues the fresh job of `delivery` for `target` (already durable in the
+    /// journal) and wakes the target's lane.
+    pub fn deliver(&self, target: &str, delivery: DeliveryId) {
+        if let Some(inbox) = self.0.get(target) {
+            inbox.push(QueueEntry::new(target, QueueClass::Fresh, delivery.received_at_ms, delivery));
         }
     }
 }
@@ -39,19 +58,32 @@ impl Wakers {
 /// Every lane of the configured targets, ready to run.
 pub struct Dispatcher {
     lanes: Vec<Arc<Lane>>,
-    wakers: Wakers,
+    inboxes: Inboxes,
 }
 
 impl Dispatcher {
-    pub fn new(config: &Config, journal: Arc<Journal>) -> Self {
-        let lanes: Vec<Arc<Lane>> =
-            config.targets.values().map(|target| Arc::new(Lane::new(target, journal.clone()))).collect();
-        let wakers = lanes.iter().map(|lane| (lane.name().to_owned(), lane.waker())).collect();
-        Dispatcher { lanes, wakers: Wakers(Arc::new(wakers)) }
+    /// Builds a lane per target and loads its pending jobs from the journal
+    /// (call before ingress starts, so no job is loaded twice).
+    pub fn new(config: &Config, journal: Arc<Journal>) -> Result<Self, JournalError> {
+        let mut lanes = Vec::new();
+        let mut inboxes = HashMap::new();
+        for target in config.targets.values() {
+            let inbox = Arc::new(Inbox::default());
+            let pending = journal.queued(&target.name)?;
+            if !pending.is_empty() {
+                tracing::info!(target_name = %target.name, pending = pending.len(), "resuming pending jobs");
+            }
+            for entry in pending {
+                inbox.push(entry);
+            }
+            inboxes.insert(target.name.clone(), inbox.clone());
+            lanes.push(Arc::new(Lane::new(target, journal.clone(), inbox)));
+        }
+        Ok(Dispatcher { lanes, inboxes: Inboxes(Arc::new(inboxes)) })
     }
 
-    pub fn wakers(&self) -> Wakers {
-        self.wakers.clone()
+    pub fn inboxes(&self) -> Inboxes {
+        self.inboxes.clone()
     }
 
     /// Runs every lane until `stop` turns true, then gives in-flight attempts

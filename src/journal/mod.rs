@@ -139,41 +139,19 @@ impl Journal {
         Ok(())
     }
 
-    /// The oldest fresh job of `target` not in `skip` (jobs in flight).
-    pub fn next_fresh(
-        &self,
-        target: &str,
-        skip: &dyn Fn(&[u8]) -> bool,
-    ) -> Result<Option<QueueEntry>, JournalError> {
-        self.first_queued(target, QueueClass::Fresh, skip)
-    }
-
-    /// The earliest-due retry of `target` not in `skip`; it may be due later.
-    pub fn next_retry(
-        &self,
-        target: &str,
-        skip: &dyn Fn(&[u8]) -> bool,
-    ) -> Result<Option<QueueEntry>, JournalError> {
-        self.first_queued(target, QueueClass::Retry, skip)
-    }
-
-    fn first_queued(
-        &self,
-        target: &str,
-        class: QueueClass,
-        skip: &dyn Fn(&[u8]) -> bool,
-    ) -> Result<Option<QueueEntry>, JournalError> {
-        for entry in self.tree.scan_prefix(keys::queue_prefix(target, class)) {
-            let (key, _) = entry?;
-            if skip(&key) {
-                continue;
-            }
-            return QueueEntry::parse(&key, target.len()).map(Some).ok_or_else(|| JournalError::Corrupt {
-                key: format!("{key:02x?}"),
-                error: DecodeError::Truncated,
-            });
-        }
-        Ok(None)
+    /// Every queued (pending) job of `target`, fresh ones in arrival order,
+    /// then retries by due time. Read once per lane at start.
+    pub fn queued(&self, target: &str) -> Result<Vec<QueueEntry>, JournalError> {
+        self.tree
+            .scan_prefix(keys::queue_target_prefix(target))
+            .map(|entry| {
+                let (key, _) = entry?;
+                QueueEntry::parse(&key, target.len()).ok_or_else(|| JournalError::Corrupt {
+                    key: format!("{key:02x?}"),
+                    error: DecodeError::Truncated,
+                })
+            })
+            .collect()
     }
 
     /// How many jobs of `target` are pending (fresh and retries).
@@ -198,16 +176,17 @@ impl Journal {
     }
 
     /// Records an attempt of the job queued under `entry` and moves it on:
-    /// off the queue when delivered or dead, back on as a retry otherwise.
-    /// Not flushed here: a crash before the next flush repeats the attempt
-    /// (at-least-once), it never loses the job.
+    /// off the queue when delivered or dead, back on as a retry otherwise
+    /// (returned, for the lane's in-memory queue). Not flushed here: a crash
+    /// before the next flush repeats the attempt (at-least-once), it never
+    /// loses the job.
     pub fn record_attempt(
         &self,
         entry: &QueueEntry,
         target: &str,
         attempt: Attempt,
         decision: Decision,
-    ) -> Result<Job, JournalError> {
+    ) -> Result<Option<QueueEntry>, JournalError> {
         // Only this target's lane touches this job, one attempt at a time, so
         // read-modify-write needs no transaction; the batch makes job and
         // queue change together.
@@ -220,18 +199,26 @@ impl Journal {
         job.push_attempt(attempt);
         let mut batch = sled::Batch::default();
         batch.remove(entry.key.as_slice());
-        match decision {
-            Decision::Delivered => job.state = JobState::Delivered,
-            Decision::Dead => job.state = JobState::Dead,
+        let retry = match decision {
+            Decision::Delivered => {
+                job.state = JobState::Delivered;
+                None
+            }
+            Decision::Dead => {
+                job.state = JobState::Dead;
+                None
+            }
             Decision::RetryAt(at_ms) => {
                 job.state = JobState::Pending;
                 job.next_attempt_at_ms = at_ms;
-                batch.insert(keys::queue(target, QueueClass::Retry, at_ms, entry.delivery), &[]);
+                let retry = QueueEntry::new(target, QueueClass::Retry, at_ms, entry.delivery);
+                batch.insert(retry.key.as_slice(), &[]);
+                Some(retry)
             }
-        }
+        };
         batch.insert(key, job.encode());
         self.tree.apply_batch(batch)?;
-        Ok(job)
+        Ok(retry)
     }
 
     /// Drops dedup entries older than the window, so the index stays bounded.
@@ -294,7 +281,7 @@ pub enum QueueClass {
     Retry = 1,
 }
 
-/// A queued job, as found by [`Journal::next_fresh`] or [`Journal::next_retry`].
+/// A queued job: its place in the journal's queue index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueEntry {
     /// The queue key; identifies the entry while its attempt is in flight.
@@ -305,6 +292,10 @@ pub struct QueueEntry {
 }
 
 impl QueueEntry {
+    pub fn new(target: &str, class: QueueClass, due_ms: u64, delivery: DeliveryId) -> Self {
+        QueueEntry { key: keys::queue(target, class, due_ms, delivery), class, due_ms, delivery }
+    }
+
     fn parse(key: &[u8], target_len: usize) -> Option<Self> {
         let rest = key.get(1 + target_len + 1..)?;
         let class = match rest.first()? {
