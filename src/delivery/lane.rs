@@ -144,8 +144,11 @@ impl Lane {
                 (outcome, info.number, job.created_at_ms, record.webhook_id)
             }
             Err(err) => {
-                // Left in the journal's queue: retried after a restart.
+                // Left in the journal's queue: retried after a restart. Counted
+                // as a failure so a probe that cannot load does not hold the
+                // breaker half-open forever.
                 tracing::error!(target_name = %self.name, delivery_id = %entry.delivery, error = %err, "cannot load the job");
+                self.breaker.lock().expect("not poisoned").record(false, now_ms());
                 self.inbox.bell.notify_one();
                 return;
             }
@@ -175,7 +178,7 @@ impl Lane {
         };
         match recorded {
             Ok(Ok(Some(retry))) => self.inbox.push(retry),
-            Ok(Ok(None)) => self.inbox.bell.notify_one(),
+            Ok(Ok(None)) => {}
             Ok(Err(err)) => tracing::error!(
                 target_name = %self.name, delivery_id = %entry.delivery, error = %err, "cannot record the attempt"
             ),
@@ -196,6 +199,8 @@ impl Lane {
                 "attempt failed; retry budget spent, job is dead (kept for replay)"
             ),
         }
+        // A permit is free again, and a probe may have settled the breaker.
+        self.inbox.bell.notify_one();
     }
 
     fn load(
