@@ -102,6 +102,17 @@ async fn futures_join(n: usize) -> Vec<TestTarget> {
 }
 
 #[tokio::test]
+async fn connections_to_a_target_are_pooled_and_reused() {
+    let target = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let gateway = gateway_with(target_table("t", &target, "concurrency = 1")).await;
+    for i in 0..20 {
+        gateway.post_signed(Transport::Http, "parallel", &format!("evt_pool_{i}"), MONITOR_EVENT).await;
+        target.wait_for(i + 1, WAIT).await;
+    }
+    assert!(target.connections() <= 2, "20 deliveries used {} connections", target.connections());
+}
+
+#[tokio::test]
 async fn retries_with_growing_delays_until_delivered() {
     let target = TestTarget::start(Some(TARGET_SECRET), vec![Answer::Status(500), Answer::Status(500)]).await;
     let gateway = gateway_with(target_table("t", &target, "")).await;

@@ -59,6 +59,7 @@ struct State {
 pub struct TestTarget {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     arrived: Arc<Notify>,
     pub tls_cert: Option<std::path::PathBuf>,
 }
@@ -96,10 +97,12 @@ impl TestTarget {
             Verifier::new(signature::keys_for_secret(secret).unwrap(), Duration::from_secs(300))
         });
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-        let (state2, arrived2) = (state.clone(), arrived.clone());
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (state2, arrived2, accepted) = (state.clone(), arrived.clone(), connections.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (state, arrived, verifier, acceptor) =
                     (state2.clone(), arrived2.clone(), verifier.clone(), acceptor.clone());
                 tokio::spawn(async move {
@@ -121,7 +124,7 @@ impl TestTarget {
                 });
             }
         });
-        TestTarget { addr, state, arrived, tls_cert: None }
+        TestTarget { addr, state, connections, arrived, tls_cert: None }
     }
 
     pub fn url(&self) -> String {
@@ -131,6 +134,11 @@ impl TestTarget {
     /// Chooses answers by request instead of the script (None: fall back).
     pub fn answer_with(&self, choose: impl Fn(&HeaderMap) -> Option<Answer> + Send + 'static) {
         self.state.lock().unwrap().by_request = Some(Box::new(choose));
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn received(&self) -> Vec<Received> {
