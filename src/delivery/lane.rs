@@ -214,7 +214,7 @@ impl Lane {
             ))
         };
         let record = self.journal.get(entry.delivery)?.ok_or_else(missing)?;
-        let job = self.journal.job_of(&record, &self.name)?.ok_or_else(missing)?;
+        let job = self.journal.job(entry.delivery, &self.name)?.ok_or_else(missing)?;
         Ok((record, job))
     }
 }

@@ -6,9 +6,7 @@
 //!   being keyed by time, this is also the time index for listing and replay.
 //! - `U` source `\0` webhook-id → the key of the first delivery with that id,
 //!   which carries its receive time, so the window check needs no lookup.
-//! - `J` delivery id ++ target → encoded [`Job`] (state and attempt history),
-//!   written from a job's first attempt on. Before that a job is implied by
-//!   the record's `targets` list and its queue entry: pending, no attempts.
+//! - `J` delivery id ++ target → encoded [`Job`] (state and attempt history).
 //! - `Q` target `\0` class due_ms delivery id → empty: the work index of
 //!   pending jobs. Class 0 is a fresh job (due = arrival, so FIFO), class 1 a
 //!   retry (ordered by due time). A job stays indexed while its attempt is in
@@ -162,36 +160,19 @@ impl Journal {
     }
 
     pub fn job(&self, delivery: DeliveryId, target: &str) -> Result<Option<Job>, JournalError> {
-        match self.get(delivery)? {
-            Some(record) => self.job_of(&record, target),
-            None => Ok(None),
-        }
+        let key = keys::job(delivery, target);
+        self.tree.get(&key)?.map(|bytes| decode_job(&key, &bytes)).transpose()
     }
 
-    /// The job of `record` for `target`, when it has one.
-    pub fn job_of(&self, record: &DeliveryRecord, target: &str) -> Result<Option<Job>, JournalError> {
-        let key = keys::job(record.id, target);
-        if let Some(bytes) = self.tree.get(&key)? {
-            return decode_job(&key, &bytes).map(Some);
-        }
-        let fanned_out = record.targets.iter().any(|t| t == target);
-        Ok(fanned_out.then(|| Job::new(record.id, target, record.id.received_at_ms, false)))
-    }
-
-    /// Every job of one delivery, in target order.
+    /// Every job of one delivery.
     pub fn jobs_of(&self, delivery: DeliveryId) -> Result<Vec<Job>, JournalError> {
-        let Some(record) = self.get(delivery)? else { return Ok(Vec::new()) };
-        let mut jobs = std::collections::BTreeMap::new();
-        for entry in self.tree.scan_prefix(keys::job_prefix(delivery)) {
-            let (key, value) = entry?;
-            let job = decode_job(&key, &value)?;
-            jobs.insert(job.target.clone(), job);
-        }
-        for target in &record.targets {
-            jobs.entry(target.clone())
-                .or_insert_with(|| Job::new(delivery, target, delivery.received_at_ms, false));
-        }
-        Ok(jobs.into_values().collect())
+        self.tree
+            .scan_prefix(keys::job_prefix(delivery))
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode_job(&key, &value)
+            })
+            .collect()
     }
 
     /// Records an attempt of the job queued under `entry` and moves it on:
@@ -210,11 +191,11 @@ impl Journal {
         // read-modify-write needs no transaction; the batch makes job and
         // queue change together.
         let key = keys::job(entry.delivery, target);
-        let mut job = match self.tree.get(&key)? {
-            Some(bytes) => decode_job(&key, &bytes)?,
-            // The first attempt: the job's record starts here.
-            None => Job::new(entry.delivery, target, entry.delivery.received_at_ms, false),
-        };
+        let bytes = self.tree.get(&key)?.ok_or_else(|| JournalError::Corrupt {
+            key: format!("job {} → {target}", entry.delivery),
+            error: DecodeError::Truncated,
+        })?;
+        let mut job = decode_job(&key, &bytes)?;
         job.push_attempt(attempt);
         let mut batch = sled::Batch::default();
         batch.remove(entry.key.as_slice());

@@ -74,20 +74,14 @@ pub struct DeliveryRecord {
     pub event_type: Option<String>,
     pub monitor_id: Option<String>,
     pub body: Vec<u8>,
-    /// The targets it was fanned out to on arrival. Their jobs have no record
-    /// of their own until the first attempt (one key less per target on the
-    /// ingest path); until then a job is "pending, no attempts".
-    pub targets: Vec<String>,
 }
 
-/// Version 1 had no `targets`; it still decodes (with none).
 const RECORD_V1: u8 = 1;
-const RECORD_V2: u8 = 2;
 
 impl DeliveryRecord {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(self.body.len() + 256);
-        w.u8(RECORD_V2)
+        w.u8(RECORD_V1)
             .u64(self.id.received_at_ms)
             .u64(self.id.seq)
             .str(&self.source)
@@ -97,21 +91,17 @@ impl DeliveryRecord {
             .opt_str(self.content_type.as_deref())
             .opt_str(self.event_type.as_deref())
             .opt_str(self.monitor_id.as_deref())
-            .bytes(&self.body)
-            .u32(u32::try_from(self.targets.len()).expect("targets are few"));
-        for target in &self.targets {
-            w.str(target);
-        }
+            .bytes(&self.body);
         w.finish()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
-        let version = r.u8()?;
-        if version != RECORD_V1 && version != RECORD_V2 {
-            return Err(DecodeError::UnknownVersion(version));
+        match r.u8()? {
+            RECORD_V1 => {}
+            version => return Err(DecodeError::UnknownVersion(version)),
         }
-        let mut record = DeliveryRecord {
+        let record = DeliveryRecord {
             id: DeliveryId { received_at_ms: r.u64()?, seq: r.u64()? },
             source: r.string()?,
             webhook_id: r.string()?,
@@ -121,17 +111,7 @@ impl DeliveryRecord {
             event_type: r.opt_string()?,
             monitor_id: r.opt_string()?,
             body: r.bytes()?.to_vec(),
-            targets: Vec::new(),
         };
-        if version == RECORD_V2 {
-            let count = r.u32()? as usize;
-            // Each name takes at least its 4-byte length: never trust a count beyond that.
-            let mut targets = Vec::with_capacity(count.min(bytes.len() / 4));
-            for _ in 0..count {
-                targets.push(r.string()?);
-            }
-            record.targets = targets;
-        }
         r.finish()?;
         Ok(record)
     }
@@ -153,7 +133,6 @@ mod tests {
             event_type: Some("monitor.event.detected".into()),
             monitor_id: None,
             body: b"{\"type\":\"x\"}\xff".to_vec(),
-            targets: vec!["analytics".into(), "archive".into()],
         }
     }
 
@@ -177,15 +156,6 @@ mod tests {
     fn record_round_trips() {
         let record = sample();
         assert_eq!(DeliveryRecord::decode(&record.encode()), Ok(record));
-    }
-
-    #[test]
-    fn version_1_records_still_decode() {
-        let v2 = DeliveryRecord { targets: Vec::new(), ..sample() };
-        let mut bytes = v2.encode();
-        bytes[0] = 1;
-        bytes.truncate(bytes.len() - 4); // v1 ends after the body
-        assert_eq!(DeliveryRecord::decode(&bytes), Ok(v2));
     }
 
     #[test]
@@ -217,7 +187,6 @@ mod tests {
                 id: DeliveryId { received_at_ms: ms, seq },
                 source, webhook_id: id, webhook_timestamp: "1".into(), webhook_signature: String::new(),
                 content_type: ct, event_type: None, monitor_id: Some("m".into()), body,
-                targets: vec!["t".into()],
             };
             prop_assert_eq!(DeliveryRecord::decode(&record.encode()), Ok(record));
         }

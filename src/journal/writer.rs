@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use tokio::sync::oneshot;
 
 use super::keys;
-use super::{Appended, DeliveryId, DeliveryRecord, JournalError, NewDelivery, QueueClass};
+use super::{Appended, DeliveryId, DeliveryRecord, Job, JournalError, NewDelivery, QueueClass};
 
 /// Most appends written in one group; bounds the latency a group adds.
 const MAX_GROUP: usize = 512;
@@ -132,12 +132,10 @@ fn plan(
         event_type: new.event_type,
         monitor_id: new.monitor_id,
         body: new.body,
-        targets: targets.to_vec(),
     };
     batch.insert(keys::delivery(id), record.encode());
-    // Jobs get a record of their own at their first attempt; the queue entry
-    // is what makes them durable work now.
     for target in targets {
+        batch.insert(keys::job(id, target), Job::new(id, target, received_at_ms, false).encode());
         batch.insert(keys::queue(target, QueueClass::Fresh, received_at_ms, id), &[]);
     }
     batch.insert(dedup_key.clone(), &id.to_key());
