@@ -164,3 +164,42 @@ async fn prune_dedup_drops_only_expired_entries() {
     // Records themselves are untouched by dedup pruning.
     assert_eq!(journal.len(), 3);
 }
+
+#[tokio::test]
+async fn fan_out_jobs_are_queued_and_recorded_from_the_first_attempt() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let targets = vec!["a".to_owned(), "b".to_owned()];
+    let appended = journal.append(delivery("evt_f", 1_000), &targets).await.unwrap();
+    // Both jobs exist, pending with no attempts, and are queued.
+    let jobs = journal.jobs_of(appended.id).unwrap();
+    assert_eq!(
+        jobs.iter().map(|j| (j.target.as_str(), j.state, j.attempts)).collect::<Vec<_>>(),
+        [("a", JobState::Pending, 0), ("b", JobState::Pending, 0)]
+    );
+    let queued = journal.queued("a").unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].class, QueueClass::Fresh);
+    assert_eq!(journal.job(appended.id, "c").unwrap(), None, "no job for a target it did not fan out to");
+
+    // A failed first attempt writes the job and moves it to the retry queue.
+    let attempt = Attempt { at_ms: 2_000, latency_ms: 3, status: Some(500), error: None };
+    let retry = journal.record_attempt(&queued[0], "a", attempt, Decision::RetryAt(9_000)).unwrap().unwrap();
+    assert_eq!((retry.class, retry.due_ms), (QueueClass::Retry, 9_000));
+    assert_eq!(journal.queued("a").unwrap(), std::slice::from_ref(&retry));
+    let job = journal.job(appended.id, "a").unwrap().unwrap();
+    assert_eq!((job.state, job.attempts, job.next_attempt_at_ms), (JobState::Pending, 1, 9_000));
+
+    // Delivered: off the queue, history kept.
+    let attempt = Attempt { at_ms: 9_100, latency_ms: 2, status: Some(200), error: None };
+    assert_eq!(journal.record_attempt(&retry, "a", attempt, Decision::Delivered).unwrap(), None);
+    assert!(journal.queued("a").unwrap().is_empty());
+    let job = journal.job(appended.id, "a").unwrap().unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Delivered, 2));
+    assert_eq!(journal.pending_count("b"), 1, "the other target's job is untouched");
+
+    // A duplicate fans out nothing new.
+    journal.append(delivery("evt_f", 1_500), &targets).await.unwrap();
+    assert_eq!(journal.pending_count("b"), 1);
+}
