@@ -72,7 +72,7 @@ fn journal_append(c: &mut Criterion) {
                 dedup_window: Duration::from_secs(72 * 3600),
                 retention: Duration::from_secs(30 * 86400),
                 cache: 64 << 20,
-                max_size: None,
+                max_disk: None,
             })
             .unwrap(),
         );

@@ -213,12 +213,12 @@ fn summary(config: &Config) -> String {
     let journal = &config.journal;
     let _ = writeln!(
         out,
-        "journal  {}  dedup_window={:?} retention={:?} cache={}B max_size={}",
+        "journal  {}  dedup_window={:?} retention={:?} cache={}B max_disk={}",
         journal.path.display(),
         journal.dedup_window,
         journal.retention,
         journal.cache,
-        journal.max_size.map_or_else(|| "none".to_owned(), |size| format!("{size}B"))
+        journal.max_disk.map_or_else(|| "none".to_owned(), |size| format!("{size}B"))
     );
     for source in config.sources.values() {
         let rate = source

@@ -297,7 +297,7 @@ impl Ingress {
                 Outcome::Accepted { id: appended.id.to_string(), duplicate: appended.duplicate }
             }
             Err(JournalError::Full { size, limit }) => {
-                tracing::error!(size, limit, "journal is over journal.max_size; refusing deliveries");
+                tracing::error!(size, limit, "journal is over journal.max_disk; refusing deliveries");
                 Outcome::JournalFull
             }
             Err(err) => {

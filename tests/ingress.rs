@@ -382,7 +382,7 @@ async fn a_journal_over_its_quota_answers_503_with_retry_after() {
             gateway.stop().await.unwrap();
         }
         let options =
-            Options { dir: Some(dir.clone()), journal: "max_size = \"1B\"".into(), ..Options::default() };
+            Options { dir: Some(dir.clone()), journal: "max_disk = \"1B\"".into(), ..Options::default() };
         let gateway = TestGateway::for_transport(transport, options).await;
         let reply = gateway.post_signed(transport, "parallel", "evt_2", MONITOR_EVENT).await;
         assert_eq!((reply.status, reply.error_code().as_str()), (503, "journal_full"), "{transport:?}");

@@ -127,7 +127,7 @@ struct RawJournal {
     retention: HumanDuration,
     #[serde(default = "defaults::cache")]
     cache: HumanSize,
-    max_size: Option<HumanSize>,
+    max_disk: Option<HumanSize>,
 }
 
 impl Default for RawJournal {
@@ -137,7 +137,7 @@ impl Default for RawJournal {
             dedup_window: defaults::dedup_window(),
             retention: defaults::retention(),
             cache: defaults::cache(),
-            max_size: None,
+            max_disk: None,
         }
     }
 }
@@ -356,7 +356,7 @@ pub struct JournalConfig {
     /// sled's page cache, in bytes; bounds the journal's memory.
     pub cache: u64,
     /// Size on disk past which ingress answers 503 instead of writing.
-    pub max_size: Option<u64>,
+    pub max_disk: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -562,7 +562,7 @@ impl Validator<'_> {
             dedup_window: self.positive("journal.dedup_window", raw.dedup_window.0)?,
             retention: self.positive("journal.retention", raw.retention.0)?,
             cache: raw.cache.0,
-            max_size: raw.max_size.map(|size| size.0),
+            max_disk: raw.max_disk.map(|size| size.0),
         })
     }
 

@@ -93,15 +93,15 @@ impl Journal {
     /// Opens (or creates) the journal directory.
     pub fn open(config: &JournalConfig) -> Result<Journal, JournalError> {
         let db = sled::Config::new().path(&config.path).cache_capacity(config.cache).open()?;
-        Journal::from_db(db, config.dedup_window, config.max_size)
+        Journal::from_db(db, config.dedup_window, config.max_disk)
     }
 
-    fn from_db(db: sled::Db, dedup_window: Duration, max_size: Option<u64>) -> Result<Journal, JournalError> {
+    fn from_db(db: sled::Db, dedup_window: Duration, max_disk: Option<u64>) -> Result<Journal, JournalError> {
         let tree = db.open_tree("journal")?;
         let dedup_window_ms = u64::try_from(dedup_window.as_millis()).unwrap_or(u64::MAX);
         let writer = Writer::start(db.clone(), tree.clone(), dedup_window_ms)
             .map_err(|err| JournalError::Storage(format!("cannot start the journal writer: {err}")))?;
-        let quota = match max_size {
+        let quota = match max_disk {
             None => None,
             Some(limit) => Some(Quota {
                 limit,

@@ -9,7 +9,7 @@ fn config(dir: &Path) -> JournalConfig {
         dedup_window: Duration::from_secs(3600),
         retention: Duration::from_secs(86400),
         cache: 8 << 20,
-        max_size: None,
+        max_disk: None,
     }
 }
 
@@ -121,7 +121,7 @@ async fn over_quota_refuses_writes_without_writing() {
         let journal = Journal::open(&config(dir.path())).unwrap();
         journal.append(delivery("evt_a", 1_000), &[]).await.unwrap();
     }
-    let journal = Journal::open(&JournalConfig { max_size: Some(1), ..config(dir.path()) }).unwrap();
+    let journal = Journal::open(&JournalConfig { max_disk: Some(1), ..config(dir.path()) }).unwrap();
     let err = journal.append(delivery("evt_b", 2_000), &[]).await.unwrap_err();
     assert!(matches!(err, JournalError::Full { limit: 1, .. }), "{err}");
     assert_eq!(journal.len(), 1);
@@ -130,7 +130,7 @@ async fn over_quota_refuses_writes_without_writing() {
 #[tokio::test]
 async fn quota_is_rechecked_as_the_journal_grows() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(&JournalConfig { max_size: Some(4 << 20), ..config(dir.path()) }).unwrap();
+    let journal = Journal::open(&JournalConfig { max_disk: Some(4 << 20), ..config(dir.path()) }).unwrap();
     // sled grows its file in segments, so write until the refreshed size
     // crosses the limit; every refused write must leave nothing behind.
     let mut accepted = 0;
