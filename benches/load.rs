@@ -204,7 +204,7 @@ fn main() {
         let delivered = Arc::new(AtomicU64::new(0));
         let dir = tempfile::tempdir().unwrap();
         let mut config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[journal]\npath = \"{}/journal\"\n[sources.parallel]\nsecrets = [\"{SECRET}\"]\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[journal]\npath = \"{}/journal\"\n[sources.parallel]\nsecrets = [\"{SECRET}\"]\n",
             dir.path().display()
         );
         for t in 0..target_count {

@@ -20,6 +20,7 @@ use crate::config::{Config, RateLimit, SourceConfig};
 use crate::delivery::Inboxes;
 use crate::envelope::Envelope;
 use crate::journal::{Journal, JournalError, NewDelivery};
+use crate::metrics::{IngestOutcome, Metrics};
 use crate::routing::{Route, Router};
 use crate::signature::{self, SignedHeaders, Verifier, VerifyError};
 
@@ -160,17 +161,19 @@ pub struct Ingress {
     sources: HashMap<String, Source>,
     router: Router,
     lanes: Inboxes,
+    metrics: Arc<Metrics>,
     journal: Arc<Journal>,
     max_body: u64,
     body_timeout: Duration,
 }
 
 impl Ingress {
-    pub fn new(config: &Config, journal: Arc<Journal>, lanes: Inboxes) -> Self {
+    pub fn new(config: &Config, journal: Arc<Journal>, lanes: Inboxes, metrics: Arc<Metrics>) -> Self {
         Ingress {
             sources: config.sources.values().map(|s| (s.name.clone(), Source::new(s))).collect(),
             router: Router::new(config.targets.values().map(Route::from_target)),
             lanes,
+            metrics,
             journal,
             max_body: config.server.max_body,
             body_timeout: config.server.body_timeout,
@@ -193,7 +196,14 @@ impl Ingress {
             .unwrap_or_default()
             .to_owned();
         let outcome = self.accept(request).await;
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = started.elapsed();
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        let counted = match &outcome {
+            Outcome::Accepted { duplicate: false, .. } => IngestOutcome::Accepted,
+            Outcome::Accepted { duplicate: true, .. } => IngestOutcome::Duplicate,
+            rejected => IngestOutcome::Rejected(rejected.code()),
+        };
+        self.metrics.ingest(&source, counted, elapsed);
         let status = outcome.status().as_u16();
         let delivery_id = match &outcome {
             Outcome::Accepted { id, .. } => id.as_str(),

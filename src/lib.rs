@@ -18,6 +18,8 @@
 //!   rate limits, retries ([`delivery::policy`]) and a circuit breaker.
 //! - `server`: accept loop, TLS, HTTP/1.1 and h2, graceful shutdown.
 //! - [`tls`]: PEM files → rustls configuration (ring provider).
+//! - [`admin`] and [`metrics`]: the admin listener (`/healthz`, `/readyz`,
+//!   `/metrics`) and the counters it exposes.
 //! - [`cli`]: the `hookrelay` command line; `main.rs` only calls it.
 //! - [`tap`] and [`samples`]: the developer tools `hookrelay tap` (a verifying
 //!   receiver) and `hookrelay send-test` (a signed sample event).
@@ -28,6 +30,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;
@@ -67,32 +70,41 @@ pub enum GatewayError {
 /// How often expired dedup entries are swept.
 const DEDUP_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
-/// A gateway whose journal is open and whose listener is bound.
+/// A gateway whose journal is open and whose listeners are bound.
 pub struct Gateway {
     config: Config,
     listener: TcpListener,
+    admin_listener: TcpListener,
     journal: Arc<Journal>,
 }
 
 impl Gateway {
-    /// Opens the journal and binds `[server] listen`.
+    /// Opens the journal and binds `[server] listen` and `[admin] listen`.
     pub async fn bind(config: Config) -> Result<Gateway, GatewayError> {
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })?;
-        Gateway::with_listener(config, listener)
+        Gateway::with_listener(config, listener).await
     }
 
-    /// Uses an already-bound listener (socket activation, tests).
-    pub fn with_listener(config: Config, listener: TcpListener) -> Result<Gateway, GatewayError> {
+    /// Uses an already-bound inbound listener (socket activation, tests).
+    pub async fn with_listener(config: Config, listener: TcpListener) -> Result<Gateway, GatewayError> {
+        let admin_addr = config.admin.listen;
+        let admin_listener = TcpListener::bind(admin_addr)
+            .await
+            .map_err(|source| GatewayError::Bind { addr: admin_addr, source })?;
         let journal = Journal::open(&config.journal).map_err(|source| GatewayError::Journal {
             path: config.journal.path.display().to_string(),
             source,
         })?;
-        Ok(Gateway { config, listener, journal: Arc::new(journal) })
+        Ok(Gateway { config, listener, admin_listener, journal: Arc::new(journal) })
     }
 
     pub fn inbound_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener.local_addr().expect("a bound listener has an address")
     }
 
     pub fn journal(&self) -> Arc<Journal> {
@@ -102,11 +114,20 @@ impl Gateway {
     /// Serves until `shutdown` resolves; then stops accepting, lets in-flight
     /// requests finish within `[server] shutdown_grace`, and flushes the journal.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
-        let Gateway { config, listener, journal } = self;
-        let dispatcher = delivery::Dispatcher::new(&config, journal.clone()).map_err(|source| {
-            GatewayError::Journal { path: config.journal.path.display().to_string(), source }
-        })?;
-        let ingress = Arc::new(Ingress::new(&config, journal.clone(), dispatcher.inboxes()));
+        let Gateway { config, listener, admin_listener, journal } = self;
+        let metrics = Arc::new(metrics::Metrics::new(&config));
+        let dispatcher =
+            delivery::Dispatcher::new(&config, journal.clone(), metrics.clone()).map_err(|source| {
+                GatewayError::Journal { path: config.journal.path.display().to_string(), source }
+            })?;
+        let ingress = Arc::new(Ingress::new(&config, journal.clone(), dispatcher.inboxes(), metrics.clone()));
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let admin = Arc::new(admin::Admin {
+            metrics,
+            lanes: dispatcher.status(),
+            journal: journal.clone(),
+            ready: ready.clone(),
+        });
         let tls = config.server.tls.as_ref().map(|tls| tokio_rustls::TlsAcceptor::from(tls.config.clone()));
         let limits = server::ConnectionLimits {
             header_timeout: config.server.header_timeout,
@@ -116,8 +137,12 @@ impl Gateway {
         let addr = listener
             .local_addr()
             .map_err(|source| GatewayError::Bind { addr: config.server.listen, source })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| GatewayError::Bind { addr: config.admin.listen, source })?;
         tracing::info!(
             %addr,
+            %admin_addr,
             tls = tls.is_some(),
             sources = config.sources.len(),
             targets = config.targets.len(),
@@ -129,14 +154,25 @@ impl Gateway {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let trigger = async move {
             shutdown.await;
+            ready.store(false, std::sync::atomic::Ordering::Release);
             let _ = stop_tx.send(true);
         };
         let mut server_stop = stop_rx.clone();
         let serving = server::serve(listener, tls, ingress, limits, async move {
             let _ = server_stop.wait_for(|stopping| *stopping).await;
         });
-        let delivering = dispatcher.run(stop_rx, config.server.shutdown_grace);
-        tokio::join!(trigger, serving, delivering);
+        let delivering = dispatcher.run(stop_rx.clone(), config.server.shutdown_grace);
+        // The admin listener stays up while the rest drains, answering
+        // /readyz with 503; it stops when they are done.
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let administering = admin::serve(admin_listener, admin, async move {
+            let _ = drained_rx.await;
+        });
+        let work = async move {
+            tokio::join!(trigger, serving, delivering);
+            let _ = drained_tx.send(());
+        };
+        tokio::join!(work, administering);
         pruner.abort();
         let flushed =
             tokio::task::spawn_blocking(move || journal.flush()).await.expect("journal flush does not panic");
@@ -164,3 +200,4 @@ async fn prune_dedup_periodically(journal: Arc<Journal>) {
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
+pub mod metrics;

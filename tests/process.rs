@@ -87,7 +87,8 @@ fn write_config(dir: &Path, extra: &str) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[journal]\npath = \"journal\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [journal]\npath = \"journal\"\n\
              [sources.parallel]\nsecrets = [\"{SECRET}\"]\n{extra}"
         ),
     )
@@ -288,7 +289,8 @@ fn serve_exits_1_when_the_port_is_taken() {
     std::fs::write(
         &path,
         format!(
-            "[server]\nlisten = \"{}\"\n[journal]\npath = \"journal\"\n[sources.parallel]\nsecrets = [\"{SECRET}\"]\n",
+            "[server]\nlisten = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[journal]\npath = \"journal\"\n\
+             [sources.parallel]\nsecrets = [\"{SECRET}\"]\n",
             taken.local_addr().unwrap()
         ),
     )

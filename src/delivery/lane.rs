@@ -18,6 +18,7 @@ use super::policy::{self, AttemptOutcome, Decision};
 use super::queue::Next;
 use crate::config::{RetryConfig, TargetConfig};
 use crate::journal::{Attempt, Journal, QueueEntry};
+use crate::metrics::{AttemptResult, Metrics, TargetGauges};
 
 /// How long an idle lane sleeps when nothing wakes it (a safety net only).
 const IDLE_RECHECK: Duration = Duration::from_secs(60);
@@ -36,10 +37,18 @@ pub(crate) struct Lane {
     /// and comes back (as a retry) only through `record_attempt`.
     inbox: Arc<Inbox>,
     journal: Arc<Journal>,
+    metrics: Arc<Metrics>,
+    /// Attempts started and not yet recorded.
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Lane {
-    pub(crate) fn new(target: &TargetConfig, journal: Arc<Journal>, inbox: Arc<Inbox>) -> Self {
+    pub(crate) fn new(
+        target: &TargetConfig,
+        journal: Arc<Journal>,
+        inbox: Arc<Inbox>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Lane {
             name: target.name.clone(),
             url: target.url.clone(),
@@ -54,6 +63,25 @@ impl Lane {
             breaker: Mutex::new(Breaker::new(target.breaker.failures.get(), target.breaker.probe_interval)),
             inbox,
             journal,
+            metrics,
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Pending jobs (queued and in flight), the oldest one's age, the breaker.
+    pub(crate) fn gauges(&self, now_ms: u64) -> TargetGauges {
+        let queue = self.inbox.queue.lock().expect("not poisoned");
+        let in_flight = self.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+        TargetGauges {
+            pending: queue.len() + in_flight,
+            oldest_pending_age: queue
+                .oldest_arrival_ms()
+                .map(|arrived| Duration::from_millis(now_ms.saturating_sub(arrived))),
+            breaker_open: !matches!(self.breaker.lock().expect("not poisoned").state(), BreakerState::Closed),
         }
     }
 
@@ -74,8 +102,10 @@ impl Lane {
                 }
             }
             let lane = self.clone();
+            self.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             attempts.spawn(async move {
                 lane.attempt(entry).await;
+                lane.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 drop(permit);
             });
             while attempts.try_join_next().is_some() {}
@@ -153,9 +183,16 @@ impl Lane {
                 return;
             }
         };
-        let latency_ms = started.elapsed().as_millis() as u64;
+        let elapsed = started.elapsed();
+        let latency_ms = elapsed.as_millis() as u64;
         let now = now_ms();
         let decision = policy::decide(&self.retry, number, created_at_ms, now, &outcome, jitter());
+        let result = match decision {
+            Decision::Delivered => AttemptResult::Delivered,
+            Decision::RetryAt(_) => AttemptResult::Retry,
+            Decision::Dead => AttemptResult::Dead,
+        };
+        self.metrics.attempt(&self.name, result, elapsed);
         let breaker_change = self.breaker.lock().expect("not poisoned").record(outcome.is_success(), now);
         match breaker_change {
             Some(BreakerState::Open { probe_at_ms }) => tracing::warn!(

@@ -24,6 +24,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
 use crate::journal::{DeliveryId, Journal, JournalError, QueueClass, QueueEntry};
+use crate::metrics::{Metrics, TargetGauges};
 use lane::Lane;
 use queue::LaneQueue;
 
@@ -57,14 +58,24 @@ impl Inboxes {
 
 /// Every lane of the configured targets, ready to run.
 pub struct Dispatcher {
-    lanes: Vec<Arc<Lane>>,
+    lanes: Arc<Vec<Arc<Lane>>>,
     inboxes: Inboxes,
+}
+
+/// Reads the lanes' live figures (for `/metrics`) while they run.
+#[derive(Clone)]
+pub struct LaneStatus(Arc<Vec<Arc<Lane>>>);
+
+impl LaneStatus {
+    pub fn gauges(&self, now_ms: u64) -> std::collections::BTreeMap<String, TargetGauges> {
+        self.0.iter().map(|lane| (lane.name().to_owned(), lane.gauges(now_ms))).collect()
+    }
 }
 
 impl Dispatcher {
     /// Builds a lane per target and loads its pending jobs from the journal
     /// (call before ingress starts, so no job is loaded twice).
-    pub fn new(config: &Config, journal: Arc<Journal>) -> Result<Self, JournalError> {
+    pub fn new(config: &Config, journal: Arc<Journal>, metrics: Arc<Metrics>) -> Result<Self, JournalError> {
         let mut lanes = Vec::new();
         let mut inboxes = HashMap::new();
         for target in config.targets.values() {
@@ -77,13 +88,17 @@ impl Dispatcher {
                 inbox.push(entry);
             }
             inboxes.insert(target.name.clone(), inbox.clone());
-            lanes.push(Arc::new(Lane::new(target, journal.clone(), inbox)));
+            lanes.push(Arc::new(Lane::new(target, journal.clone(), inbox, metrics.clone())));
         }
-        Ok(Dispatcher { lanes, inboxes: Inboxes(Arc::new(inboxes)) })
+        Ok(Dispatcher { lanes: Arc::new(lanes), inboxes: Inboxes(Arc::new(inboxes)) })
     }
 
     pub fn inboxes(&self) -> Inboxes {
         self.inboxes.clone()
+    }
+
+    pub fn status(&self) -> LaneStatus {
+        LaneStatus(self.lanes.clone())
     }
 
     /// Runs every lane until `stop` turns true, then gives in-flight attempts
@@ -91,7 +106,7 @@ impl Dispatcher {
     /// queued for the next start.
     pub async fn run(self, stop: watch::Receiver<bool>, grace: Duration) {
         let lanes: Vec<_> =
-            self.lanes.into_iter().map(|lane| tokio::spawn(lane.run(stop.clone(), grace))).collect();
+            self.lanes.iter().map(|lane| tokio::spawn(lane.clone().run(stop.clone(), grace))).collect();
         for lane in lanes {
             let _ = lane.await;
         }

@@ -48,6 +48,13 @@ impl LaneQueue {
         self.len() == 0
     }
 
+    /// When the oldest queued delivery arrived (for the pending-age gauge).
+    pub fn oldest_arrival_ms(&self) -> Option<u64> {
+        let fresh = self.fresh.front().map(|entry| entry.delivery.received_at_ms);
+        let retry = self.retries.values().map(|entry| entry.delivery.received_at_ms).min();
+        fresh.into_iter().chain(retry).min()
+    }
+
     /// Which job would go next at `now_ms`, without taking it.
     pub fn next(&self, now_ms: u64) -> Next {
         let retry_due = self.retries.keys().next().map(|(due, _)| *due);
@@ -125,6 +132,15 @@ mod tests {
         let classes: Vec<QueueClass> = order.iter().map(|(class, _)| *class).collect();
         use QueueClass::{Fresh as F, Retry as R};
         assert_eq!(classes, [F, F, F, F, R, F, F, F, F, R, F, F]);
+    }
+
+    #[test]
+    fn oldest_arrival_looks_at_both_classes() {
+        let mut queue = LaneQueue::default();
+        assert_eq!(queue.oldest_arrival_ms(), None);
+        queue.push(entry(QueueClass::Fresh, 100, 1));
+        queue.push(QueueEntry::new("t", QueueClass::Retry, 900, DeliveryId { received_at_ms: 40, seq: 2 }));
+        assert_eq!(queue.oldest_arrival_ms(), Some(40));
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub struct Options {
 
 pub struct TestGateway {
     pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub dir: Arc<tempfile::TempDir>,
     pub journal: Arc<Journal>,
     client_tls: Option<Arc<rustls::ClientConfig>>,
@@ -100,7 +101,7 @@ impl TestGateway {
             client_tls = Some(client);
         }
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{tls_line}\n{}\n[journal]\npath = \"{dir_path}/journal\"\n{}\n{}\n{}",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{tls_line}\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n[journal]\npath = \"{dir_path}/journal\"\n{}\n{}\n{}",
             options.server.replace("{dir}", &dir_path),
             options.journal.replace("{dir}", &dir_path),
             options.sources.clone().unwrap_or_else(default_sources).replace("{dir}", &dir_path),
@@ -111,12 +112,13 @@ impl TestGateway {
         let config = Config::load(&config_path).unwrap_or_else(|err| panic!("{err}\n{text}"));
         let gateway = Gateway::bind(config).await.unwrap();
         let addr = gateway.inbound_addr();
+        let admin_addr = gateway.admin_addr();
         let journal = gateway.journal();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(gateway.run(async {
             let _ = rx.await;
         }));
-        TestGateway { addr, dir, journal, client_tls, shutdown: Some(tx), task: Some(task) }
+        TestGateway { addr, admin_addr, dir, journal, client_tls, shutdown: Some(tx), task: Some(task) }
     }
 
     /// Signals shutdown and waits for `run` to return.

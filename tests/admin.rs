@@ -1,0 +1,197 @@
+//! The admin listener: health, readiness and Prometheus metrics.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::target::TestTarget;
+use common::*;
+use http_body_util::Full;
+use tokio::io::AsyncWriteExt;
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> Reply {
+    let request =
+        hyper::Request::get(path).header("host", "localhost").body(Full::new(Bytes::new())).unwrap();
+    send_plain(addr, request).await
+}
+
+/// Parses the Prometheus text format strictly: every sample belongs to a
+/// family declared by `# TYPE` before it, names and labels are well formed,
+/// values are numbers. Returns `name{labels}` → value.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = BTreeMap::new();
+    let valid_name = |name: &str| {
+        !name.is_empty()
+            && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            assert!(valid_name(rest.split(' ').next().unwrap()), "bad HELP: {line}");
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or_else(|| panic!("bad TYPE: {line}"));
+            assert!(
+                valid_name(name) && ["counter", "gauge", "histogram"].contains(&kind),
+                "bad TYPE: {line}"
+            );
+            assert!(
+                types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                "family declared twice: {name}"
+            );
+            continue;
+        }
+        assert!(!line.starts_with('#') && !line.is_empty(), "unexpected line: {line:?}");
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = if value == "+Inf" {
+            f64::INFINITY
+        } else {
+            value.parse().unwrap_or_else(|_| panic!("bad value: {line}"))
+        };
+        let name = series.split('{').next().unwrap();
+        assert!(valid_name(name), "bad name: {line}");
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            let inner = labels
+                .strip_prefix('{')
+                .and_then(|l| l.strip_suffix('}'))
+                .unwrap_or_else(|| panic!("bad labels: {line}"));
+            for pair in inner.split(',') {
+                let (key, quoted) = pair.split_once('=').unwrap_or_else(|| panic!("bad label: {line}"));
+                assert!(
+                    valid_name(key) && quoted.starts_with('"') && quoted.ends_with('"') && quoted.len() >= 2,
+                    "bad label: {line}"
+                );
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix).filter(|base| types.get(*base).is_some_and(|k| k == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "sample before its # TYPE: {line}");
+        assert!(samples.insert(series.to_owned(), value).is_none(), "duplicate series: {series}");
+    }
+    samples
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let gateway = TestGateway::start().await;
+    let health = get(gateway.admin_addr, "/healthz").await;
+    assert_eq!((health.status, health.text().as_str()), (200, "ok\n"));
+    assert_eq!(get(gateway.admin_addr, "/readyz").await.status, 200);
+    assert_eq!(get(gateway.admin_addr, "/nope").await.status, 404);
+    let post =
+        hyper::Request::post("/healthz").header("host", "localhost").body(Full::new(Bytes::new())).unwrap();
+    assert_eq!(send_plain(gateway.admin_addr, post).await.status, 405);
+    // The admin listener is not the inbound one.
+    assert_eq!(get(gateway.addr, "/healthz").await.status, 404);
+}
+
+#[tokio::test]
+async fn readiness_turns_503_when_shutdown_begins() {
+    let mut gateway = TestGateway::start().await;
+    // Keep a request in flight so the drain takes a while.
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    stream.write_all(b"POST /hooks/parallel HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\nwebhook-id: a\r\nwebhook-timestamp: 1\r\nwebhook-signature: v1,x\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gateway.begin_stop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let ready = get(gateway.admin_addr, "/readyz").await;
+        if ready.status == 503 {
+            assert_eq!(ready.text(), "not ready\n");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "readyz stayed {}", ready.status);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stream.write_all(b"0123456789").await.unwrap();
+    drop(stream);
+    gateway.wait_stopped().await.unwrap();
+}
+
+#[tokio::test]
+async fn metrics_parse_and_move_with_traffic() {
+    const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";
+    let target = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let targets = format!(
+        "[targets.t]\nsource = \"parallel\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\n",
+        target.url()
+    );
+    let gateway = TestGateway::with(Options { targets, ..Options::default() }).await;
+
+    let before = parse_metrics(&get(gateway.admin_addr, "/metrics").await.text());
+    assert_eq!(before["hookrelay_deliveries_received_total{source=\"parallel\"}"], 0.0);
+    assert_eq!(before["hookrelay_pending_jobs{target=\"t\"}"], 0.0);
+
+    for id in ["evt_m1", "evt_m2", "evt_m1"] {
+        assert_eq!(gateway.post_signed(Transport::Http, "parallel", id, MONITOR_EVENT).await.status, 200);
+    }
+    let bad = gateway
+        .send(Transport::Http, signed_request("parallel", "whsec_d3Jvbmc=", "evt_bad", now(), b"{}"))
+        .await;
+    assert_eq!(bad.status, 401);
+    assert_eq!(gateway.post_signed(Transport::Http, "nope", "evt_x", MONITOR_EVENT).await.status, 404);
+    target.wait_for(2, Duration::from_secs(20)).await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let reply = get(gateway.admin_addr, "/metrics").await;
+        assert!(reply.headers["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+        let after = parse_metrics(&reply.text());
+        if after["hookrelay_attempts_total{target=\"t\",outcome=\"delivered\"}"] == 2.0 {
+            break after;
+        }
+        assert!(std::time::Instant::now() < deadline, "attempts never reached 2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let expect = [
+        ("hookrelay_deliveries_received_total{source=\"parallel\"}", 2.0),
+        ("hookrelay_deliveries_received_total{source=\"other\"}", 0.0),
+        ("hookrelay_deliveries_duplicate_total{source=\"parallel\"}", 1.0),
+        ("hookrelay_deliveries_rejected_total{source=\"parallel\",reason=\"invalid_signature\"}", 1.0),
+        ("hookrelay_deliveries_rejected_total{source=\"\",reason=\"unknown_source\"}", 1.0),
+        ("hookrelay_ingest_duration_seconds_count", 5.0),
+        ("hookrelay_ingest_duration_seconds_bucket{le=\"+Inf\"}", 5.0),
+        ("hookrelay_attempts_total{target=\"t\",outcome=\"retry\"}", 0.0),
+        ("hookrelay_attempt_duration_seconds_count{target=\"t\"}", 2.0),
+        ("hookrelay_pending_jobs{target=\"t\"}", 0.0),
+        ("hookrelay_oldest_pending_age_seconds{target=\"t\"}", 0.0),
+        ("hookrelay_breaker_open{target=\"t\"}", 0.0),
+    ];
+    for (series, value) in expect {
+        assert_eq!(after.get(series), Some(&value), "{series}");
+    }
+    assert!(after["hookrelay_journal_size_bytes"] > 0.0);
+    // No label ever carries a name the sender made up.
+    assert!(!after.keys().any(|k| k.contains("nope")));
+}
+
+#[tokio::test]
+async fn pending_jobs_and_their_age_show_while_a_target_is_down() {
+    const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";
+    let target = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    target.answer_with(|_| Some(common::target::Answer::Status(503)));
+    let targets = format!(
+        "[targets.t]\nsource = \"parallel\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\n\
+         retry = {{ initial = \"10s\", max_delay = \"10s\" }}\nbreaker = {{ failures = 1, probe_interval = \"10s\" }}\n",
+        target.url()
+    );
+    let gateway = TestGateway::with(Options { targets, ..Options::default() }).await;
+    for i in 0..3 {
+        gateway.post_signed(Transport::Http, "parallel", &format!("evt_down_{i}"), MONITOR_EVENT).await;
+    }
+    target.wait_for(1, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = parse_metrics(&get(gateway.admin_addr, "/metrics").await.text());
+    assert_eq!(metrics["hookrelay_pending_jobs{target=\"t\"}"], 3.0);
+    assert!(metrics["hookrelay_oldest_pending_age_seconds{target=\"t\"}"] >= 0.2);
+    assert_eq!(metrics["hookrelay_breaker_open{target=\"t\"}"], 1.0);
+    assert_eq!(metrics["hookrelay_attempts_total{target=\"t\",outcome=\"retry\"}"], 1.0);
+}
