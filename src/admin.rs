@@ -4,8 +4,11 @@
 //! - `GET /readyz`: 200 once listeners and journal are up, 503 from the
 //!   moment shutdown begins.
 //! - `GET /metrics`: Prometheus text format (see `metrics`).
+//! - `GET /v1/targets`, `POST /v1/targets/{name}/pause`, `.../resume`.
 //!
-//! The `/v1/...` operator API (deliveries, replays, targets) is not here yet.
+//! Every `/v1/...` call needs `Authorization: Bearer <admin.token>` when a
+//! token is configured (config validation insists on one unless the listener
+//! is loopback). The `/v1` deliveries and replays API is not here yet.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,6 +25,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::config::Secret;
 use crate::delivery::LaneStatus;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
@@ -33,14 +37,19 @@ pub struct Admin {
     pub journal: Arc<Journal>,
     /// True between start-up and the beginning of shutdown.
     pub ready: Arc<AtomicBool>,
+    pub token: Option<Secret>,
 }
 
 impl Admin {
     fn handle(&self, request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path();
+        if let Some(rest) = path.strip_prefix("/v1/") {
+            return self.api(request, rest);
+        }
         if request.method() != Method::GET {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
         }
-        match request.uri().path() {
+        match path {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
@@ -57,6 +66,76 @@ impl Admin {
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
+}
+
+impl Admin {
+    /// The `/v1` operator API; `rest` is the path after `/v1/`.
+    fn api(&self, request: &Request<hyper::body::Incoming>, rest: &str) -> Response<Full<Bytes>> {
+        if !self.authorized(request) {
+            let mut response = json(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({"error": "unauthorized", "message": "a valid bearer token is required"}),
+            );
+            response
+                .headers_mut()
+                .insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let segments: Vec<&str> = rest.split('/').collect();
+        match (request.method(), segments.as_slice()) {
+            (&Method::GET, ["targets"]) => {
+                json(StatusCode::OK, &serde_json::json!({ "targets": self.lanes.describe(now_ms) }))
+            }
+            (&Method::POST, ["targets", name, action @ ("pause" | "resume")]) => {
+                match self.lanes.set_paused(name, *action == "pause", now_ms) {
+                    Ok(Some(target)) => json(StatusCode::OK, &target),
+                    Ok(None) => error(
+                        StatusCode::NOT_FOUND,
+                        "unknown_target",
+                        "no target with this name is configured",
+                    ),
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot record the pause");
+                        error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "journal_unavailable",
+                            "the change could not be saved",
+                        )
+                    }
+                }
+            }
+            (_, ["targets"] | ["targets", _, "pause" | "resume"]) => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "wrong method for this path")
+            }
+            _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+        }
+    }
+
+    /// Constant-time bearer token check; open when no token is configured
+    /// (then the listener is loopback, which config validation ensures).
+    fn authorized(&self, request: &Request<hyper::body::Incoming>) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(token) = &self.token else { return true };
+        let presented = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes()))
+    }
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": code, "message": message }))
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -127,6 +127,7 @@ impl Gateway {
             lanes: dispatcher.status(),
             journal: journal.clone(),
             ready: ready.clone(),
+            token: config.admin.token.clone(),
         });
         let tls = config.server.tls.as_ref().map(|tls| tokio_rustls::TlsAcceptor::from(tls.config.clone()));
         let limits = server::ConnectionLimits {

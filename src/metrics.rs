@@ -125,6 +125,17 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// (delivered, retry, dead) attempts of `target` since start.
+    pub fn attempt_counts(&self, target: &str) -> (u64, u64, u64) {
+        self.targets.get(target).map_or((0, 0, 0), |c| {
+            (
+                c.delivered.load(Ordering::Relaxed),
+                c.retried.load(Ordering::Relaxed),
+                c.dead.load(Ordering::Relaxed),
+            )
+        })
+    }
+
     /// The Prometheus text exposition, with the gauges read by the caller.
     pub fn render(&self, targets: &BTreeMap<String, TargetGauges>, journal_bytes: Option<u64>) -> String {
         let mut out = String::new();

@@ -195,3 +195,73 @@ async fn pending_jobs_and_their_age_show_while_a_target_is_down() {
     assert_eq!(metrics["hookrelay_breaker_open{target=\"t\"}"], 1.0);
     assert_eq!(metrics["hookrelay_attempts_total{target=\"t\",outcome=\"retry\"}"], 1.0);
 }
+
+async fn call(addr: std::net::SocketAddr, method: &str, path: &str, token: Option<&str>) -> Reply {
+    let mut builder = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    send_plain(addr, builder.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+#[tokio::test]
+async fn the_v1_api_needs_the_token_and_never_hints_at_it() {
+    let token = "admin-token-for-tests";
+    let gateway =
+        TestGateway::with(Options { admin: format!("token = \"{token}\""), ..Options::default() }).await;
+    for presented in [None, Some("wrong"), Some("admin-token-for-test"), Some("")] {
+        let reply = call(gateway.admin_addr, "GET", "/v1/targets", presented).await;
+        assert_eq!(reply.status, 401, "{presented:?}");
+        assert_eq!(reply.headers["www-authenticate"], "Bearer");
+        assert_eq!(reply.error_code(), "unauthorized");
+        assert!(!reply.text().contains("admin-token"));
+    }
+    assert_eq!(call(gateway.admin_addr, "GET", "/v1/targets", Some(token)).await.status, 200);
+    // Health and metrics stay open for probes and scrapers.
+    assert_eq!(call(gateway.admin_addr, "GET", "/healthz", None).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_paused_target_accumulates_jobs_and_resume_delivers_them() {
+    const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";
+    let target = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let targets = format!(
+        "[targets.t]\nsource = \"parallel\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\n",
+        target.url()
+    );
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let options = Options { targets, dir: Some(dir.clone()), ..Options::default() };
+    let gateway = TestGateway::with(options.clone()).await;
+
+    let paused = call(gateway.admin_addr, "POST", "/v1/targets/t/pause", None).await;
+    assert_eq!(paused.status, 200, "{}", paused.text());
+    assert_eq!(paused.json()["state"], "paused");
+    for i in 0..3 {
+        gateway.post_signed(Transport::Http, "parallel", &format!("evt_p{i}"), MONITOR_EVENT).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(target.received().is_empty(), "a paused target gets nothing");
+    let listed = call(gateway.admin_addr, "GET", "/v1/targets", None).await.json();
+    let t = &listed["targets"][0];
+    assert_eq!(
+        (t["name"].as_str(), t["pending"].as_u64(), t["paused"].as_bool()),
+        (Some("t"), Some(3), Some(true))
+    );
+
+    // The pause survives a restart.
+    gateway.stop().await.unwrap();
+    let gateway = TestGateway::with(options).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(target.received().is_empty());
+    let listed = call(gateway.admin_addr, "GET", "/v1/targets", None).await.json();
+    assert_eq!(listed["targets"][0]["state"], "paused");
+
+    let resumed = call(gateway.admin_addr, "POST", "/v1/targets/t/resume", None).await;
+    assert_eq!(resumed.json()["state"], "active");
+    let received = target.wait_for(3, Duration::from_secs(20)).await;
+    assert!(received.iter().all(|r| r.verified == Some(Ok(()))));
+
+    assert_eq!(call(gateway.admin_addr, "POST", "/v1/targets/nope/pause", None).await.status, 404);
+    assert_eq!(call(gateway.admin_addr, "GET", "/v1/targets/t/pause", None).await.status, 405);
+    assert_eq!(call(gateway.admin_addr, "GET", "/v1/nothing", None).await.status, 404);
+}

@@ -25,7 +25,10 @@ const IDLE_RECHECK: Duration = Duration::from_secs(60);
 
 pub(crate) struct Lane {
     name: String,
+    source: String,
     url: Uri,
+    rate: Option<crate::config::RateLimit>,
+    concurrency: u32,
     signer: Signer,
     timeout: Duration,
     retry: RetryConfig,
@@ -51,7 +54,10 @@ impl Lane {
     ) -> Self {
         Lane {
             name: target.name.clone(),
+            source: target.source.clone(),
             url: target.url.clone(),
+            rate: target.rate_limit,
+            concurrency: target.concurrency.get(),
             signer: Signer::new(target),
             timeout: target.timeout,
             retry: target.retry,
@@ -70,6 +76,49 @@ impl Lane {
 
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What `GET /v1/targets` shows of this lane.
+    pub(crate) fn describe(&self, now_ms: u64) -> serde_json::Value {
+        let gauges = self.gauges(now_ms);
+        let paused = self.inbox.paused.load(std::sync::atomic::Ordering::Acquire);
+        let breaker = match self.breaker.lock().expect("not poisoned").state() {
+            BreakerState::Closed => "closed",
+            BreakerState::Open { .. } => "open",
+            BreakerState::Probing => "probing",
+        };
+        let state = if paused {
+            "paused"
+        } else if gauges.breaker_open {
+            "breaker_open"
+        } else {
+            "active"
+        };
+        let (delivered, retried, dead) = self.metrics.attempt_counts(&self.name);
+        serde_json::json!({
+            "name": self.name,
+            "source": self.source,
+            "url": self.url.to_string(),
+            "state": state,
+            "paused": paused,
+            "breaker": breaker,
+            "pending": gauges.pending,
+            "in_flight": self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+            "oldest_pending_age_seconds": gauges.oldest_pending_age.map(|age| age.as_secs_f64()),
+            "rate_limit": self.rate.map(|r| serde_json::json!({"per_second": r.per_second.get(), "burst": r.burst.get()})),
+            "concurrency": self.concurrency,
+            "attempts_since_start": {"delivered": delivered, "retry": retried, "dead": dead},
+        })
+    }
+
+    /// Pauses or resumes sending; jobs keep accumulating while paused, and
+    /// attempts already in flight finish. Persisted before it takes effect.
+    pub(crate) fn set_paused(&self, paused: bool) -> Result<(), crate::journal::JournalError> {
+        self.journal.set_paused(&self.name, paused)?;
+        self.inbox.paused.store(paused, std::sync::atomic::Ordering::Release);
+        self.inbox.bell.notify_one();
+        tracing::info!(target_name = %self.name, paused, "target {}", if paused { "paused" } else { "resumed" });
+        Ok(())
     }
 
     /// Pending jobs (queued and in flight), the oldest one's age, the breaker.
@@ -129,7 +178,10 @@ impl Lane {
                 return None;
             }
             let now = now_ms();
-            let wait_until = {
+            let paused = self.inbox.paused.load(std::sync::atomic::Ordering::Acquire);
+            let wait_until = if paused {
+                None // resume rings the bell
+            } else {
                 let mut queue = self.inbox.queue.lock().expect("not poisoned");
                 match queue.next(now) {
                     Next::Ready(class) => match self.breaker.lock().expect("not poisoned").admit(now) {

@@ -28,11 +28,13 @@ use crate::metrics::{Metrics, TargetGauges};
 use lane::Lane;
 use queue::LaneQueue;
 
-/// A lane's pending jobs and the bell that tells it new ones arrived.
+/// A lane's pending jobs, the bell that tells it something changed, and the
+/// operator's pause switch.
 #[derive(Default)]
 pub(crate) struct Inbox {
     queue: Mutex<LaneQueue>,
     bell: Notify,
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl Inbox {
@@ -62,13 +64,32 @@ pub struct Dispatcher {
     inboxes: Inboxes,
 }
 
-/// Reads the lanes' live figures (for `/metrics`) while they run.
+/// The lanes as the admin API sees them: live figures, pause and resume.
 #[derive(Clone)]
 pub struct LaneStatus(Arc<Vec<Arc<Lane>>>);
 
 impl LaneStatus {
     pub fn gauges(&self, now_ms: u64) -> std::collections::BTreeMap<String, TargetGauges> {
         self.0.iter().map(|lane| (lane.name().to_owned(), lane.gauges(now_ms))).collect()
+    }
+
+    /// One JSON object per target, in name order.
+    pub fn describe(&self, now_ms: u64) -> Vec<serde_json::Value> {
+        let mut lanes: Vec<&Arc<Lane>> = self.0.iter().collect();
+        lanes.sort_by(|a, b| a.name().cmp(b.name()));
+        lanes.into_iter().map(|lane| lane.describe(now_ms)).collect()
+    }
+
+    /// Pauses or resumes a target; `Ok(None)` when there is no such target.
+    pub fn set_paused(
+        &self,
+        target: &str,
+        paused: bool,
+        now_ms: u64,
+    ) -> Result<Option<serde_json::Value>, JournalError> {
+        let Some(lane) = self.0.iter().find(|lane| lane.name() == target) else { return Ok(None) };
+        lane.set_paused(paused)?;
+        Ok(Some(lane.describe(now_ms)))
     }
 }
 
@@ -80,6 +101,10 @@ impl Dispatcher {
         let mut inboxes = HashMap::new();
         for target in config.targets.values() {
             let inbox = Arc::new(Inbox::default());
+            if journal.is_paused(&target.name)? {
+                tracing::warn!(target_name = %target.name, "target is paused (resume it through the admin API)");
+                inbox.paused.store(true, std::sync::atomic::Ordering::Release);
+            }
             let pending = journal.queued(&target.name)?;
             if !pending.is_empty() {
                 tracing::info!(target_name = %target.name, pending = pending.len(), "resuming pending jobs");

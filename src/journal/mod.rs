@@ -7,6 +7,7 @@
 //! - `U` source `\0` webhook-id → the key of the first delivery with that id,
 //!   which carries its receive time, so the window check needs no lookup.
 //! - `J` delivery id ++ target → encoded [`Job`] (state and attempt history).
+//! - `P` target → present while an operator has the target paused.
 //! - `Q` target `\0` class due_ms delivery id → empty: the work index of
 //!   pending jobs. Class 0 is a fresh job (due = arrival, so FIFO), class 1 a
 //!   retry (ordered by due time). A job stays indexed while its attempt is in
@@ -221,6 +222,23 @@ impl Journal {
         Ok(retry)
     }
 
+    /// Records that an operator paused (or resumed) a target; flushed at once,
+    /// so a pause survives a restart.
+    pub fn set_paused(&self, target: &str, paused: bool) -> Result<(), JournalError> {
+        let key = keys::paused(target);
+        if paused {
+            self.tree.insert(key, &[1u8])?;
+        } else {
+            self.tree.remove(key)?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn is_paused(&self, target: &str) -> Result<bool, JournalError> {
+        Ok(self.tree.contains_key(keys::paused(target))?)
+    }
+
     /// Drops dedup entries older than the window, so the index stays bounded.
     /// Returns how many were removed.
     pub fn prune_dedup(&self, now_ms: u64) -> Result<usize, JournalError> {
@@ -328,6 +346,12 @@ mod keys {
     pub const DEDUP: &[u8] = b"U";
     const JOB: u8 = b'J';
     const QUEUE: u8 = b'Q';
+    const PAUSED: &[u8] = b"P";
+
+    /// An operator's pause of a target (present = paused).
+    pub fn paused(target: &str) -> Vec<u8> {
+        [PAUSED, target.as_bytes()].concat()
+    }
 
     pub fn delivery(id: DeliveryId) -> Vec<u8> {
         [DELIVERY, &id.to_key()].concat()

@@ -48,6 +48,8 @@ pub struct Options {
     pub sources: Option<String>,
     /// `[targets.*]` tables appended to the config.
     pub targets: String,
+    /// Lines added to `[admin]` (its listen address is always 127.0.0.1:0).
+    pub admin: String,
     pub tls: bool,
     /// Reuse this directory (its journal) instead of a fresh one.
     pub dir: Option<Arc<tempfile::TempDir>>,
@@ -101,8 +103,9 @@ impl TestGateway {
             client_tls = Some(client);
         }
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{tls_line}\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n[journal]\npath = \"{dir_path}/journal\"\n{}\n{}\n{}",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{tls_line}\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[journal]\npath = \"{dir_path}/journal\"\n{}\n{}\n{}",
             options.server.replace("{dir}", &dir_path),
+            options.admin.replace("{dir}", &dir_path),
             options.journal.replace("{dir}", &dir_path),
             options.sources.clone().unwrap_or_else(default_sources).replace("{dir}", &dir_path),
             options.targets.replace("{dir}", &dir_path),
