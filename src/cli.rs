@@ -46,6 +46,39 @@ enum Command {
     SendTest(SendTestArgs),
     /// A consumer that verifies and prints every webhook it receives.
     Tap(TapArgs),
+    /// List, pause or resume targets through the admin API.
+    Targets(TargetsArgs),
+}
+
+#[derive(Args, Debug)]
+struct AdminArgs {
+    /// The gateway's admin API.
+    #[arg(long, default_value = "http://127.0.0.1:9180", env = "HOOKRELAY_ADMIN_URL")]
+    admin: String,
+    /// File holding the admin token (else HOOKRELAY_ADMIN_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct TargetsArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    #[command(subcommand)]
+    action: Option<TargetsAction>,
+}
+
+#[derive(Subcommand, Debug)]
+enum TargetsAction {
+    /// Every target with its state, pending jobs and breaker (the default).
+    List,
+    /// Stop sending to a target; its jobs accumulate until it is resumed.
+    Pause { name: String },
+    /// Resume sending to a paused target.
+    Resume { name: String },
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +167,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Sign(args) => sign(args),
         Command::SendTest(args) => send_test(args),
         Command::Tap(args) => tap(args),
+        Command::Targets(args) => targets(args),
     }
 }
 
@@ -308,6 +342,120 @@ fn sign_headers(args: SignArgs) -> Result<String, String> {
         signature::HEADER_TIMESTAMP,
         signature::HEADER_SIGNATURE
     ))
+}
+
+fn targets(args: TargetsArgs) -> u8 {
+    let (method, path) = match &args.action {
+        None | Some(TargetsAction::List) => (hyper::Method::GET, "/v1/targets".to_owned()),
+        Some(TargetsAction::Pause { name }) => (hyper::Method::POST, format!("/v1/targets/{name}/pause")),
+        Some(TargetsAction::Resume { name }) => (hyper::Method::POST, format!("/v1/targets/{name}/resume")),
+    };
+    let body = match admin_call(&args.admin, method, &path) {
+        Ok(body) => body,
+        Err(code) => return code,
+    };
+    if args.admin.json {
+        println!("{body}");
+        return EXIT_OK;
+    }
+    let rows: Vec<serde_json::Value> = match args.action {
+        None | Some(TargetsAction::List) => body["targets"].as_array().cloned().unwrap_or_default(),
+        Some(_) => vec![body],
+    };
+    print!("{}", targets_table(&rows));
+    EXIT_OK
+}
+
+/// A plain table of targets for people; `--json` is for scripts.
+fn targets_table(rows: &[serde_json::Value]) -> String {
+    let cell = |value: &serde_json::Value| match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    let mut table = vec![
+        ["NAME", "STATE", "PENDING", "IN_FLIGHT", "OLDEST_S", "BREAKER", "URL"].map(str::to_owned).to_vec(),
+    ];
+    for row in rows {
+        let oldest = row["oldest_pending_age_seconds"].as_f64().map_or("-".to_owned(), |s| format!("{s:.0}"));
+        table.push(vec![
+            cell(&row["name"]),
+            cell(&row["state"]),
+            cell(&row["pending"]),
+            cell(&row["in_flight"]),
+            oldest,
+            cell(&row["breaker"]),
+            cell(&row["url"]),
+        ]);
+    }
+    let widths: Vec<usize> =
+        (0..table[0].len()).map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in table {
+        let line: Vec<String> =
+            row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// One admin API call; the JSON answer, or the exit code after saying why.
+fn admin_call(args: &AdminArgs, method: hyper::Method, path: &str) -> Result<serde_json::Value, u8> {
+    let token = match &args.token_file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
+            Err(err) => {
+                eprintln!("hookrelay: --token-file: cannot read {}: {err}", path.display());
+                return Err(EXIT_USAGE);
+            }
+        },
+        None => std::env::var("HOOKRELAY_ADMIN_TOKEN").ok(),
+    };
+    let url = format!("{}{path}", args.admin.trim_end_matches('/'));
+    let mut request = hyper::Request::builder().method(method).uri(&url);
+    if let Some(token) = &token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(http_body_util::Full::new(bytes::Bytes::new())).map_err(|err| {
+        eprintln!("hookrelay: --admin: {err}");
+        EXIT_USAGE
+    })?;
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        use http_body_util::BodyExt;
+        let client = crate::delivery::outbound::http_client(&[], 1);
+        let response =
+            match tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request)).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(err)) => {
+                    eprintln!(
+                        "hookrelay: cannot reach the admin API at {}: {err} (is the gateway running?)",
+                        args.admin
+                    );
+                    return Err(EXIT_UNAVAILABLE);
+                }
+                Err(_) => {
+                    eprintln!("hookrelay: no answer from the admin API at {} within 30s", args.admin);
+                    return Err(EXIT_UNAVAILABLE);
+                }
+            };
+        let status = response.status();
+        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        if status == hyper::StatusCode::UNAUTHORIZED {
+            eprintln!(
+                "hookrelay: the admin API refused the token (set HOOKRELAY_ADMIN_TOKEN or --token-file)"
+            );
+            return Err(EXIT_FAILURE);
+        }
+        if !status.is_success() {
+            let message = json["message"].as_str().unwrap_or("unexpected answer");
+            eprintln!("hookrelay: {} {}: {message}", status.as_u16(), json["error"].as_str().unwrap_or(""));
+            return Err(EXIT_FAILURE);
+        }
+        Ok(json)
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, u8> {

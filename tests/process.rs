@@ -20,6 +20,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
 struct Daemon {
     child: Child,
     addr: SocketAddr,
+    admin_addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -44,15 +45,16 @@ impl Daemon {
                 if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
                     && event["message"] == "listening"
                 {
-                    let _ = tx.send(event["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap());
+                    let addr = |field: &str| event[field].as_str().unwrap().parse::<SocketAddr>().unwrap();
+                    let _ = tx.send((addr("addr"), addr("admin_addr")));
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = rx
+        let (addr, admin_addr) = rx
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("no 'listening' line; logs: {:?}", logs.lock().unwrap()));
-        Daemon { child, addr, logs }
+        Daemon { child, addr, admin_addr, logs }
     }
 
     fn signal(&self, name: &str) {
@@ -480,4 +482,67 @@ fn send_test_errors() {
         .unwrap();
     assert_eq!(no_source.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&no_source.stderr).contains("no source \"nope\""));
+}
+
+#[test]
+fn targets_cli_lists_pauses_and_resumes_through_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(
+        dir.path(),
+        "[targets.alpha]\nsource = \"parallel\"\nurl = \"http://127.0.0.1:9/\"\nsigning = \"none\"\n",
+    );
+    let with_token = std::fs::read_to_string(&config_path).unwrap().replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"cli-token\"\n",
+    );
+    assert!(with_token.contains("cli-token"));
+    std::fs::write(&config_path, with_token).unwrap();
+    let daemon = Daemon::start(&config_path);
+    let admin = format!("http://{}", daemon.admin_addr);
+    let run = |args: &[&str], token: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command.arg("targets").args(["--admin", &admin]).args(args).env_remove("HOOKRELAY_ADMIN_TOKEN");
+        if let Some(token) = token {
+            command.env("HOOKRELAY_ADMIN_TOKEN", token);
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, _, stderr) = run(&["list"], None);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("refused the token"), "{stderr}");
+
+    let (code, stdout, _) = run(&[], Some("cli-token"));
+    assert_eq!(code, Some(0));
+    assert!(stdout.starts_with("NAME"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("alpha") && l.contains("active")), "{stdout}");
+
+    let (code, stdout, _) = run(&["pause", "alpha"], Some("cli-token"));
+    assert_eq!(code, Some(0));
+    assert!(stdout.lines().any(|l| l.starts_with("alpha") && l.contains("paused")), "{stdout}");
+
+    let (code, stdout, _) = run(&["--json", "list"], Some("cli-token"));
+    assert_eq!(code, Some(0));
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["targets"][0]["state"], "paused");
+
+    let (code, stdout, _) = run(&["resume", "alpha"], Some("cli-token"));
+    assert_eq!((code, stdout.contains("active")), (Some(0), true));
+
+    let (code, _, stderr) = run(&["pause", "nope"], Some("cli-token"));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("unknown_target"), "{stderr}");
+
+    let unreachable = Command::new(BIN)
+        .args(["targets", "--admin", &format!("http://127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach the admin API"));
+    drop(daemon);
 }
