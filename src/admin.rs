@@ -14,7 +14,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -54,7 +53,7 @@ impl Admin {
             "/readyz" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             "/metrics" => {
-                let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                let now_ms = crate::time::now_ms();
                 let body = self.metrics.render(&self.lanes.gauges(now_ms), self.journal.size_on_disk().ok());
                 let mut response = text(StatusCode::OK, &body);
                 response.headers_mut().insert(
@@ -81,7 +80,7 @@ impl Admin {
                 .insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return response;
         }
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now_ms = crate::time::now_ms();
         let segments: Vec<&str> = rest.split('/').collect();
         match (request.method(), segments.as_slice()) {
             (&Method::GET, ["targets"]) => {

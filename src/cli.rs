@@ -521,7 +521,7 @@ fn send_test(args: SendTestArgs) -> u8 {
     let (url, key) = prepared;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let suffix: String = random_bytes::<8>().iter().map(|b| format!("{b:02x}")).collect();
-    let Some(body) = crate::samples::sample_event(&args.event_type, &suffix, &crate::samples::rfc3339(now))
+    let Some(body) = crate::samples::sample_event(&args.event_type, &suffix, &crate::time::rfc3339(now))
     else {
         eprintln!(
             "hookrelay: --type: unknown event type {:?} (one of: {})",

@@ -43,12 +43,13 @@ pub mod samples;
 mod server;
 pub mod signature;
 pub mod tap;
+pub mod time;
 pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -188,7 +189,7 @@ async fn prune_dedup_periodically(journal: Arc<Journal>) {
     loop {
         interval.tick().await;
         let journal = journal.clone();
-        let pruned = tokio::task::spawn_blocking(move || journal.prune_dedup(now_ms())).await;
+        let pruned = tokio::task::spawn_blocking(move || journal.prune_dedup(time::now_ms())).await;
         match pruned {
             Ok(Ok(0)) => {}
             Ok(Ok(removed)) => tracing::debug!(removed, "pruned expired dedup entries"),
@@ -198,7 +199,4 @@ async fn prune_dedup_periodically(journal: Arc<Journal>) {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 pub mod metrics;

@@ -15,8 +15,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::envelope::Envelope;
-use crate::samples::rfc3339;
 use crate::signature::{SignedHeaders, Verifier};
+use crate::time::rfc3339;
 
 const MAX_BODY: usize = 16 << 20;
 

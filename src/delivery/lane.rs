@@ -4,7 +4,7 @@
 //! outcome in the journal.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hyper::Uri;
@@ -19,6 +19,7 @@ use super::queue::Next;
 use crate::config::{RetryConfig, TargetConfig};
 use crate::journal::{Attempt, Journal, QueueEntry};
 use crate::metrics::{AttemptResult, Metrics, TargetGauges};
+use crate::time::now_ms;
 
 /// How long an idle lane sleeps when nothing wakes it (a safety net only).
 const IDLE_RECHECK: Duration = Duration::from_secs(60);
@@ -306,10 +307,6 @@ impl Lane {
         let job = self.journal.job(entry.delivery, &self.name)?.ok_or_else(missing)?;
         Ok((record, job))
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Uniform in [0, 1).

@@ -1,0 +1,113 @@
+//! Wall-clock helpers: Unix milliseconds, RFC 3339 (UTC) both ways, and the
+//! times operators type (`"2h"` ago, an RFC 3339 instant, Unix seconds).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Unix seconds → `YYYY-MM-DDTHH:MM:SSZ` (UTC), as Parallel writes timestamps.
+pub fn rfc3339(unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64;
+    let secs = unix_secs % 86_400;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+00:00)` into Unix milliseconds.
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    let text = text.strip_suffix('Z').or_else(|| text.strip_suffix("+00:00"))?;
+    let (date, time) = text.split_once('T')?;
+    let mut date_parts = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (date_parts.next()??, date_parts.next()??, date_parts.next()??);
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut time_parts = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hour, minute, second) = (time_parts.next()??, time_parts.next()??, time_parts.next()??);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let millis = match fraction.len() {
+        0 => 0,
+        _ if fraction.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{fraction:0<3}")[..3].parse::<i64>().ok()?
+        }
+        _ => return None,
+    };
+    // Howard Hinnant's days-from-civil algorithm.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3_600 + minute * 60 + second;
+    u64::try_from(secs * 1_000 + millis).ok()
+}
+
+/// An instant as operators write it: a duration ago (`"2h"`, `"30m"`), an
+/// RFC 3339 time, or Unix seconds. Returns Unix milliseconds.
+pub fn parse_instant(text: &str, now_ms: u64) -> Result<u64, String> {
+    if let Ok(ago) = crate::config::parse_duration(text) {
+        return Ok(now_ms.saturating_sub(ago.as_millis() as u64));
+    }
+    if let Some(ms) = parse_rfc3339(text) {
+        return Ok(ms);
+    }
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse::<u64>()
+            .map(|secs| secs.saturating_mul(1000))
+            .map_err(|_| format!("{text:?} is too large"));
+    }
+    Err(format!(
+        "{text:?} is not a time: use a duration ago (\"2h\"), RFC 3339 (\"2026-11-28T09:00:00Z\") or Unix seconds"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_751_498_975), "2025-07-02T23:29:35Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_859_999), "2026-11-28T09:59:59Z");
+    }
+
+    #[test]
+    fn rfc3339_parses_back() {
+        for secs in [0u64, 951_782_400, 1_751_498_975, 1_795_859_999] {
+            assert_eq!(parse_rfc3339(&rfc3339(secs)), Some(secs * 1000));
+        }
+        assert_eq!(parse_rfc3339("2025-07-02T23:29:35.114Z"), Some(1_751_498_975_114));
+        assert_eq!(parse_rfc3339("2025-07-02T23:29:35.1+00:00"), Some(1_751_498_975_100));
+        for bad in
+            ["", "2025-07-02", "2025-13-02T00:00:00Z", "2025-07-02T24:00:00Z", "2025-07-02T23:29:35", "x"]
+        {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn instants() {
+        let now = 10_000_000;
+        assert_eq!(parse_instant("2h", now), Ok(now - 7_200_000));
+        assert_eq!(parse_instant("1751498975", now), Ok(1_751_498_975_000));
+        assert_eq!(parse_instant("2025-07-02T23:29:35Z", now), Ok(1_751_498_975_000));
+        assert!(parse_instant("yesterday", now).unwrap_err().contains("is not a time"));
+    }
+}
