@@ -265,3 +265,95 @@ async fn a_paused_target_accumulates_jobs_and_resume_delivers_them() {
     assert_eq!(call(gateway.admin_addr, "GET", "/v1/targets/t/pause", None).await.status, 405);
     assert_eq!(call(gateway.admin_addr, "GET", "/v1/nothing", None).await.status, 404);
 }
+
+#[tokio::test]
+async fn deliveries_list_filter_paginate_and_show() {
+    use common::target::Answer;
+    const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";
+    let ok = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let flaky = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    flaky.answer_with(|headers| (headers["webhook-id"] == "evt_3").then_some(Answer::Status(503)));
+    let targets = format!(
+        "[targets.t1]\nsource = \"parallel\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\n\
+         [targets.t2]\nsource = \"parallel\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\nevents = [\"monitor.*\"]\n\
+         retry = {{ initial = \"50ms\", max_delay = \"50ms\", max_attempts = 1 }}\n",
+        ok.url(),
+        flaky.url()
+    );
+    let gateway = TestGateway::with(Options { targets, ..Options::default() }).await;
+    let task = r#"{"type":"task_run.status","data":{"run_id":"trun_1","status":"completed"}}"#;
+    let bodies = [MONITOR_EVENT, MONITOR_EVENT, task, MONITOR_EVENT];
+    for (i, body) in bodies.iter().enumerate() {
+        assert_eq!(
+            gateway.post_signed(Transport::Http, "parallel", &format!("evt_{i}"), body).await.status,
+            200
+        );
+    }
+    let binary = gateway
+        .send(Transport::Http, signed_request("parallel", SECRET, "evt_4", now(), b"\xff\x00raw"))
+        .await;
+    assert_eq!(binary.status, 200);
+    ok.wait_for(5, Duration::from_secs(20)).await;
+    // t2 takes monitor events only: evt_0, evt_1 and evt_3 (which fails once and is dead).
+    flaky.wait_for(3, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let list = |query: String| {
+        let addr = gateway.admin_addr;
+        async move { call(addr, "GET", &format!("/v1/deliveries{query}"), None).await }
+    };
+    let ids = |page: &serde_json::Value| -> Vec<String> {
+        page["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["webhook_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = list(String::new()).await.json();
+    assert_eq!(ids(&all), ["evt_0", "evt_1", "evt_2", "evt_3", "evt_4"]);
+    assert_eq!(all["next_cursor"], serde_json::Value::Null);
+
+    // Pages of two, stable while a new delivery arrives between them.
+    let first = list("?limit=2".into()).await.json();
+    assert_eq!(ids(&first), ["evt_0", "evt_1"]);
+    gateway.post_signed(Transport::Http, "parallel", "evt_5", MONITOR_EVENT).await;
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second = list(format!("?limit=2&cursor={cursor}")).await.json();
+    assert_eq!(ids(&second), ["evt_2", "evt_3"]);
+    let third = list(format!("?limit=2&cursor={}", second["next_cursor"].as_str().unwrap())).await.json();
+    assert_eq!(ids(&third), ["evt_4", "evt_5"]);
+    assert_eq!(third["next_cursor"], serde_json::Value::Null);
+
+    // Filters, alone and combined.
+    assert_eq!(ids(&list("?event=task_run.*".into()).await.json()), ["evt_2"]);
+    assert_eq!(ids(&list("?target=t2&status=dead".into()).await.json()), ["evt_3"]);
+    assert_eq!(ids(&list("?status=dead".into()).await.json()), ["evt_3"]);
+    assert_eq!(ids(&list("?status=delivered&limit=3".into()).await.json()), ["evt_0", "evt_1", "evt_2"]);
+    assert_eq!(
+        ids(&list("?target=t2&status=delivered&event=monitor.*&limit=2".into()).await.json()),
+        ["evt_0", "evt_1"]
+    );
+    assert_eq!(ids(&list("?source=other".into()).await.json()), Vec::<String>::new());
+    assert_eq!(ids(&list("?since=1h&until=2h".into()).await.json()), Vec::<String>::new());
+    assert_eq!(list("?status=lost".into()).await.status, 400);
+    assert_eq!(list("?status=lost".into()).await.error_code(), "bad_query");
+
+    // One delivery in full.
+    let dead_id = list("?target=t2&status=dead".into()).await.json()["deliveries"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let shown = call(gateway.admin_addr, "GET", &format!("/v1/deliveries/{dead_id}"), None).await.json();
+    assert_eq!(shown["body"]["type"], "monitor.event.detected");
+    let t2 = shown["jobs"].as_array().unwrap().iter().find(|j| j["target"] == "t2").unwrap();
+    assert_eq!(t2["state"], "dead");
+    assert_eq!(t2["history"][0]["status"], 503);
+    let raw_id = all["deliveries"][4]["id"].as_str().unwrap();
+    let raw = call(gateway.admin_addr, "GET", &format!("/v1/deliveries/{raw_id}"), None).await.json();
+    assert_eq!(raw["body_base64"], "/wByYXc=");
+    let unknown =
+        call(gateway.admin_addr, "GET", "/v1/deliveries/dlv_0000000000000000000000000000", None).await;
+    assert_eq!((unknown.status, unknown.error_code().as_str()), (404, "unknown_delivery"));
+    assert_eq!(call(gateway.admin_addr, "GET", "/v1/deliveries/nope", None).await.status, 400);
+}

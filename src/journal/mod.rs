@@ -267,6 +267,20 @@ impl Journal {
         })
     }
 
+    /// Deliveries from `start` on (inclusive), oldest first: the time index.
+    pub fn deliveries_from(
+        &self,
+        start: DeliveryId,
+    ) -> impl Iterator<Item = Result<DeliveryRecord, JournalError>> + '_ {
+        self.tree
+            .range(keys::delivery(start)..)
+            .take_while(|entry| entry.as_ref().map_or(true, |(key, _)| key.starts_with(keys::DELIVERY)))
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode(&key[1..], &value)
+            })
+    }
+
     /// How many deliveries the journal holds (walks them: for tests and tools).
     pub fn len(&self) -> usize {
         self.tree.scan_prefix(keys::DELIVERY).count()

@@ -4,11 +4,14 @@
 //! - `GET /readyz`: 200 once listeners and journal are up, 503 from the
 //!   moment shutdown begins.
 //! - `GET /metrics`: Prometheus text format (see `metrics`).
+//! - `GET /v1/deliveries` (filters, cursor) and `GET /v1/deliveries/{id}`.
 //! - `GET /v1/targets`, `POST /v1/targets/{name}/pause`, `.../resume`.
 //!
 //! Every `/v1/...` call needs `Authorization: Bearer <admin.token>` when a
 //! token is configured (config validation insists on one unless the listener
-//! is loopback). The `/v1` deliveries and replays API is not here yet.
+//! is loopback). Replays are not here yet.
+
+mod deliveries;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -83,6 +86,30 @@ impl Admin {
         let now_ms = crate::time::now_ms();
         let segments: Vec<&str> = rest.split('/').collect();
         match (request.method(), segments.as_slice()) {
+            (&Method::GET, ["deliveries"]) => {
+                let query = match deliveries::Query::parse(request.uri().query().unwrap_or(""), now_ms) {
+                    Ok(query) => query,
+                    Err(message) => return error(StatusCode::BAD_REQUEST, "bad_query", &message),
+                };
+                match deliveries::list(&self.journal, &query) {
+                    Ok(page) => json(StatusCode::OK, &page),
+                    Err(err) => journal_error(&err),
+                }
+            }
+            (&Method::GET, ["deliveries", id]) => {
+                let Ok(id) = id.parse() else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_id",
+                        "not a delivery id (dlv_ and 28 hex digits)",
+                    );
+                };
+                match deliveries::show(&self.journal, id) {
+                    Ok(Some(delivery)) => json(StatusCode::OK, &delivery),
+                    Ok(None) => error(StatusCode::NOT_FOUND, "unknown_delivery", "no delivery with this id"),
+                    Err(err) => journal_error(&err),
+                }
+            }
             (&Method::GET, ["targets"]) => {
                 json(StatusCode::OK, &serde_json::json!({ "targets": self.lanes.describe(now_ms) }))
             }
@@ -104,7 +131,7 @@ impl Admin {
                     }
                 }
             }
-            (_, ["targets"] | ["targets", _, "pause" | "resume"]) => {
+            (_, ["targets"] | ["targets", _, "pause" | "resume"] | ["deliveries"] | ["deliveries", _]) => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "wrong method for this path")
             }
             _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
@@ -124,6 +151,11 @@ impl Admin {
             .unwrap_or("");
         bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes()))
     }
+}
+
+fn journal_error(err: &crate::journal::JournalError) -> Response<Full<Bytes>> {
+    tracing::error!(error = %err, "admin API: journal read failed");
+    error(StatusCode::SERVICE_UNAVAILABLE, "journal_unavailable", "the journal could not be read")
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
