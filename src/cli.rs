@@ -48,18 +48,57 @@ enum Command {
     Tap(TapArgs),
     /// List, pause or resume targets through the admin API.
     Targets(TargetsArgs),
+    /// List or show journaled deliveries through the admin API.
+    Deliveries(DeliveriesArgs),
+}
+
+#[derive(Args, Debug)]
+struct DeliveriesArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    #[command(subcommand)]
+    action: DeliveriesAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum DeliveriesAction {
+    /// Deliveries, oldest first, with their jobs' states.
+    List {
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        /// pending, delivered, dead or any.
+        #[arg(long)]
+        status: Option<String>,
+        /// Event type glob, e.g. "monitor.*".
+        #[arg(long)]
+        event: Option<String>,
+        /// A duration ago ("2h"), an RFC 3339 time or Unix seconds.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Continue after this delivery id (the previous page's next_cursor).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One delivery: body, headers and every job's attempt history (JSON).
+    Show { id: String },
 }
 
 #[derive(Args, Debug)]
 struct AdminArgs {
     /// The gateway's admin API.
-    #[arg(long, default_value = "http://127.0.0.1:9180", env = "HOOKRELAY_ADMIN_URL")]
+    #[arg(long, global = true, default_value = "http://127.0.0.1:9180", env = "HOOKRELAY_ADMIN_URL")]
     admin: String,
     /// File holding the admin token (else HOOKRELAY_ADMIN_TOKEN).
-    #[arg(long)]
+    #[arg(long, global = true)]
     token_file: Option<PathBuf>,
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 
@@ -168,6 +207,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::SendTest(args) => send_test(args),
         Command::Tap(args) => tap(args),
         Command::Targets(args) => targets(args),
+        Command::Deliveries(args) => deliveries(args),
     }
 }
 
@@ -364,6 +404,87 @@ fn targets(args: TargetsArgs) -> u8 {
     };
     print!("{}", targets_table(&rows));
     EXIT_OK
+}
+
+fn deliveries(args: DeliveriesArgs) -> u8 {
+    let path = match &args.action {
+        DeliveriesAction::Show { id } => format!("/v1/deliveries/{}", query_escape(id)),
+        DeliveriesAction::List { source, target, status, event, since, until, limit, cursor } => {
+            let params: Vec<String> = [
+                ("source", source.as_deref()),
+                ("target", target.as_deref()),
+                ("status", status.as_deref()),
+                ("event", event.as_deref()),
+                ("since", since.as_deref()),
+                ("until", until.as_deref()),
+                ("cursor", cursor.as_deref()),
+            ]
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|value| format!("{key}={}", query_escape(value))))
+            .chain(std::iter::once(format!("limit={limit}")))
+            .collect();
+            format!("/v1/deliveries?{}", params.join("&"))
+        }
+    };
+    let body = match admin_call(&args.admin, hyper::Method::GET, &path) {
+        Ok(body) => body,
+        Err(code) => return code,
+    };
+    if args.admin.json || matches!(args.action, DeliveriesAction::Show { .. }) {
+        println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+        return EXIT_OK;
+    }
+    let mut table =
+        vec![["ID", "RECEIVED", "SOURCE", "WEBHOOK_ID", "TYPE", "JOBS"].map(str::to_owned).to_vec()];
+    for delivery in body["deliveries"].as_array().into_iter().flatten() {
+        let jobs: Vec<String> = delivery["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|job| {
+                format!("{}:{}", job["target"].as_str().unwrap_or("?"), job["state"].as_str().unwrap_or("?"))
+            })
+            .collect();
+        let text = |key: &str| delivery[key].as_str().unwrap_or("-").to_owned();
+        table.push(vec![
+            text("id"),
+            text("received_at"),
+            text("source"),
+            text("webhook_id"),
+            text("event_type"),
+            jobs.join(","),
+        ]);
+    }
+    print!("{}", render_table(table));
+    if let Some(cursor) = body["next_cursor"].as_str() {
+        println!("more: --cursor {cursor}");
+    }
+    EXIT_OK
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Left-aligned columns, two spaces apart.
+fn render_table(table: Vec<Vec<String>>) -> String {
+    let widths: Vec<usize> =
+        (0..table[0].len()).map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in table {
+        let line: Vec<String> =
+            row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// A plain table of targets for people; `--json` is for scripts.

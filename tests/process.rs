@@ -538,6 +538,42 @@ fn targets_cli_lists_pauses_and_resumes_through_the_admin_api() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("unknown_target"), "{stderr}");
 
+    // Deliveries, through the same admin API.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let reply = runtime.block_on(send_plain(
+        daemon.addr,
+        signed_request("parallel", SECRET, "whevent_cli", now(), MONITOR_EVENT.as_bytes()),
+    ));
+    assert_eq!(reply.status, 200);
+    let delivery_id = reply.json()["id"].as_str().unwrap().to_owned();
+    let deliveries = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("deliveries")
+            .args(args)
+            .args(["--admin", &admin])
+            .env("HOOKRELAY_ADMIN_TOKEN", "cli-token")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, _) = deliveries(&["list", "--since", "1h"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.starts_with("ID") && stdout.contains(&delivery_id) && stdout.contains("whevent_cli"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = deliveries(&["show", &delivery_id]);
+    assert_eq!(code, Some(0));
+    let shown: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(shown["body"]["type"], "monitor.event.detected");
+    let (code, _, stderr) = deliveries(&["list", "--status", "lost"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("bad_query") && stderr.contains("status"), "{stderr}");
+
     let unreachable = Command::new(BIN)
         .args(["targets", "--admin", &format!("http://127.0.0.1:{}", free_port())])
         .output()
