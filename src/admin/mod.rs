@@ -194,8 +194,15 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: impl Future<O
         };
         let admin = admin.clone();
         let service = service_fn(move |request| {
-            let response = admin.handle(&request);
-            async move { Ok::<_, Infallible>(response) }
+            let admin = admin.clone();
+            async move {
+                // Listing walks the journal: keep it off the async workers,
+                // which also serve webhooks.
+                let response = tokio::task::spawn_blocking(move || admin.handle(&request))
+                    .await
+                    .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"));
+                Ok::<_, Infallible>(response)
+            }
         });
         let connection =
             hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);

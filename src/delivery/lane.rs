@@ -155,7 +155,6 @@ impl Lane {
             self.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             attempts.spawn(async move {
                 lane.attempt(entry).await;
-                lane.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 drop(permit);
             });
             while attempts.try_join_next().is_some() {}
@@ -212,6 +211,8 @@ impl Lane {
     }
 
     async fn attempt(&self, entry: QueueEntry) {
+        // Leaves the in-flight count on every path out of here.
+        let in_flight = InFlight(&self.in_flight);
         let started_ms = now_ms();
         let started = Instant::now();
         let (outcome, number, created_at_ms, webhook_id) = match self.load(&entry) {
@@ -240,12 +241,11 @@ impl Lane {
         let latency_ms = elapsed.as_millis() as u64;
         let now = now_ms();
         let decision = policy::decide(&self.retry, number, created_at_ms, now, &outcome, jitter());
-        let result = match decision {
+        let counted = match decision {
             Decision::Delivered => AttemptResult::Delivered,
             Decision::RetryAt(_) => AttemptResult::Retry,
             Decision::Dead => AttemptResult::Dead,
         };
-        self.metrics.attempt(&self.name, result, elapsed);
         let breaker_change = self.breaker.lock().expect("not poisoned").record(outcome.is_success(), now);
         match breaker_change {
             Some(BreakerState::Open { probe_at_ms }) => tracing::warn!(
@@ -289,6 +289,10 @@ impl Lane {
                 "attempt failed; retry budget spent, job is dead (kept for replay)"
             ),
         }
+        // Counted once the outcome is recorded and the job is out of flight,
+        // so a scrape never sees an attempt both finished and in flight.
+        drop(in_flight);
+        self.metrics.attempt(&self.name, counted, elapsed);
         // A permit is free again, and a probe may have settled the breaker.
         self.inbox.bell.notify_one();
     }
@@ -306,6 +310,15 @@ impl Lane {
         let record = self.journal.get(entry.delivery)?.ok_or_else(missing)?;
         let job = self.journal.job(entry.delivery, &self.name)?.ok_or_else(missing)?;
         Ok((record, job))
+    }
+}
+
+/// Decrements the lane's in-flight count when dropped.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
