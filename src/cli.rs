@@ -509,16 +509,7 @@ fn targets_table(rows: &[serde_json::Value]) -> String {
             cell(&row["url"]),
         ]);
     }
-    let widths: Vec<usize> =
-        (0..table[0].len()).map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for row in table {
-        let line: Vec<String> =
-            row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    render_table(table)
 }
 
 /// One admin API call; the JSON answer, or the exit code after saying why.
