@@ -533,40 +533,45 @@ fn admin_call(args: &AdminArgs, method: hyper::Method, path: &str) -> Result<ser
         eprintln!("hookrelay: --admin: {err}");
         EXIT_USAGE
     })?;
-    let runtime = runtime()?;
-    runtime.block_on(async {
+    let (status, body) =
+        http_call(request, &format!("the admin API at {} (is the gateway running?)", args.admin))?;
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    if status == hyper::StatusCode::UNAUTHORIZED {
+        eprintln!("hookrelay: the admin API refused the token (set HOOKRELAY_ADMIN_TOKEN or --token-file)");
+        return Err(EXIT_FAILURE);
+    }
+    if !status.is_success() {
+        let message = json["message"].as_str().unwrap_or("unexpected answer");
+        eprintln!("hookrelay: {} {}: {message}", status.as_u16(), json["error"].as_str().unwrap_or(""));
+        return Err(EXIT_FAILURE);
+    }
+    Ok(json)
+}
+
+/// Sends one request from the command line and reads the answer; exit 69
+/// (after saying why) when `what` cannot be reached within 30 s.
+fn http_call(
+    request: hyper::Request<http_body_util::Full<bytes::Bytes>>,
+    what: &str,
+) -> Result<(hyper::StatusCode, bytes::Bytes), u8> {
+    runtime()?.block_on(async {
         use http_body_util::BodyExt;
         let client = crate::delivery::outbound::http_client(&[], 1);
         let response =
             match tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request)).await {
                 Ok(Ok(response)) => response,
                 Ok(Err(err)) => {
-                    eprintln!(
-                        "hookrelay: cannot reach the admin API at {}: {err} (is the gateway running?)",
-                        args.admin
-                    );
+                    eprintln!("hookrelay: cannot reach {what}: {err}");
                     return Err(EXIT_UNAVAILABLE);
                 }
                 Err(_) => {
-                    eprintln!("hookrelay: no answer from the admin API at {} within 30s", args.admin);
+                    eprintln!("hookrelay: no answer from {what} within 30s");
                     return Err(EXIT_UNAVAILABLE);
                 }
             };
         let status = response.status();
         let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-        if status == hyper::StatusCode::UNAUTHORIZED {
-            eprintln!(
-                "hookrelay: the admin API refused the token (set HOOKRELAY_ADMIN_TOKEN or --token-file)"
-            );
-            return Err(EXIT_FAILURE);
-        }
-        if !status.is_success() {
-            let message = json["message"].as_str().unwrap_or("unexpected answer");
-            eprintln!("hookrelay: {} {}: {message}", status.as_u16(), json["error"].as_str().unwrap_or(""));
-            return Err(EXIT_FAILURE);
-        }
-        Ok(json)
+        Ok((status, body))
     })
 }
 
@@ -658,30 +663,12 @@ fn send_test(args: SendTestArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
+    let (status, body) = match http_call(request, &url) {
+        Ok(answer) => answer,
         Err(code) => return code,
     };
-    runtime.block_on(async {
-        use http_body_util::BodyExt;
-        let client = crate::delivery::outbound::http_client(&[], 1);
-        let response =
-            match tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request)).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(err)) => {
-                    eprintln!("hookrelay: cannot reach {url}: {err}");
-                    return EXIT_UNAVAILABLE;
-                }
-                Err(_) => {
-                    eprintln!("hookrelay: no answer from {url} within 30s");
-                    return EXIT_UNAVAILABLE;
-                }
-            };
-        let status = response.status();
-        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        println!("{} {} -> {} {}", args.event_type, id, status.as_u16(), String::from_utf8_lossy(&body));
-        if status.is_success() { EXIT_OK } else { EXIT_FAILURE }
-    })
+    println!("{} {} -> {} {}", args.event_type, id, status.as_u16(), String::from_utf8_lossy(&body));
+    if status.is_success() { EXIT_OK } else { EXIT_FAILURE }
 }
 
 /// The URL to post to and the key to sign with, from flags or the config.
