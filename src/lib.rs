@@ -16,10 +16,11 @@
 //! - [`routing`]: pure target selection (`events` globs, `match` pointers).
 //! - [`delivery`]: per-target lanes that re-sign and POST queued jobs, with
 //!   rate limits, retries ([`delivery::policy`]) and a circuit breaker.
+//! - [`replay`]: which (delivery, target) pairs a replay selects; requeues them.
 //! - `server`: accept loop, TLS, HTTP/1.1 and h2, graceful shutdown.
 //! - [`tls`]: PEM files → rustls configuration (ring provider).
 //! - [`admin`] and [`metrics`]: the admin listener (`/healthz`, `/readyz`,
-//!   `/metrics`) and the counters it exposes.
+//!   `/metrics`, the `/v1` operator API) and the counters it exposes.
 //! - [`cli`]: the `hookrelay` command line; `main.rs` only calls it.
 //! - [`tap`] and [`samples`]: the developer tools `hookrelay tap` (a verifying
 //!   receiver) and `hookrelay send-test` (a signed sample event).
@@ -38,6 +39,7 @@ pub mod envelope;
 pub mod ingress;
 pub mod journal;
 mod logging;
+pub mod replay;
 pub mod routing;
 pub mod samples;
 mod server;
@@ -68,8 +70,9 @@ pub enum GatewayError {
     Flush(JournalError),
 }
 
-/// How often expired dedup entries are swept.
-const DEDUP_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+/// How often expired dedup entries and delivered deliveries past
+/// `journal.retention` are swept.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// A gateway whose journal is open and whose listeners are bound.
 pub struct Gateway {
@@ -127,6 +130,7 @@ impl Gateway {
             metrics,
             lanes: dispatcher.status(),
             journal: journal.clone(),
+            replayer: replay::Replayer::new(&config, journal.clone(), dispatcher.status()),
             ready: ready.clone(),
             token: config.admin.token.clone(),
         });
@@ -135,7 +139,7 @@ impl Gateway {
             header_timeout: config.server.header_timeout,
             shutdown_grace: config.server.shutdown_grace,
         };
-        let pruner = tokio::spawn(prune_dedup_periodically(journal.clone()));
+        let pruner = tokio::spawn(prune_periodically(journal.clone(), config.journal.retention));
         let addr = listener
             .local_addr()
             .map_err(|source| GatewayError::Bind { addr: config.server.listen, source })?;
@@ -184,16 +188,29 @@ impl Gateway {
     }
 }
 
-async fn prune_dedup_periodically(journal: Arc<Journal>) {
-    let mut interval = tokio::time::interval(DEDUP_PRUNE_INTERVAL);
+/// Keeps the journal bounded: expired dedup entries, and delivered
+/// deliveries older than `retention` (dead and pending ones stay).
+async fn prune_periodically(journal: Arc<Journal>, retention: Duration) {
+    let mut interval = tokio::time::interval(PRUNE_INTERVAL);
     loop {
         interval.tick().await;
         let journal = journal.clone();
-        let pruned = tokio::task::spawn_blocking(move || journal.prune_dedup(time::now_ms())).await;
+        let pruned = tokio::task::spawn_blocking(move || {
+            let now = time::now_ms();
+            let dedup = journal.prune_dedup(now)?;
+            let cutoff = now.saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+            Ok::<_, JournalError>((dedup, journal.prune_delivered(cutoff)?))
+        })
+        .await;
         match pruned {
-            Ok(Ok(0)) => {}
-            Ok(Ok(removed)) => tracing::debug!(removed, "pruned expired dedup entries"),
-            Ok(Err(err)) => tracing::warn!(error = %err, "dedup pruning failed"),
+            Ok(Ok((dedup, swept))) if dedup > 0 || swept.deliveries > 0 => tracing::info!(
+                dedup_entries = dedup,
+                deliveries = swept.deliveries,
+                jobs = swept.jobs,
+                "pruned the journal"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "journal pruning failed"),
             Err(_) => return,
         }
     }

@@ -75,6 +75,8 @@ pub struct TargetGauges {
     pub pending: usize,
     pub oldest_pending_age: Option<Duration>,
     pub breaker_open: bool,
+    /// Dead jobs kept in the journal (until replayed or purged).
+    pub dead: u64,
 }
 
 #[derive(Default)]
@@ -221,9 +223,18 @@ impl Metrics {
         }
         family(
             &mut out,
+            "hookrelay_dead_jobs",
+            "gauge",
+            "Dead jobs kept in the journal, waiting for a replay or a purge.",
+        );
+        for (target, g) in targets {
+            let _ = writeln!(out, "hookrelay_dead_jobs{{target=\"{target}\"}} {}", g.dead);
+        }
+        family(
+            &mut out,
             "hookrelay_oldest_pending_age_seconds",
             "gauge",
-            "Age of the oldest pending job (0 when none).",
+            "Age of the oldest pending live job (0 when none; replays excluded).",
         );
         for (target, g) in targets {
             let age = g.oldest_pending_age.map_or(0.0, |age| age.as_secs_f64());

@@ -163,7 +163,7 @@ pub fn show(journal: &Journal, id: DeliveryId) -> Result<Option<Value>, JournalE
                 "target": job.target,
                 "state": job.state.as_str(),
                 "attempts": job.attempts,
-                "replay": job.replay,
+                "replay": job.replay.map(|id| id.to_string()),
                 "next_attempt_at": (job.state == JobState::Pending).then(|| rfc3339(job.next_attempt_at_ms.max(now) / 1000)),
                 "history": job.history.iter().map(|a| json!({
                     "at": rfc3339(a.at_ms / 1000),
@@ -175,6 +175,60 @@ pub fn show(journal: &Journal, id: DeliveryId) -> Result<Option<Value>, JournalE
         })
         .collect();
     Ok(Some(value))
+}
+
+/// The body of `POST /v1/deliveries/purge`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    status: String,
+    until: String,
+    source: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /v1/deliveries/purge {status: "dead", until, source?, dry_run?}`:
+/// deletes deliveries received before `until` that have a dead job and no
+/// pending one. Only dead ones: delivered ones go by retention, pending ones
+/// are never dropped.
+pub fn purge(
+    journal: &Journal,
+    body: &[u8],
+    now_ms: u64,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    use super::{error, journal_error, json};
+    use hyper::StatusCode;
+    let request: PurgeRequest = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(err) => return error(StatusCode::BAD_REQUEST, "bad_request", &format!("request body: {err}")),
+    };
+    if request.status != "dead" {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "status: only dead deliveries can be purged (delivered ones are pruned by journal.retention)",
+        );
+    }
+    let until_ms = match parse_instant(&request.until, now_ms) {
+        Ok(until) => until,
+        Err(err) => return error(StatusCode::BAD_REQUEST, "bad_request", &format!("until: {err}")),
+    };
+    match journal.purge_dead(until_ms, request.source.as_deref(), request.dry_run) {
+        Ok(swept) => {
+            if !request.dry_run {
+                tracing::info!(deliveries = swept.deliveries, jobs = swept.jobs, until = %rfc3339(until_ms / 1000), "purged dead deliveries");
+            }
+            json(
+                StatusCode::OK,
+                &json!({
+                    "dry_run": request.dry_run, "purged": swept.deliveries, "jobs": swept.jobs,
+                    "until": rfc3339(until_ms / 1000),
+                }),
+            )
+        }
+        Err(err) => journal_error(&err),
+    }
 }
 
 /// `%XX` and `+` decoding for query values; `None` on malformed input.

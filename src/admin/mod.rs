@@ -5,13 +5,16 @@
 //!   moment shutdown begins.
 //! - `GET /metrics`: Prometheus text format (see `metrics`).
 //! - `GET /v1/deliveries` (filters, cursor) and `GET /v1/deliveries/{id}`.
+//! - `POST /v1/deliveries/purge`: drop dead deliveries for good.
+//! - `POST /v1/replays`, `GET /v1/replays`, `GET /v1/replays/{id}`.
 //! - `GET /v1/targets`, `POST /v1/targets/{name}/pause`, `.../resume`.
 //!
 //! Every `/v1/...` call needs `Authorization: Bearer <admin.token>` when a
 //! token is configured (config validation insists on one unless the listener
-//! is loopback). Replays are not here yet.
+//! is loopback).
 
 mod deliveries;
+mod replays;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,8 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::http::request::Parts;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -31,24 +35,29 @@ use crate::config::Secret;
 use crate::delivery::LaneStatus;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
+use crate::replay::Replayer;
+
+/// The largest request body the admin API reads (a replay's id list).
+const MAX_REQUEST_BODY: usize = 1 << 20;
 
 /// What the admin endpoints read.
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub lanes: LaneStatus,
     pub journal: Arc<Journal>,
+    pub replayer: Replayer,
     /// True between start-up and the beginning of shutdown.
     pub ready: Arc<AtomicBool>,
     pub token: Option<Secret>,
 }
 
 impl Admin {
-    fn handle(&self, request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        let path = request.uri().path();
+    fn handle(&self, request: &Parts, body: &[u8]) -> Response<Full<Bytes>> {
+        let path = request.uri.path();
         if let Some(rest) = path.strip_prefix("/v1/") {
-            return self.api(request, rest);
+            return self.api(request, body, rest);
         }
-        if request.method() != Method::GET {
+        if request.method != Method::GET {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
         }
         match path {
@@ -72,7 +81,7 @@ impl Admin {
 
 impl Admin {
     /// The `/v1` operator API; `rest` is the path after `/v1/`.
-    fn api(&self, request: &Request<hyper::body::Incoming>, rest: &str) -> Response<Full<Bytes>> {
+    fn api(&self, request: &Parts, body: &[u8], rest: &str) -> Response<Full<Bytes>> {
         if !self.authorized(request) {
             let mut response = json(
                 StatusCode::UNAUTHORIZED,
@@ -85,9 +94,9 @@ impl Admin {
         }
         let now_ms = crate::time::now_ms();
         let segments: Vec<&str> = rest.split('/').collect();
-        match (request.method(), segments.as_slice()) {
+        match (&request.method, segments.as_slice()) {
             (&Method::GET, ["deliveries"]) => {
-                let query = match deliveries::Query::parse(request.uri().query().unwrap_or(""), now_ms) {
+                let query = match deliveries::Query::parse(request.uri.query().unwrap_or(""), now_ms) {
                     Ok(query) => query,
                     Err(message) => return error(StatusCode::BAD_REQUEST, "bad_query", &message),
                 };
@@ -96,6 +105,10 @@ impl Admin {
                     Err(err) => journal_error(&err),
                 }
             }
+            (&Method::POST, ["deliveries", "purge"]) => deliveries::purge(&self.journal, body, now_ms),
+            (&Method::POST, ["replays"]) => replays::start(&self.replayer, body, now_ms),
+            (&Method::GET, ["replays"]) => replays::list(&self.journal),
+            (&Method::GET, ["replays", id]) => replays::show(&self.journal, id),
             (&Method::GET, ["deliveries", id]) => {
                 let Ok(id) = id.parse() else {
                     return error(
@@ -131,20 +144,26 @@ impl Admin {
                     }
                 }
             }
-            (_, ["targets"] | ["targets", _, "pause" | "resume"] | ["deliveries"] | ["deliveries", _]) => {
-                error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "wrong method for this path")
-            }
+            (
+                _,
+                ["targets"]
+                | ["targets", _, "pause" | "resume"]
+                | ["deliveries"]
+                | ["deliveries", _]
+                | ["replays"]
+                | ["replays", _],
+            ) => error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "wrong method for this path"),
             _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
         }
     }
 
     /// Constant-time bearer token check; open when no token is configured
     /// (then the listener is loopback, which config validation ensures).
-    fn authorized(&self, request: &Request<hyper::body::Incoming>) -> bool {
+    fn authorized(&self, request: &Parts) -> bool {
         use subtle::ConstantTimeEq;
         let Some(token) = &self.token else { return true };
         let presented = request
-            .headers()
+            .headers
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
@@ -153,19 +172,19 @@ impl Admin {
     }
 }
 
-fn journal_error(err: &crate::journal::JournalError) -> Response<Full<Bytes>> {
+pub(super) fn journal_error(err: &crate::journal::JournalError) -> Response<Full<Bytes>> {
     tracing::error!(error = %err, "admin API: journal read failed");
     error(StatusCode::SERVICE_UNAVAILABLE, "journal_unavailable", "the journal could not be read")
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+pub(super) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     json(status, &serde_json::json!({ "error": code, "message": message }))
 }
 
@@ -186,15 +205,26 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: impl Future<O
             () = &mut stop => break,
         };
         let admin = admin.clone();
-        let service = service_fn(move |request| {
+        let service = service_fn(move |request: Request<hyper::body::Incoming>| {
             let admin = admin.clone();
             async move {
-                // Listing walks the journal: keep it off the async workers,
-                // which also serve webhooks.
-                let response = tokio::task::spawn_blocking(move || admin.handle(&request))
+                let (parts, body) = request.into_parts();
+                let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
+                    Ok(body) => body.to_bytes(),
+                    Err(_) => {
+                        return Ok::<_, Infallible>(error(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "body_too_large",
+                            "the request body is over 1 MiB or could not be read",
+                        ));
+                    }
+                };
+                // Listing and replays walk the journal: keep them off the
+                // async workers, which also serve webhooks.
+                let response = tokio::task::spawn_blocking(move || admin.handle(&parts, &body))
                     .await
                     .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"));
-                Ok::<_, Infallible>(response)
+                Ok(response)
             }
         });
         let connection =

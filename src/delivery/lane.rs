@@ -39,7 +39,7 @@ pub(crate) struct Lane {
     breaker: Mutex<Breaker>,
     /// Pending jobs not in flight; a job leaves it when its attempt starts
     /// and comes back (as a retry) only through `record_attempt`.
-    inbox: Arc<Inbox>,
+    pub(super) inbox: Arc<Inbox>,
     journal: Arc<Journal>,
     metrics: Arc<Metrics>,
     /// Attempts started and not yet recorded.
@@ -104,6 +104,8 @@ impl Lane {
             "paused": paused,
             "breaker": breaker,
             "pending": gauges.pending,
+            "replay_pending": self.inbox.queue.lock().expect("not poisoned").replays(),
+            "dead": gauges.dead,
             "in_flight": self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
             "oldest_pending_age_seconds": gauges.oldest_pending_age.map(|age| age.as_secs_f64()),
             "rate_limit": self.rate.map(|r| serde_json::json!({"per_second": r.per_second.get(), "burst": r.burst.get()})),
@@ -132,6 +134,7 @@ impl Lane {
                 .oldest_arrival_ms()
                 .map(|arrived| Duration::from_millis(now_ms.saturating_sub(arrived))),
             breaker_open: !matches!(self.breaker.lock().expect("not poisoned").state(), BreakerState::Closed),
+            dead: self.journal.dead_count(&self.name),
         }
     }
 
@@ -217,8 +220,11 @@ impl Lane {
         let started = Instant::now();
         let (outcome, number, created_at_ms, webhook_id) = match self.load(&entry) {
             Ok((record, job)) => {
-                let info =
-                    AttemptInfo { number: job.attempts + 1, replay: job.replay, now_secs: started_ms / 1000 };
+                let info = AttemptInfo {
+                    number: job.attempts + 1,
+                    replay: job.replay.is_some(),
+                    now_secs: started_ms / 1000,
+                };
                 let outcome = match outbound::build_request(&self.url, &self.signer, &record, &info) {
                     Ok(request) => tokio::time::timeout(self.timeout, outbound::send(&self.client, request))
                         .await

@@ -80,6 +80,18 @@ impl LaneStatus {
         lanes.into_iter().map(|lane| lane.describe(now_ms)).collect()
     }
 
+    /// Hands requeued (replayed) jobs, already durable, to their lanes.
+    pub fn enqueue(&self, entries: Vec<(String, QueueEntry)>) {
+        let mut woken = std::collections::HashSet::new();
+        for (target, entry) in entries {
+            let Some(lane) = self.0.iter().find(|lane| lane.name() == target) else { continue };
+            lane.inbox.queue.lock().expect("not poisoned").push(entry);
+            if woken.insert(target) {
+                lane.inbox.bell.notify_one();
+            }
+        }
+    }
+
     /// Pauses or resumes a target; `Ok(None)` when there is no such target.
     pub fn set_paused(
         &self,

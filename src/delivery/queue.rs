@@ -6,12 +6,18 @@
 //! After [`FRESH_BEFORE_RETRY`] fresh jobs in a row a due retry goes next, so
 //! a steady stream of new deliveries cannot starve retries, and a backlog of
 //! retries never delays new deliveries by more than one slot in five.
+//!
+//! Replayed jobs (and their retries) sit behind all live work: one goes when
+//! nothing live is ready, or after [`LIVE_BEFORE_REPLAY`] live jobs in a row,
+//! so a replay of a large backlog takes at most a tenth of a busy lane and
+//! still finishes while live traffic never stops.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::journal::{DeliveryId, QueueClass, QueueEntry};
 
 pub const FRESH_BEFORE_RETRY: u32 = 4;
+pub const LIVE_BEFORE_REPLAY: u32 = 9;
 
 /// What the lane should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +33,10 @@ pub enum Next {
 pub struct LaneQueue {
     fresh: VecDeque<QueueEntry>,
     retries: BTreeMap<(u64, DeliveryId), QueueEntry>,
+    replays: BTreeMap<(u64, DeliveryId), QueueEntry>,
     fresh_streak: u32,
+    /// Live jobs taken since the last replayed one.
+    live_streak: u32,
 }
 
 impl LaneQueue {
@@ -37,18 +46,27 @@ impl LaneQueue {
             QueueClass::Retry => {
                 self.retries.insert((entry.due_ms, entry.delivery), entry);
             }
+            QueueClass::Replay => {
+                self.replays.insert((entry.due_ms, entry.delivery), entry);
+            }
         }
     }
 
     pub fn len(&self) -> usize {
-        self.fresh.len() + self.retries.len()
+        self.fresh.len() + self.retries.len() + self.replays.len()
+    }
+
+    /// Queued replayed jobs (included in [`LaneQueue::len`]).
+    pub fn replays(&self) -> usize {
+        self.replays.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// When the oldest queued delivery arrived (for the pending-age gauge).
+    /// When the oldest queued live delivery arrived (for the pending-age
+    /// gauge; a replay of last month's deliveries is not a month late).
     pub fn oldest_arrival_ms(&self) -> Option<u64> {
         let fresh = self.fresh.front().map(|entry| entry.delivery.received_at_ms);
         let retry = self.retries.values().map(|entry| entry.delivery.received_at_ms).min();
@@ -57,6 +75,23 @@ impl LaneQueue {
 
     /// Which job would go next at `now_ms`, without taking it.
     pub fn next(&self, now_ms: u64) -> Next {
+        let replay_due = self.replays.keys().next().map(|(due, _)| *due);
+        let replay_ready = replay_due.is_some_and(|due| due <= now_ms);
+        match self.next_live(now_ms) {
+            Next::Ready(_) if replay_ready && self.live_streak >= LIVE_BEFORE_REPLAY => {
+                Next::Ready(QueueClass::Replay)
+            }
+            Next::Ready(class) => Next::Ready(class),
+            _ if replay_ready => Next::Ready(QueueClass::Replay),
+            Next::NotBefore(live_due) => {
+                Next::NotBefore(replay_due.map_or(live_due, |due| due.min(live_due)))
+            }
+            Next::Empty => replay_due.map_or(Next::Empty, Next::NotBefore),
+        }
+    }
+
+    /// The next fresh job or retry, ignoring replays.
+    fn next_live(&self, now_ms: u64) -> Next {
         let retry_due = self.retries.keys().next().map(|(due, _)| *due);
         let retry_ready = retry_due.is_some_and(|due| due <= now_ms);
         match (self.fresh.is_empty(), retry_ready) {
@@ -72,11 +107,17 @@ impl LaneQueue {
         match class {
             QueueClass::Fresh => {
                 self.fresh_streak = self.fresh_streak.saturating_add(1);
+                self.live_streak = self.live_streak.saturating_add(1);
                 self.fresh.pop_front()
             }
             QueueClass::Retry => {
                 self.fresh_streak = 0;
+                self.live_streak = self.live_streak.saturating_add(1);
                 self.retries.pop_first().map(|(_, entry)| entry)
+            }
+            QueueClass::Replay => {
+                self.live_streak = 0;
+                self.replays.pop_first().map(|(_, entry)| entry)
             }
         }
     }
@@ -132,6 +173,49 @@ mod tests {
         let classes: Vec<QueueClass> = order.iter().map(|(class, _)| *class).collect();
         use QueueClass::{Fresh as F, Retry as R};
         assert_eq!(classes, [F, F, F, F, R, F, F, F, F, R, F, F]);
+    }
+
+    #[test]
+    fn replays_wait_behind_live_work_but_are_not_starved() {
+        let mut queue = LaneQueue::default();
+        for seq in 0..3 {
+            queue.push(entry(QueueClass::Replay, 50, 100 + seq));
+        }
+        for seq in 0..20 {
+            queue.push(entry(QueueClass::Fresh, 100 + seq, seq));
+        }
+        let order = drain(&mut queue, 1_000);
+        let replay_slots: Vec<usize> = order
+            .iter()
+            .enumerate()
+            .filter(|(_, (class, _))| *class == QueueClass::Replay)
+            .map(|(i, _)| i)
+            .collect();
+        // Nine live jobs, one replay, nine live, one replay, the rest live, then the last replay.
+        assert_eq!(replay_slots, [9, 19, 22]);
+        assert_eq!(order.len(), 23);
+    }
+
+    #[test]
+    fn a_replay_goes_when_only_future_retries_are_left() {
+        let mut queue = LaneQueue::default();
+        queue.push(entry(QueueClass::Retry, 500, 1));
+        queue.push(entry(QueueClass::Replay, 100, 2));
+        assert_eq!(queue.next(200), Next::Ready(QueueClass::Replay));
+        queue.take(QueueClass::Replay);
+        assert_eq!(queue.next(200), Next::NotBefore(500));
+        // A replay retry due before the live retry sets the wake-up time.
+        queue.push(entry(QueueClass::Replay, 300, 3));
+        assert_eq!(queue.next(200), Next::NotBefore(300));
+        assert_eq!(queue.replays(), 1);
+        assert_eq!(queue.len(), 2);
+    }
+
+    #[test]
+    fn replays_do_not_age_the_pending_gauge() {
+        let mut queue = LaneQueue::default();
+        queue.push(entry(QueueClass::Replay, 5, 1));
+        assert_eq!(queue.oldest_arrival_ms(), None);
     }
 
     #[test]

@@ -10,8 +10,17 @@
 //! - `P` target → present while an operator has the target paused.
 //! - `Q` target `\0` class due_ms delivery id → empty: the work index of
 //!   pending jobs. Class 0 is a fresh job (due = arrival, so FIFO), class 1 a
-//!   retry (ordered by due time). A job stays indexed while its attempt is in
-//!   flight, so a crash leaves it pending and it is retried at the next start.
+//!   retry (ordered by due time), class 2 a replayed job or its retry. A job
+//!   stays indexed while its attempt is in flight, so a crash leaves it
+//!   pending and it is retried at the next start.
+//! - `K` target `\0` delivery id → empty: the dead jobs of a target, for the
+//!   dead-jobs gauge (counted once at open, then kept in step).
+//! - `R` replay id → the replay's selection; `X` replay id ++ delivery id ++
+//!   target → empty: the pairs it requeued (see `replays`).
+//!
+//! Replays, retention pruning and purges rewrite jobs that no lane holds
+//! (delivered and dead ones); they take the `maintenance` lock so that they
+//! never interleave with each other.
 //!
 //! [`Journal::append`] hands the delivery to the writer thread (see `writer`),
 //! which writes it with its fan-out jobs and answers only after the flush that
@@ -20,14 +29,20 @@
 mod codec;
 mod job;
 mod record;
+mod replays;
+mod retention;
 mod writer;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use codec::DecodeError;
 pub use job::{Attempt, Job, JobState};
 pub use record::{BadDeliveryId, DeliveryId, DeliveryRecord};
+pub use replays::{BadReplayId, ReplayId, ReplayProgress, ReplayStarted, ReplaySummary};
+pub use retention::Swept;
 
 use crate::config::JournalConfig;
 use crate::delivery::policy::Decision;
@@ -78,6 +93,10 @@ pub struct Journal {
     writer: Writer,
     dedup_window_ms: u64,
     quota: Option<Quota>,
+    /// Dead jobs per target, mirroring the `K` index.
+    dead: Mutex<HashMap<String, u64>>,
+    /// Serialises replays, pruning and purges (see the module docs).
+    maintenance: Mutex<()>,
 }
 
 /// A disk-size limit, checked against a figure refreshed at most once a
@@ -110,7 +129,22 @@ impl Journal {
                 refreshed_at_ms: AtomicU64::new(0),
             }),
         };
-        Ok(Journal { db, tree, writer, dedup_window_ms, quota })
+        let mut dead = HashMap::<String, u64>::new();
+        for entry in tree.scan_prefix(keys::DEAD) {
+            let (key, _) = entry?;
+            if let Some(target) = keys::dead_target(&key) {
+                *dead.entry(target.to_owned()).or_default() += 1;
+            }
+        }
+        Ok(Journal {
+            db,
+            tree,
+            writer,
+            dedup_window_ms,
+            quota,
+            dead: Mutex::new(dead),
+            maintenance: Mutex::new(()),
+        })
     }
 
     /// Journals a delivery and one pending job per target in `targets`,
@@ -155,7 +189,18 @@ impl Journal {
             .collect()
     }
 
-    /// How many jobs of `target` are pending (fresh and retries).
+    /// How many jobs of `target` are dead (kept until replayed or purged).
+    pub fn dead_count(&self, target: &str) -> u64 {
+        self.dead.lock().expect("not poisoned").get(target).copied().unwrap_or(0)
+    }
+
+    fn count_dead(&self, target: &str, change: i64) {
+        let mut dead = self.dead.lock().expect("not poisoned");
+        let count = dead.entry(target.to_owned()).or_default();
+        *count = count.saturating_add_signed(change);
+    }
+
+    /// How many jobs of `target` are pending (fresh, retries and replays).
     pub fn pending_count(&self, target: &str) -> usize {
         self.tree.scan_prefix(keys::queue_target_prefix(target)).count()
     }
@@ -178,7 +223,8 @@ impl Journal {
 
     /// Records an attempt of the job queued under `entry` and moves it on:
     /// off the queue when delivered or dead, back on as a retry otherwise
-    /// (returned, for the lane's in-memory queue). Not flushed here: a crash
+    /// (returned, for the lane's in-memory queue; a replayed job's retry
+    /// stays in the replay class, behind live work). Not flushed here: a crash
     /// before the next flush repeats the attempt (at-least-once), it never
     /// loses the job.
     pub fn record_attempt(
@@ -207,18 +253,26 @@ impl Journal {
             }
             Decision::Dead => {
                 job.state = JobState::Dead;
+                batch.insert(keys::dead(target, entry.delivery), &[]);
                 None
             }
             Decision::RetryAt(at_ms) => {
                 job.state = JobState::Pending;
                 job.next_attempt_at_ms = at_ms;
-                let retry = QueueEntry::new(target, QueueClass::Retry, at_ms, entry.delivery);
+                let class = match entry.class {
+                    QueueClass::Replay => QueueClass::Replay,
+                    QueueClass::Fresh | QueueClass::Retry => QueueClass::Retry,
+                };
+                let retry = QueueEntry::new(target, class, at_ms, entry.delivery);
                 batch.insert(retry.key.as_slice(), &[]);
                 Some(retry)
             }
         };
         batch.insert(key, job.encode());
         self.tree.apply_batch(batch)?;
+        if decision == Decision::Dead {
+            self.count_dead(target, 1);
+        }
         Ok(retry)
     }
 
@@ -311,6 +365,7 @@ impl Journal {
 pub enum QueueClass {
     Fresh = 0,
     Retry = 1,
+    Replay = 2,
 }
 
 /// A queued job: its place in the journal's queue index.
@@ -333,6 +388,7 @@ impl QueueEntry {
         let class = match rest.first()? {
             0 => QueueClass::Fresh,
             1 => QueueClass::Retry,
+            2 => QueueClass::Replay,
             _ => return None,
         };
         let due_ms = u64::from_be_bytes(rest.get(1..9)?.try_into().ok()?);
@@ -358,9 +414,43 @@ mod keys {
 
     pub const DELIVERY: &[u8] = b"D";
     pub const DEDUP: &[u8] = b"U";
+    pub const DEAD: &[u8] = b"K";
+    pub const REPLAY: &[u8] = b"R";
+    const REPLAY_PAIR: &[u8] = b"X";
     const JOB: u8 = b'J';
     const QUEUE: u8 = b'Q';
     const PAUSED: &[u8] = b"P";
+
+    /// A dead job of `target` (present = dead).
+    pub fn dead(target: &str, delivery: DeliveryId) -> Vec<u8> {
+        [DEAD, target.as_bytes(), b"\0", &delivery.to_key()].concat()
+    }
+
+    pub fn dead_target(key: &[u8]) -> Option<&str> {
+        let rest = key.strip_prefix(DEAD)?;
+        let target = rest.get(..rest.len().checked_sub(1 + DeliveryId::KEY_LEN)?)?;
+        std::str::from_utf8(target).ok()
+    }
+
+    pub fn replay(id: u64) -> Vec<u8> {
+        [REPLAY, &id.to_be_bytes()].concat()
+    }
+
+    pub fn replay_pairs(id: u64) -> Vec<u8> {
+        [REPLAY_PAIR, &id.to_be_bytes()].concat()
+    }
+
+    pub fn replay_pair(id: u64, delivery: DeliveryId, target: &str) -> Vec<u8> {
+        [&replay_pairs(id)[..], &delivery.to_key(), target.as_bytes()].concat()
+    }
+
+    /// The delivery and target of a `replay_pair` key.
+    pub fn parse_replay_pair(key: &[u8]) -> Option<(DeliveryId, &str)> {
+        let rest = key.get(1 + 8..)?;
+        let delivery = DeliveryId::from_key(rest.get(..DeliveryId::KEY_LEN)?)?;
+        let target = std::str::from_utf8(&rest[DeliveryId::KEY_LEN..]).ok()?;
+        Some((delivery, target))
+    }
 
     /// An operator's pause of a target (present = paused).
     pub fn paused(target: &str) -> Vec<u8> {

@@ -203,3 +203,149 @@ async fn fan_out_jobs_are_queued_and_recorded_from_the_first_attempt() {
     journal.append(delivery("evt_f", 1_500), &targets).await.unwrap();
     assert_eq!(journal.pending_count("b"), 1);
 }
+
+/// Runs `target`'s queued job of `id` to `decision` (one attempt).
+fn settle(journal: &Journal, id: DeliveryId, target: &str, decision: crate::delivery::policy::Decision) {
+    let entry = journal.queued(target).unwrap().into_iter().find(|e| e.delivery == id).unwrap();
+    let attempt = Attempt { at_ms: 5_000, latency_ms: 1, status: Some(500), error: None };
+    journal.record_attempt(&entry, target, attempt, decision).unwrap();
+}
+
+#[tokio::test]
+async fn a_replay_requeues_settled_jobs_skips_pending_ones_and_survives_reopen() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let (dead, delivered, pending, replay) = {
+        let journal = Journal::open(&config(dir.path())).unwrap();
+        let targets = vec!["a".to_owned()];
+        let dead = journal.append(delivery("evt_dead", 1_000), &targets).await.unwrap().id;
+        let delivered = journal.append(delivery("evt_ok", 1_001), &targets).await.unwrap().id;
+        let pending = journal.append(delivery("evt_wait", 1_002), &targets).await.unwrap().id;
+        settle(&journal, dead, "a", Decision::Dead);
+        settle(&journal, delivered, "a", Decision::Delivered);
+        assert_eq!(journal.dead_count("a"), 1);
+
+        // Target "b" never had jobs: a replay creates them (backfill).
+        let pairs = [(dead, "a"), (delivered, "a"), (pending, "a"), (dead, "b"), (dead, "a")]
+            .map(|(id, t)| Ok((id, t.to_owned())));
+        let started = journal.start_replay(serde_json::json!({"test": true}), pairs, 7_000).unwrap();
+        assert_eq!((started.matched, started.skipped), (3, 1), "pending skipped, repeated pair once");
+        assert_eq!(started.queued.len(), 3);
+        assert!(started.queued.iter().all(|(_, entry)| entry.class == QueueClass::Replay));
+        assert_eq!(journal.dead_count("a"), 0, "the dead job is pending again");
+        (dead, delivered, pending, started.id)
+    };
+    // Everything the replay wrote is durable.
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    assert_eq!(journal.dead_count("a"), 0);
+    let job = journal.job(dead, "a").unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.attempts, job.replay, job.created_at_ms),
+        (JobState::Pending, 0, Some(replay), 7_000)
+    );
+    assert_eq!(job.history.len(), 1, "history is kept across a replay");
+    assert_eq!(journal.job(dead, "b").unwrap().unwrap().replay, Some(replay));
+    assert_eq!(journal.job(pending, "a").unwrap().unwrap().replay, None);
+    let replay_queue: Vec<QueueEntry> =
+        journal.queued("a").unwrap().into_iter().filter(|e| e.class == QueueClass::Replay).collect();
+    assert_eq!(replay_queue.iter().map(|e| e.delivery).collect::<Vec<_>>(), [dead, delivered]);
+
+    let progress = journal.replay_progress(replay).unwrap().unwrap();
+    assert_eq!((progress.pending, progress.done, progress.failed), (3, 0, 0));
+    assert_eq!(progress.summary.selection["test"], true);
+
+    // A replayed job that fails again goes dead again, and retries stay in the replay class.
+    let retry = journal
+        .record_attempt(
+            &replay_queue[0],
+            "a",
+            Attempt { at_ms: 8_000, latency_ms: 1, status: Some(500), error: None },
+            Decision::RetryAt(9_000),
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(retry.class, QueueClass::Replay);
+    settle(&journal, dead, "a", Decision::Dead);
+    settle(&journal, delivered, "a", Decision::Delivered);
+    let progress = journal.replay_progress(replay).unwrap().unwrap();
+    assert_eq!((progress.pending, progress.done, progress.failed), (1, 1, 1));
+    assert_eq!(journal.dead_count("a"), 1);
+
+    // A later replay of the same pair supersedes it in the first one's progress.
+    let again =
+        journal.start_replay(serde_json::json!({}), [Ok((delivered, "a".to_owned()))], 10_000).unwrap();
+    let progress = journal.replay_progress(replay).unwrap().unwrap();
+    assert_eq!((progress.done, progress.superseded), (0, 1));
+    assert_eq!(journal.replays(10).unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), [again.id, replay]);
+    assert_eq!(journal.replay_progress(ReplayId(12345)).unwrap(), None);
+}
+
+#[tokio::test]
+async fn retention_prunes_only_old_fully_delivered_deliveries() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let both = vec!["a".to_owned(), "b".to_owned()];
+    let old_delivered = journal.append(delivery("evt_1", 1_000), &both).await.unwrap().id;
+    let old_half_dead = journal.append(delivery("evt_2", 1_001), &both).await.unwrap().id;
+    let old_pending = journal.append(delivery("evt_3", 1_002), &both).await.unwrap().id;
+    let old_unrouted = journal.append(delivery("evt_4", 1_003), &[]).await.unwrap().id;
+    let young_delivered = journal.append(delivery("evt_5", 50_000), &both).await.unwrap().id;
+    for target in ["a", "b"] {
+        settle(&journal, old_delivered, target, Decision::Delivered);
+        settle(&journal, young_delivered, target, Decision::Delivered);
+    }
+    settle(&journal, old_half_dead, "a", Decision::Delivered);
+    settle(&journal, old_half_dead, "b", Decision::Dead);
+    settle(&journal, old_pending, "a", Decision::Delivered);
+
+    let swept = journal.prune_delivered(10_000).unwrap();
+    assert_eq!(swept, Swept { deliveries: 2, jobs: 2 });
+    let left: Vec<DeliveryId> = journal.iter().map(|r| r.unwrap().id).collect();
+    assert_eq!(left, [old_half_dead, old_pending, young_delivered]);
+    assert!(journal.get(old_unrouted).unwrap().is_none());
+    assert!(journal.jobs_of(old_delivered).unwrap().is_empty(), "jobs go with their delivery");
+    assert_eq!(journal.dead_count("b"), 1);
+    // Nothing more to do: a second sweep is a no-op.
+    assert_eq!(journal.prune_delivered(10_000).unwrap(), Swept::default());
+}
+
+#[tokio::test]
+async fn purge_drops_settled_dead_deliveries_before_a_time() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let both = vec!["a".to_owned(), "b".to_owned()];
+    let dead = journal.append(delivery("evt_1", 1_000), &both).await.unwrap().id;
+    let dead_but_b_pending = journal.append(delivery("evt_2", 1_001), &both).await.unwrap().id;
+    let other_source = journal
+        .append(NewDelivery { source: "other".into(), ..delivery("evt_3", 1_002) }, &both)
+        .await
+        .unwrap()
+        .id;
+    let dead_later = journal.append(delivery("evt_4", 90_000), &both).await.unwrap().id;
+    for id in [dead, other_source, dead_later] {
+        settle(&journal, id, "a", Decision::Dead);
+        settle(&journal, id, "b", Decision::Delivered);
+    }
+    settle(&journal, dead_but_b_pending, "a", Decision::Dead);
+    assert_eq!(journal.dead_count("a"), 4);
+
+    let dry = journal.purge_dead(10_000, Some("parallel"), true).unwrap();
+    assert_eq!(dry, Swept { deliveries: 1, jobs: 2 });
+    assert_eq!(journal.len(), 4, "a dry run deletes nothing");
+
+    assert_eq!(
+        journal.purge_dead(10_000, Some("parallel"), false).unwrap(),
+        Swept { deliveries: 1, jobs: 2 }
+    );
+    assert!(journal.get(dead).unwrap().is_none());
+    assert_eq!(journal.dead_count("a"), 3);
+    assert_eq!(journal.purge_dead(10_000, None, false).unwrap().deliveries, 1, "the other source's");
+    let left: Vec<DeliveryId> = journal.iter().map(|r| r.unwrap().id).collect();
+    assert_eq!(left, [dead_but_b_pending, dead_later]);
+    // The dead index agrees after a reopen.
+    drop(journal);
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    assert_eq!(journal.dead_count("a"), 2);
+}

@@ -135,7 +135,7 @@ fn plan(
     };
     batch.insert(keys::delivery(id), record.encode());
     for target in targets {
-        batch.insert(keys::job(id, target), Job::new(id, target, received_at_ms, false).encode());
+        batch.insert(keys::job(id, target), Job::new(id, target, received_at_ms, None).encode());
         batch.insert(keys::queue(target, QueueClass::Fresh, received_at_ms, id), &[]);
     }
     batch.insert(dedup_key.clone(), &id.to_key());

@@ -1,0 +1,130 @@
+//! Removing old deliveries: the retention sweep (delivered ones, on a timer)
+//! and the operator's purge (dead ones, on request). Both walk the time index
+//! from the oldest delivery up to a cutoff and delete a delivery with all of
+//! its jobs in one batch; neither ever touches a delivery with a pending job.
+
+use super::{DeliveryId, Job, JobState, Journal, JournalError, keys};
+
+/// Deliveries deleted per batch (and per hold of the maintenance lock).
+const CHUNK: usize = 256;
+
+/// What a sweep removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub deliveries: u64,
+    pub jobs: u64,
+}
+
+/// Which deliveries a sweep deletes, by the states of their jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// Retention: every job delivered (or none at all).
+    AllDelivered,
+    /// Purge: at least one dead job and none pending.
+    DeadAndSettled,
+}
+
+impl Rule {
+    fn applies(self, jobs: &[Job]) -> bool {
+        match self {
+            Rule::AllDelivered => jobs.iter().all(|job| job.state == JobState::Delivered),
+            Rule::DeadAndSettled => {
+                jobs.iter().any(|job| job.state == JobState::Dead)
+                    && jobs.iter().all(|job| job.state != JobState::Pending)
+            }
+        }
+    }
+}
+
+impl Journal {
+    /// Deletes deliveries received before `cutoff_ms` whose jobs are all
+    /// delivered, and finished replays created before it. Dead and pending
+    /// jobs keep their delivery.
+    pub fn prune_delivered(&self, cutoff_ms: u64) -> Result<Swept, JournalError> {
+        let swept = self.sweep(cutoff_ms, Rule::AllDelivered, None, false)?;
+        for replay in self.replays(usize::MAX)? {
+            if replay.created_at_ms < cutoff_ms
+                && self.replay_progress(replay.id)?.is_some_and(|progress| progress.finished())
+            {
+                let _maintenance = self.maintenance.lock().expect("not poisoned");
+                self.forget_replay(replay.id)?;
+            }
+        }
+        Ok(swept)
+    }
+
+    /// Deletes deliveries received before `until_ms` (of `source`, when given)
+    /// that have a dead job and no pending one: the operator's way to drop
+    /// dead letters for good. `dry_run` only counts.
+    pub fn purge_dead(
+        &self,
+        until_ms: u64,
+        source: Option<&str>,
+        dry_run: bool,
+    ) -> Result<Swept, JournalError> {
+        self.sweep(until_ms, Rule::DeadAndSettled, source, dry_run)
+    }
+
+    fn sweep(
+        &self,
+        cutoff_ms: u64,
+        rule: Rule,
+        source: Option<&str>,
+        dry_run: bool,
+    ) -> Result<Swept, JournalError> {
+        let mut swept = Swept::default();
+        let mut start = DeliveryId { received_at_ms: 0, seq: 0 };
+        loop {
+            // Decide and delete under the lock, a chunk at a time, so a
+            // replay cannot revive a job between the check and the delete.
+            let _maintenance = self.maintenance.lock().expect("not poisoned");
+            let mut batch = sled::Batch::default();
+            let mut dead_removed: Vec<String> = Vec::new();
+            let mut next = None;
+            for (examined, entry) in self.tree.range(keys::delivery(start)..).enumerate() {
+                let (key, value) = entry?;
+                let Some(id) = key.strip_prefix(keys::DELIVERY).and_then(DeliveryId::from_key) else { break };
+                if id.received_at_ms >= cutoff_ms {
+                    break;
+                }
+                if examined == CHUNK {
+                    next = Some(id);
+                    break;
+                }
+                if let Some(source) = source
+                    && super::decode(&key[1..], &value)?.source != source
+                {
+                    continue;
+                }
+                let jobs = self.jobs_of(id)?;
+                if !rule.applies(&jobs) {
+                    continue;
+                }
+                swept.deliveries += 1;
+                swept.jobs += jobs.len() as u64;
+                batch.remove(key);
+                for job in jobs {
+                    batch.remove(keys::job(id, &job.target));
+                    if job.state == JobState::Dead {
+                        batch.remove(keys::dead(&job.target, id));
+                        dead_removed.push(job.target);
+                    }
+                }
+            }
+            if !dry_run {
+                self.tree.apply_batch(batch)?;
+                for target in dead_removed {
+                    self.count_dead(&target, -1);
+                }
+            }
+            match next {
+                Some(id) => start = id,
+                None => break,
+            }
+        }
+        if !dry_run && swept.deliveries > 0 {
+            self.db.flush()?;
+        }
+        Ok(swept)
+    }
+}
