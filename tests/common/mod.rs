@@ -183,6 +183,23 @@ impl Drop for TestGateway {
 }
 
 /// Sends one request over plain HTTP/1.1 to `addr` on a fresh connection.
+/// `GET path` on the admin listener (no token).
+pub async fn admin_get(addr: SocketAddr, path: &str) -> Reply {
+    let request =
+        hyper::Request::get(path).header("host", "localhost").body(Full::new(Bytes::new())).unwrap();
+    send_plain(addr, request).await
+}
+
+/// `POST path` with a JSON body on the admin listener (no token).
+pub async fn admin_post(addr: SocketAddr, path: &str, body: serde_json::Value) -> Reply {
+    let request = hyper::Request::post(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    send_plain(addr, request).await
+}
+
 pub async fn send_plain(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
     http1(TcpStream::connect(addr).await.unwrap(), request).await
 }

@@ -67,14 +67,21 @@ pub struct TestTarget {
 impl TestTarget {
     /// A plain-HTTP target that answers `script` in order, then 200.
     pub async fn start(secret: Option<&str>, script: Vec<Answer>) -> Self {
-        Self::serve(secret, script, None).await
+        Self::serve(secret, script, None, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A plain-HTTP target on a given address: one that refused connections
+    /// (nothing listening) until now comes back.
+    pub async fn start_on(addr: SocketAddr, secret: Option<&str>) -> Self {
+        Self::serve(secret, Vec::new(), None, addr).await
     }
 
     /// The same over TLS with a certificate for localhost written into `dir`.
     pub async fn start_tls(secret: Option<&str>, script: Vec<Answer>, dir: &std::path::Path) -> Self {
         let (cert, key, _) = super::make_tls(dir);
         let tls = hookrelay::tls::ServerTls::load(&cert, &key).unwrap();
-        let mut target = Self::serve(secret, script, Some(tls.config.clone())).await;
+        let mut target =
+            Self::serve(secret, script, Some(tls.config.clone()), "127.0.0.1:0".parse().unwrap()).await;
         target.tls_cert = Some(cert);
         target
     }
@@ -83,8 +90,9 @@ impl TestTarget {
         secret: Option<&str>,
         script: Vec<Answer>,
         tls: Option<Arc<rustls::ServerConfig>>,
+        addr: SocketAddr,
     ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
             script: script.into(),

@@ -20,6 +20,8 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_UNAVAILABLE: u8 = 69;
 
+mod operator;
+
 const DEFAULT_CONFIG: &str = "config/hookrelay.toml";
 
 #[derive(Parser, Debug)]
@@ -47,77 +49,12 @@ enum Command {
     /// A consumer that verifies and prints every webhook it receives.
     Tap(TapArgs),
     /// List, pause or resume targets through the admin API.
-    Targets(TargetsArgs),
-    /// List or show journaled deliveries through the admin API.
-    Deliveries(DeliveriesArgs),
-}
-
-#[derive(Args, Debug)]
-struct DeliveriesArgs {
-    #[command(flatten)]
-    admin: AdminArgs,
-    #[command(subcommand)]
-    action: DeliveriesAction,
-}
-
-#[derive(Subcommand, Debug)]
-enum DeliveriesAction {
-    /// Deliveries, oldest first, with their jobs' states.
-    List {
-        #[arg(long)]
-        source: Option<String>,
-        #[arg(long)]
-        target: Option<String>,
-        /// pending, delivered, dead or any.
-        #[arg(long)]
-        status: Option<String>,
-        /// Event type glob, e.g. "monitor.*".
-        #[arg(long)]
-        event: Option<String>,
-        /// A duration ago ("2h"), an RFC 3339 time or Unix seconds.
-        #[arg(long)]
-        since: Option<String>,
-        #[arg(long)]
-        until: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-        /// Continue after this delivery id (the previous page's next_cursor).
-        #[arg(long)]
-        cursor: Option<String>,
-    },
-    /// One delivery: body, headers and every job's attempt history (JSON).
-    Show { id: String },
-}
-
-#[derive(Args, Debug)]
-struct AdminArgs {
-    /// The gateway's admin API.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:9180", env = "HOOKRELAY_ADMIN_URL")]
-    admin: String,
-    /// File holding the admin token (else HOOKRELAY_ADMIN_TOKEN).
-    #[arg(long, global = true)]
-    token_file: Option<PathBuf>,
-    /// Print JSON instead of a table.
-    #[arg(long, global = true)]
-    json: bool,
-}
-
-#[derive(Args, Debug)]
-struct TargetsArgs {
-    #[command(flatten)]
-    admin: AdminArgs,
-    #[command(subcommand)]
-    action: Option<TargetsAction>,
-}
-
-#[derive(Subcommand, Debug)]
-enum TargetsAction {
-    /// Every target with its state, pending jobs and breaker (the default).
-    List,
-    /// Stop sending to a target; its jobs accumulate until it is resumed.
-    Pause { name: String },
-    /// Resume sending to a paused target.
-    Resume { name: String },
+    Targets(operator::TargetsArgs),
+    /// List, show or purge journaled deliveries through the admin API.
+    Deliveries(operator::DeliveriesArgs),
+    /// Send journaled deliveries again (after an outage, or to backfill a
+    /// new target) through the admin API; shows progress until done.
+    Replay(operator::ReplayArgs),
 }
 
 #[derive(Args, Debug)]
@@ -206,8 +143,9 @@ pub fn run(cli: Cli) -> u8 {
         Command::Sign(args) => sign(args),
         Command::SendTest(args) => send_test(args),
         Command::Tap(args) => tap(args),
-        Command::Targets(args) => targets(args),
-        Command::Deliveries(args) => deliveries(args),
+        Command::Targets(args) => operator::targets(args),
+        Command::Deliveries(args) => operator::deliveries(args),
+        Command::Replay(args) => operator::replay(args),
     }
 }
 
@@ -382,170 +320,6 @@ fn sign_headers(args: SignArgs) -> Result<String, String> {
         signature::HEADER_TIMESTAMP,
         signature::HEADER_SIGNATURE
     ))
-}
-
-fn targets(args: TargetsArgs) -> u8 {
-    let (method, path) = match &args.action {
-        None | Some(TargetsAction::List) => (hyper::Method::GET, "/v1/targets".to_owned()),
-        Some(TargetsAction::Pause { name }) => (hyper::Method::POST, format!("/v1/targets/{name}/pause")),
-        Some(TargetsAction::Resume { name }) => (hyper::Method::POST, format!("/v1/targets/{name}/resume")),
-    };
-    let body = match admin_call(&args.admin, method, &path) {
-        Ok(body) => body,
-        Err(code) => return code,
-    };
-    if args.admin.json {
-        println!("{body}");
-        return EXIT_OK;
-    }
-    let rows: Vec<serde_json::Value> = match args.action {
-        None | Some(TargetsAction::List) => body["targets"].as_array().cloned().unwrap_or_default(),
-        Some(_) => vec![body],
-    };
-    print!("{}", targets_table(&rows));
-    EXIT_OK
-}
-
-fn deliveries(args: DeliveriesArgs) -> u8 {
-    let path = match &args.action {
-        DeliveriesAction::Show { id } => format!("/v1/deliveries/{}", query_escape(id)),
-        DeliveriesAction::List { source, target, status, event, since, until, limit, cursor } => {
-            let params: Vec<String> = [
-                ("source", source.as_deref()),
-                ("target", target.as_deref()),
-                ("status", status.as_deref()),
-                ("event", event.as_deref()),
-                ("since", since.as_deref()),
-                ("until", until.as_deref()),
-                ("cursor", cursor.as_deref()),
-            ]
-            .into_iter()
-            .filter_map(|(key, value)| value.map(|value| format!("{key}={}", query_escape(value))))
-            .chain(std::iter::once(format!("limit={limit}")))
-            .collect();
-            format!("/v1/deliveries?{}", params.join("&"))
-        }
-    };
-    let body = match admin_call(&args.admin, hyper::Method::GET, &path) {
-        Ok(body) => body,
-        Err(code) => return code,
-    };
-    if args.admin.json || matches!(args.action, DeliveriesAction::Show { .. }) {
-        println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
-        return EXIT_OK;
-    }
-    let mut table =
-        vec![["ID", "RECEIVED", "SOURCE", "WEBHOOK_ID", "TYPE", "JOBS"].map(str::to_owned).to_vec()];
-    for delivery in body["deliveries"].as_array().into_iter().flatten() {
-        let jobs: Vec<String> = delivery["jobs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|job| {
-                format!("{}:{}", job["target"].as_str().unwrap_or("?"), job["state"].as_str().unwrap_or("?"))
-            })
-            .collect();
-        let text = |key: &str| delivery[key].as_str().unwrap_or("-").to_owned();
-        table.push(vec![
-            text("id"),
-            text("received_at"),
-            text("source"),
-            text("webhook_id"),
-            text("event_type"),
-            jobs.join(","),
-        ]);
-    }
-    print!("{}", render_table(table));
-    if let Some(cursor) = body["next_cursor"].as_str() {
-        println!("more: --cursor {cursor}");
-    }
-    EXIT_OK
-}
-
-/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
-fn query_escape(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// Left-aligned columns, two spaces apart.
-fn render_table(table: Vec<Vec<String>>) -> String {
-    let widths: Vec<usize> =
-        (0..table[0].len()).map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for row in table {
-        let line: Vec<String> =
-            row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// A plain table of targets for people; `--json` is for scripts.
-fn targets_table(rows: &[serde_json::Value]) -> String {
-    let cell = |value: &serde_json::Value| match value {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".to_owned(),
-        other => other.to_string(),
-    };
-    let mut table = vec![
-        ["NAME", "STATE", "PENDING", "IN_FLIGHT", "OLDEST_S", "BREAKER", "URL"].map(str::to_owned).to_vec(),
-    ];
-    for row in rows {
-        let oldest = row["oldest_pending_age_seconds"].as_f64().map_or("-".to_owned(), |s| format!("{s:.0}"));
-        table.push(vec![
-            cell(&row["name"]),
-            cell(&row["state"]),
-            cell(&row["pending"]),
-            cell(&row["in_flight"]),
-            oldest,
-            cell(&row["breaker"]),
-            cell(&row["url"]),
-        ]);
-    }
-    render_table(table)
-}
-
-/// One admin API call; the JSON answer, or the exit code after saying why.
-fn admin_call(args: &AdminArgs, method: hyper::Method, path: &str) -> Result<serde_json::Value, u8> {
-    let token = match &args.token_file {
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
-            Err(err) => {
-                eprintln!("hookrelay: --token-file: cannot read {}: {err}", path.display());
-                return Err(EXIT_USAGE);
-            }
-        },
-        None => std::env::var("HOOKRELAY_ADMIN_TOKEN").ok(),
-    };
-    let url = format!("{}{path}", args.admin.trim_end_matches('/'));
-    let mut request = hyper::Request::builder().method(method).uri(&url);
-    if let Some(token) = &token {
-        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let request = request.body(http_body_util::Full::new(bytes::Bytes::new())).map_err(|err| {
-        eprintln!("hookrelay: --admin: {err}");
-        EXIT_USAGE
-    })?;
-    let (status, body) =
-        http_call(request, &format!("the admin API at {} (is the gateway running?)", args.admin))?;
-    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    if status == hyper::StatusCode::UNAUTHORIZED {
-        eprintln!("hookrelay: the admin API refused the token (set HOOKRELAY_ADMIN_TOKEN or --token-file)");
-        return Err(EXIT_FAILURE);
-    }
-    if !status.is_success() {
-        let message = json["message"].as_str().unwrap_or("unexpected answer");
-        eprintln!("hookrelay: {} {}: {message}", status.as_u16(), json["error"].as_str().unwrap_or(""));
-        return Err(EXIT_FAILURE);
-    }
-    Ok(json)
 }
 
 /// Sends one request from the command line and reads the answer; exit 69

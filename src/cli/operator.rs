@@ -1,0 +1,474 @@
+//! The operator's commands: `targets`, `deliveries` and `replay`, all thin
+//! clients of the admin API. Tables for people, `--json` for scripts.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, http_call};
+
+#[derive(Args, Debug)]
+pub(super) struct DeliveriesArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    #[command(subcommand)]
+    action: DeliveriesAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum DeliveriesAction {
+    /// Deliveries, oldest first, with their jobs' states.
+    List {
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        /// pending, delivered, dead or any.
+        #[arg(long)]
+        status: Option<String>,
+        /// Event type glob, e.g. "monitor.*".
+        #[arg(long)]
+        event: Option<String>,
+        /// A duration ago ("2h"), an RFC 3339 time or Unix seconds.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Continue after this delivery id (the previous page's next_cursor).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One delivery: body, headers and every job's attempt history (JSON).
+    Show { id: String },
+    /// Delete dead deliveries (a dead job, none pending) received before
+    /// --until, for good. Delivered ones are pruned by journal.retention.
+    Purge {
+        /// Only "dead" can be purged.
+        #[arg(long)]
+        status: String,
+        /// A duration ago ("7d"), an RFC 3339 time or Unix seconds.
+        #[arg(long)]
+        until: String,
+        #[arg(long)]
+        source: Option<String>,
+        /// Count what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(super) struct AdminArgs {
+    /// The gateway's admin API.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:9180", env = "HOOKRELAY_ADMIN_URL")]
+    admin: String,
+    /// File holding the admin token (else HOOKRELAY_ADMIN_TOKEN).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct TargetsArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    #[command(subcommand)]
+    action: Option<TargetsAction>,
+}
+
+#[derive(Subcommand, Debug)]
+enum TargetsAction {
+    /// Every target with its state, pending jobs and breaker (the default).
+    List,
+    /// Stop sending to a target; its jobs accumulate until it is resumed.
+    Pause { name: String },
+    /// Resume sending to a paused target.
+    Resume { name: String },
+}
+
+#[derive(Args, Debug)]
+pub(super) struct ReplayArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// A delivery to replay (repeatable).
+    #[arg(long = "id")]
+    ids: Vec<String>,
+    /// Deliveries received since: a duration ago ("6h"), an RFC 3339 time or
+    /// Unix seconds ("0" for the whole journal). Required without --id.
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long)]
+    until: Option<String>,
+    #[arg(long)]
+    source: Option<String>,
+    /// Only this target (it may be one added after the deliveries arrived).
+    #[arg(long)]
+    target: Option<String>,
+    /// Jobs now dead, delivered, missing (the target never had one),
+    /// failed (dead or missing) or any.
+    #[arg(long, default_value = "any")]
+    status: String,
+    /// Event type glob, e.g. "monitor.*".
+    #[arg(long)]
+    event: Option<String>,
+    /// Print how many jobs would be replayed; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Start the replay and return; follow it with GET /v1/replays/{id}.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+pub(super) fn targets(args: TargetsArgs) -> u8 {
+    let (method, path) = match &args.action {
+        None | Some(TargetsAction::List) => (hyper::Method::GET, "/v1/targets".to_owned()),
+        Some(TargetsAction::Pause { name }) => (hyper::Method::POST, format!("/v1/targets/{name}/pause")),
+        Some(TargetsAction::Resume { name }) => (hyper::Method::POST, format!("/v1/targets/{name}/resume")),
+    };
+    let body = match admin_call(&args.admin, method, &path, None) {
+        Ok(body) => body,
+        Err(code) => return code,
+    };
+    if args.admin.json {
+        println!("{body}");
+        return EXIT_OK;
+    }
+    let rows: Vec<serde_json::Value> = match args.action {
+        None | Some(TargetsAction::List) => body["targets"].as_array().cloned().unwrap_or_default(),
+        Some(_) => vec![body],
+    };
+    print!("{}", targets_table(&rows));
+    EXIT_OK
+}
+
+pub(super) fn deliveries(args: DeliveriesArgs) -> u8 {
+    if let DeliveriesAction::Purge { status, until, source, dry_run } = &args.action {
+        return purge(&args.admin, status, until, source.as_deref(), *dry_run);
+    }
+    let path = match &args.action {
+        DeliveriesAction::Purge { .. } => unreachable!("handled above"),
+        DeliveriesAction::Show { id } => format!("/v1/deliveries/{}", query_escape(id)),
+        DeliveriesAction::List { source, target, status, event, since, until, limit, cursor } => {
+            let params: Vec<String> = [
+                ("source", source.as_deref()),
+                ("target", target.as_deref()),
+                ("status", status.as_deref()),
+                ("event", event.as_deref()),
+                ("since", since.as_deref()),
+                ("until", until.as_deref()),
+                ("cursor", cursor.as_deref()),
+            ]
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|value| format!("{key}={}", query_escape(value))))
+            .chain(std::iter::once(format!("limit={limit}")))
+            .collect();
+            format!("/v1/deliveries?{}", params.join("&"))
+        }
+    };
+    let body = match admin_call(&args.admin, hyper::Method::GET, &path, None) {
+        Ok(body) => body,
+        Err(code) => return code,
+    };
+    if args.admin.json || matches!(args.action, DeliveriesAction::Show { .. }) {
+        println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+        return EXIT_OK;
+    }
+    let mut table =
+        vec![["ID", "RECEIVED", "SOURCE", "WEBHOOK_ID", "TYPE", "JOBS"].map(str::to_owned).to_vec()];
+    for delivery in body["deliveries"].as_array().into_iter().flatten() {
+        let jobs: Vec<String> = delivery["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|job| {
+                format!("{}:{}", job["target"].as_str().unwrap_or("?"), job["state"].as_str().unwrap_or("?"))
+            })
+            .collect();
+        let text = |key: &str| delivery[key].as_str().unwrap_or("-").to_owned();
+        table.push(vec![
+            text("id"),
+            text("received_at"),
+            text("source"),
+            text("webhook_id"),
+            text("event_type"),
+            jobs.join(","),
+        ]);
+    }
+    print!("{}", render_table(table));
+    if let Some(cursor) = body["next_cursor"].as_str() {
+        println!("more: --cursor {cursor}");
+    }
+    EXIT_OK
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Left-aligned columns, two spaces apart.
+fn render_table(table: Vec<Vec<String>>) -> String {
+    let widths: Vec<usize> =
+        (0..table[0].len()).map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in table {
+        let line: Vec<String> =
+            row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// A plain table of targets for people; `--json` is for scripts.
+fn targets_table(rows: &[serde_json::Value]) -> String {
+    let cell = |value: &serde_json::Value| match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    let mut table = vec![
+        ["NAME", "STATE", "PENDING", "IN_FLIGHT", "OLDEST_S", "BREAKER", "URL"].map(str::to_owned).to_vec(),
+    ];
+    for row in rows {
+        let oldest = row["oldest_pending_age_seconds"].as_f64().map_or("-".to_owned(), |s| format!("{s:.0}"));
+        table.push(vec![
+            cell(&row["name"]),
+            cell(&row["state"]),
+            cell(&row["pending"]),
+            cell(&row["in_flight"]),
+            oldest,
+            cell(&row["breaker"]),
+            cell(&row["url"]),
+        ]);
+    }
+    render_table(table)
+}
+
+/// One admin API call; the JSON answer, or the exit code after saying why.
+fn admin_call(
+    args: &AdminArgs,
+    method: hyper::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, u8> {
+    let token = match &args.token_file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
+            Err(err) => {
+                eprintln!("hookrelay: --token-file: cannot read {}: {err}", path.display());
+                return Err(EXIT_USAGE);
+            }
+        },
+        None => std::env::var("HOOKRELAY_ADMIN_TOKEN").ok(),
+    };
+    let url = format!("{}{path}", args.admin.trim_end_matches('/'));
+    let mut request = hyper::Request::builder().method(method).uri(&url);
+    if let Some(token) = &token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let body = match body {
+        Some(body) => {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+            bytes::Bytes::from(body.to_string())
+        }
+        None => bytes::Bytes::new(),
+    };
+    let request = request.body(http_body_util::Full::new(body)).map_err(|err| {
+        eprintln!("hookrelay: --admin: {err}");
+        EXIT_USAGE
+    })?;
+    let (status, body) =
+        http_call(request, &format!("the admin API at {} (is the gateway running?)", args.admin))?;
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    if status == hyper::StatusCode::UNAUTHORIZED {
+        eprintln!("hookrelay: the admin API refused the token (set HOOKRELAY_ADMIN_TOKEN or --token-file)");
+        return Err(EXIT_FAILURE);
+    }
+    if !status.is_success() {
+        let message = json["message"].as_str().unwrap_or("unexpected answer");
+        eprintln!("hookrelay: {} {}: {message}", status.as_u16(), json["error"].as_str().unwrap_or(""));
+        return Err(EXIT_FAILURE);
+    }
+    Ok(json)
+}
+
+fn purge(admin: &AdminArgs, status: &str, until: &str, source: Option<&str>, dry_run: bool) -> u8 {
+    let request = json!({ "status": status, "until": until, "source": source, "dry_run": dry_run });
+    let body = match admin_call(admin, hyper::Method::POST, "/v1/deliveries/purge", Some(request)) {
+        Ok(body) => body,
+        Err(code) => return code,
+    };
+    if admin.json {
+        println!("{body}");
+    } else if dry_run {
+        println!(
+            "would purge {} dead deliveries ({} jobs) received before {}",
+            body["purged"],
+            body["jobs"],
+            body["until"].as_str().unwrap_or("?")
+        );
+    } else {
+        println!(
+            "purged {} dead deliveries ({} jobs) received before {}",
+            body["purged"],
+            body["jobs"],
+            body["until"].as_str().unwrap_or("?")
+        );
+    }
+    EXIT_OK
+}
+
+/// How often a waiting `hookrelay replay` asks for progress.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Without a terminal, a progress line at most this often.
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+pub(super) fn replay(args: ReplayArgs) -> u8 {
+    let mut request = json!({ "ids": args.ids, "status": args.status, "dry_run": args.dry_run });
+    for (key, value) in [
+        ("since", &args.since),
+        ("until", &args.until),
+        ("source", &args.source),
+        ("target", &args.target),
+        ("event", &args.event),
+    ] {
+        if let Some(value) = value {
+            request[key] = json!(value);
+        }
+    }
+    if args.ids.is_empty() && args.since.is_none() {
+        eprintln!("hookrelay: give --id, or --since (\"0\" replays the whole journal)");
+        return EXIT_USAGE;
+    }
+    let started = match admin_call(&args.admin, hyper::Method::POST, "/v1/replays", Some(request)) {
+        Ok(body) => body,
+        Err(code) => return code,
+    };
+    let matched = started["matched"].as_u64().unwrap_or(0);
+    let skipped = started["skipped_pending"].as_u64().unwrap_or(0);
+    let skipped_note = if skipped > 0 {
+        format!(" ({skipped} skipped: still pending, they will be delivered anyway)")
+    } else {
+        String::new()
+    };
+    if args.dry_run {
+        if args.admin.json {
+            println!("{started}");
+        } else {
+            println!("would replay {matched} jobs{skipped_note}");
+        }
+        return EXIT_OK;
+    }
+    let Some(id) = started["id"].as_str().map(str::to_owned) else {
+        eprintln!("hookrelay: the admin API did not say which replay it started");
+        return EXIT_FAILURE;
+    };
+    if !args.admin.json {
+        println!("replay {id}: {matched} jobs requeued{skipped_note}");
+    }
+    if args.no_wait || matched == 0 {
+        if args.admin.json {
+            println!("{started}");
+        }
+        return EXIT_OK;
+    }
+    let progress = match follow(&args.admin, &id) {
+        Ok(progress) => progress,
+        Err(code) => return code,
+    };
+    let (done, failed, superseded) =
+        (count(&progress, "done"), count(&progress, "failed"), count(&progress, "superseded"));
+    if args.admin.json {
+        println!("{progress}");
+    } else {
+        println!("replay {id}: {done} delivered, {failed} dead again, {superseded} superseded");
+    }
+    if failed > 0 {
+        eprintln!(
+            "hookrelay: {failed} jobs of the replay went dead again; see hookrelay deliveries list --status dead"
+        );
+        return EXIT_FAILURE;
+    }
+    EXIT_OK
+}
+
+fn count(progress: &Value, key: &str) -> u64 {
+    progress[key].as_u64().unwrap_or(0)
+}
+
+/// Polls a replay until no job of it is pending, drawing progress on stderr.
+fn follow(admin: &AdminArgs, id: &str) -> Result<Value, u8> {
+    let terminal = std::io::stderr().is_terminal();
+    let mut last_line = Instant::now();
+    loop {
+        let progress = admin_call(admin, hyper::Method::GET, &format!("/v1/replays/{id}"), None)?;
+        let finished = progress["finished"].as_bool().unwrap_or(true);
+        let line = progress_line(&progress);
+        if terminal {
+            eprint!("\r{line}\x1b[K");
+            if finished {
+                eprintln!();
+            }
+            let _ = std::io::stderr().flush();
+        } else if finished || last_line.elapsed() >= PLAIN_PROGRESS_EVERY {
+            eprintln!("{line}");
+            last_line = Instant::now();
+        }
+        if finished {
+            return Ok(progress);
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// `[#########...........]  450/1000  delivered 440  dead 10  pending 550`
+fn progress_line(progress: &Value) -> String {
+    const WIDTH: u64 = 30;
+    let matched = count(progress, "matched");
+    let settled = count(progress, "done") + count(progress, "failed") + count(progress, "superseded");
+    let filled = (settled * WIDTH).checked_div(matched).unwrap_or(WIDTH).min(WIDTH) as usize;
+    format!(
+        "[{}{}] {settled}/{matched}  delivered {}  dead {}  pending {}",
+        "#".repeat(filled),
+        ".".repeat(WIDTH as usize - filled),
+        count(progress, "done"),
+        count(progress, "failed"),
+        count(progress, "pending"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_bar_fills_with_settled_jobs() {
+        let line = progress_line(&json!({"matched": 4, "done": 1, "failed": 1, "pending": 2}));
+        assert_eq!(
+            line,
+            format!("[{}{}] 2/4  delivered 1  dead 1  pending 2", "#".repeat(15), ".".repeat(15))
+        );
+        let empty = progress_line(&json!({"matched": 0, "pending": 0}));
+        assert!(empty.starts_with(&format!("[{}]", "#".repeat(30))));
+    }
+
+    #[test]
+    fn query_values_are_escaped() {
+        assert_eq!(query_escape("monitor.*"), "monitor.%2A");
+        assert_eq!(query_escape("2026-11-28T09:00:00Z"), "2026-11-28T09%3A00%3A00Z");
+    }
+}
