@@ -86,6 +86,8 @@ pub struct Metrics {
     /// (source or "" when unknown, reason) → count.
     rejected: Mutex<BTreeMap<(String, &'static str), u64>>,
     ingest_latency: Histogram,
+    /// `journal.max_disk`, shown beside the size so alerts can use the ratio.
+    journal_limit: Option<u64>,
 }
 
 impl Metrics {
@@ -93,6 +95,7 @@ impl Metrics {
         Metrics {
             sources: config.sources.keys().map(|name| (name.clone(), SourceCounters::default())).collect(),
             targets: config.targets.keys().map(|name| (name.clone(), TargetCounters::default())).collect(),
+            journal_limit: config.journal.max_disk,
             ..Metrics::default()
         }
     }
@@ -253,6 +256,15 @@ impl Metrics {
         if let Some(bytes) = journal_bytes {
             family(&mut out, "hookrelay_journal_size_bytes", "gauge", "Size of the journal on disk.");
             let _ = writeln!(out, "hookrelay_journal_size_bytes {bytes}");
+        }
+        if let Some(limit) = self.journal_limit {
+            family(
+                &mut out,
+                "hookrelay_journal_max_bytes",
+                "gauge",
+                "journal.max_disk: at this size ingress answers 503 journal_full.",
+            );
+            let _ = writeln!(out, "hookrelay_journal_max_bytes {limit}");
         }
         out
     }

@@ -388,6 +388,12 @@ async fn a_journal_over_its_quota_answers_503_with_retry_after() {
         assert_eq!((reply.status, reply.error_code().as_str()), (503, "journal_full"), "{transport:?}");
         assert!(reply.headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() > 0);
         assert_eq!(gateway.journal.len(), 1, "nothing written past the quota");
+        let metrics = admin_get(gateway.admin_addr, "/metrics").await.text();
+        assert!(
+            metrics.contains("hookrelay_deliveries_rejected_total{source=\"parallel\",reason=\"journal_full\"} 1"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("hookrelay_journal_max_bytes 1\n"), "{metrics}");
     }
 }
 

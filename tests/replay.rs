@@ -379,3 +379,52 @@ async fn dead_deliveries_are_purged_only_on_request() {
     assert_eq!(target_field(&targets, "down", "dead"), 0);
     gateway.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_delivered_deliveries_in_the_background_and_keeps_dead_ones() {
+    let healthy = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let down = format!("http://{}/hook", refused_addr());
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let targets = target_table("healthy", &healthy.url(), "")
+        + &target_table("down", &down, "events = [\"task_run.*\"]");
+    let options = |journal: &str| Options {
+        targets: targets.clone(),
+        journal: journal.to_owned(),
+        dir: Some(dir.clone()),
+        ..Options::default()
+    };
+    let gateway = TestGateway::with(options("")).await;
+    for i in 0..4 {
+        gateway.post_signed(Transport::Http, "parallel", &format!("whevent_m{i}"), &event("monitor.event.detected", i)).await;
+    }
+    let dead = gateway.post_signed(Transport::Http, "parallel", "whevent_t", &event("task_run.status", 9)).await;
+    healthy.wait_for(5, WAIT).await;
+    wait_for_json(gateway.admin_addr, "/v1/targets", "settled", |t| {
+        target_field(t, "down", "dead") == 1 && target_field(t, "healthy", "pending") == 0
+    })
+    .await;
+    gateway.stop().await.unwrap();
+    assert_eq!(gateway_journal_len(&dir), 5);
+
+    // With a tiny retention the sweep at start-up prunes the delivered four.
+    let gateway = TestGateway::with(options("retention = \"1ms\"")).await;
+    let deadline = Instant::now() + WAIT;
+    while gateway.journal.len() != 1 {
+        assert!(Instant::now() < deadline, "retention did not prune: {} left", gateway.journal.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = gateway.journal.iter().next().unwrap().unwrap();
+    assert_eq!(left.id.to_string(), dead.json()["id"].as_str().unwrap(), "the dead one stays");
+    gateway.stop().await.unwrap();
+}
+
+fn gateway_journal_len(dir: &tempfile::TempDir) -> usize {
+    let config = hookrelay::config::JournalConfig {
+        path: dir.path().join("journal"),
+        dedup_window: Duration::from_secs(3600),
+        retention: Duration::from_secs(3600),
+        cache: 1 << 20,
+        max_disk: None,
+    };
+    hookrelay::journal::Journal::open(&config).unwrap().len()
+}
