@@ -2,6 +2,8 @@
 //! keep-alive connections into (a) a bare hyper server that verifies the
 //! signature and answers 200 — the baseline — and (b) the gateway with durable
 //! acknowledgements, fanning out to K local targets. Same machine, same run.
+//! Then (c) a replay of everything ingested to one target: how fast the
+//! journal drains to a local consumer.
 //!
 //! Run: `cargo bench --bench load` (env: LOAD_SECS=5, LOAD_CONCURRENCY=32, LOAD_TARGETS=4).
 
@@ -176,6 +178,21 @@ async fn load(addr: SocketAddr, path: &str, concurrency: u64, duration: Duration
     result
 }
 
+/// One admin API POST; the JSON answer.
+async fn admin_post(addr: SocketAddr, path: &str, body: &'static str) -> serde_json::Value {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let request = Request::post(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap()
+}
+
 fn report(name: &str, r: &LoadResult) {
     println!(
         "{name:<34} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} requests, {} non-2xx)",
@@ -217,6 +234,7 @@ fn main() {
         std::fs::write(&path, config).unwrap();
         let gateway = hookrelay::Gateway::bind(Config::load(&path).unwrap()).await.unwrap();
         let addr = gateway.inbound_addr();
+        let admin_addr = gateway.admin_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let running = tokio::spawn(gateway.run(async {
             let _ = stopped.await;
@@ -237,6 +255,25 @@ fn main() {
             drain.as_secs_f64()
         );
         println!("ratio ingest / baseline: {:.2}", ingest.rate() / baseline.rate());
+
+        // (c) Replay every delivery to t0 (already delivered there once).
+        let before = delivered.load(Ordering::Relaxed);
+        let asked = Instant::now();
+        let answer = admin_post(admin_addr, "/v1/replays", r#"{"since":"0","target":"t0","status":"delivered"}"#).await;
+        let created = asked.elapsed();
+        let matched = answer["matched"].as_u64().unwrap_or(0);
+        while delivered.load(Ordering::Relaxed) < before + matched && asked.elapsed() < Duration::from_secs(600) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let drained = asked.elapsed();
+        let replayed = delivered.load(Ordering::Relaxed) - before;
+        println!(
+            "{:<34} {:>9.0} deliveries/s  ({replayed} of {matched} replayed to one target in {:.2}s; creating the replay took {:.2}s)",
+            "gateway: replay drain",
+            replayed as f64 / drained.as_secs_f64(),
+            drained.as_secs_f64(),
+            created.as_secs_f64()
+        );
 
         // Latency at half the baseline rate is a separate question (issue #6):
         // this bench drives the gateway at full speed.

@@ -390,7 +390,9 @@ async fn a_journal_over_its_quota_answers_503_with_retry_after() {
         assert_eq!(gateway.journal.len(), 1, "nothing written past the quota");
         let metrics = admin_get(gateway.admin_addr, "/metrics").await.text();
         assert!(
-            metrics.contains("hookrelay_deliveries_rejected_total{source=\"parallel\",reason=\"journal_full\"} 1"),
+            metrics.contains(
+                "hookrelay_deliveries_rejected_total{source=\"parallel\",reason=\"journal_full\"} 1"
+            ),
             "{metrics}"
         );
         assert!(metrics.contains("hookrelay_journal_max_bytes 1\n"), "{metrics}");

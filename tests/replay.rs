@@ -395,9 +395,17 @@ async fn retention_prunes_delivered_deliveries_in_the_background_and_keeps_dead_
     };
     let gateway = TestGateway::with(options("")).await;
     for i in 0..4 {
-        gateway.post_signed(Transport::Http, "parallel", &format!("whevent_m{i}"), &event("monitor.event.detected", i)).await;
+        gateway
+            .post_signed(
+                Transport::Http,
+                "parallel",
+                &format!("whevent_m{i}"),
+                &event("monitor.event.detected", i),
+            )
+            .await;
     }
-    let dead = gateway.post_signed(Transport::Http, "parallel", "whevent_t", &event("task_run.status", 9)).await;
+    let dead =
+        gateway.post_signed(Transport::Http, "parallel", "whevent_t", &event("task_run.status", 9)).await;
     healthy.wait_for(5, WAIT).await;
     wait_for_json(gateway.admin_addr, "/v1/targets", "settled", |t| {
         target_field(t, "down", "dead") == 1 && target_field(t, "healthy", "pending") == 0
