@@ -326,6 +326,26 @@ async fn replay_requests_are_checked() {
     assert_eq!((unknown.status, unknown.error_code()), (404, "unknown_replay".to_owned()));
     let wrong_method = admin_post(admin, "/v1/replays/rpl_00000000000000ff", json!({})).await;
     assert_eq!(wrong_method.status, 405);
+
+    // The CLI: usage errors, API errors and an unreachable daemon.
+    let url = format!("http://{admin}");
+    let (code, _, stderr) = cli(args(&["replay", "--admin", &url, "--target", "consumer"])).await;
+    assert_eq!(code, Some(64), "neither --id nor --since");
+    assert!(stderr.contains("--since"), "{stderr}");
+    let (code, _, stderr) =
+        cli(args(&["replay", "--admin", &url, "--since", "1h", "--target", "nope"])).await;
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no target named \"nope\""), "{stderr}");
+    let (code, stdout, _) =
+        cli(args(&["replay", "--admin", &url, "--since", "1h", "--no-wait", "--json"])).await;
+    assert_eq!(code, Some(0));
+    let started: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(started["matched"], 0);
+    assert!(started["id"].as_str().unwrap().starts_with("rpl_"));
+    let gone = format!("http://{}", refused_addr());
+    let (code, _, stderr) = cli(args(&["replay", "--admin", &gone, "--since", "1h"])).await;
+    assert_eq!(code, Some(69));
+    assert!(stderr.contains("cannot reach the admin API"), "{stderr}");
     gateway.stop().await.unwrap();
 }
 
