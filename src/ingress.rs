@@ -20,6 +20,7 @@ use crate::config::{Config, RateLimit, SourceConfig};
 use crate::delivery::Inboxes;
 use crate::envelope::Envelope;
 use crate::journal::{Journal, JournalError, NewDelivery};
+use crate::live::Live;
 use crate::metrics::{IngestOutcome, Metrics};
 use crate::routing::{Route, Router};
 use crate::signature::{self, SignedHeaders, Verifier, VerifyError};
@@ -130,15 +131,23 @@ impl Outcome {
 struct Source {
     name: String,
     verifier: Verifier,
-    limiter: Option<DefaultDirectRateLimiter>,
+    rate: Option<RateLimit>,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
 }
 
 impl Source {
-    fn new(config: &SourceConfig) -> Self {
+    /// `previous` is the same source before a reload: an unchanged rate
+    /// limit keeps its bucket, so a reload never hands out a fresh burst.
+    fn new(config: &SourceConfig, previous: Option<&Source>) -> Self {
+        let limiter = match previous {
+            Some(previous) if previous.rate == config.rate_limit => previous.limiter.clone(),
+            _ => config.rate_limit.map(|rate| Arc::new(limiter(rate))),
+        };
         Source {
             name: config.name.clone(),
             verifier: Verifier::new(config.keys.clone(), config.tolerance),
-            limiter: config.rate_limit.map(limiter),
+            rate: config.rate_limit,
+            limiter,
         }
     }
 
@@ -156,28 +165,47 @@ fn limiter(rate: RateLimit) -> DefaultDirectRateLimiter {
     RateLimiter::direct(Quota::per_second(rate.per_second).allow_burst(rate.burst))
 }
 
-/// The inbound webhook service.
-pub struct Ingress {
+/// What the config decides about inbound requests; swapped whole by a reload.
+struct Rules {
     sources: HashMap<String, Source>,
     router: Router,
-    lanes: Inboxes,
-    metrics: Arc<Metrics>,
-    journal: Arc<Journal>,
     max_body: u64,
     body_timeout: Duration,
 }
 
-impl Ingress {
-    pub fn new(config: &Config, journal: Arc<Journal>, lanes: Inboxes, metrics: Arc<Metrics>) -> Self {
-        Ingress {
-            sources: config.sources.values().map(|s| (s.name.clone(), Source::new(s))).collect(),
+impl Rules {
+    fn new(config: &Config, previous: Option<&Rules>) -> Self {
+        Rules {
+            sources: config
+                .sources
+                .values()
+                .map(|s| (s.name.clone(), Source::new(s, previous.and_then(|p| p.sources.get(&s.name)))))
+                .collect(),
             router: Router::new(config.targets.values().map(Route::from_target)),
-            lanes,
-            metrics,
-            journal,
             max_body: config.server.max_body,
             body_timeout: config.server.body_timeout,
         }
+    }
+}
+
+/// The inbound webhook service.
+pub struct Ingress {
+    rules: Live<Rules>,
+    lanes: Inboxes,
+    metrics: Arc<Metrics>,
+    journal: Arc<Journal>,
+}
+
+impl Ingress {
+    pub fn new(config: &Config, journal: Arc<Journal>, lanes: Inboxes, metrics: Arc<Metrics>) -> Self {
+        Ingress { rules: Live::new(Rules::new(config, None)), lanes, metrics, journal }
+    }
+
+    /// Takes the sources (secrets, tolerances, rate limits), routes and body
+    /// limits of `config`; requests already being handled finish on the old ones.
+    pub fn reload(&self, config: &Config) {
+        let previous = self.rules.get();
+        self.rules.set(Rules::new(config, Some(&previous)));
     }
 
     pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
@@ -247,7 +275,8 @@ impl Ingress {
         let Some(name) = source_from_path(request.uri().path()) else {
             return Outcome::NotFound;
         };
-        let Some(source) = self.sources.get(name) else {
+        let rules = self.rules.get();
+        let Some(source) = rules.sources.get(name) else {
             return Outcome::UnknownSource;
         };
         if request.method() != Method::POST {
@@ -273,10 +302,10 @@ impl Ingress {
             Err(err) => return Outcome::Rejected(err),
         };
         let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > self.max_body) {
-            return Outcome::BodyTooLarge { limit: self.max_body };
+        if declared.is_some_and(|len| len > rules.max_body) {
+            return Outcome::BodyTooLarge { limit: rules.max_body };
         }
-        let body = match self.read_body(body).await {
+        let body = match read_body(body, rules.max_body, rules.body_timeout).await {
             Ok(body) => body,
             Err(outcome) => return outcome,
         };
@@ -285,7 +314,7 @@ impl Ingress {
             return Outcome::Rejected(err);
         }
         let envelope = Envelope::from_body(&body);
-        let targets = self.router.targets_for(&source.name, envelope.event_type.as_deref(), &body);
+        let targets = rules.router.targets_for(&source.name, envelope.event_type.as_deref(), &body);
         let delivery = NewDelivery {
             received_at_ms: now.as_millis() as u64,
             source: source.name.clone(),
@@ -316,22 +345,20 @@ impl Ingress {
             }
         }
     }
+}
 
-    /// Reads at most `max_body` bytes within `body_timeout`.
-    async fn read_body<B>(&self, body: B) -> Result<Bytes, Outcome>
-    where
-        B: Body,
-        B::Error: std::error::Error + Send + Sync + 'static,
-    {
-        let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
-        match tokio::time::timeout(self.body_timeout, Limited::new(body, limit).collect()).await {
-            Err(_) => Err(Outcome::BodyTimeout),
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(err)) if err.is::<LengthLimitError>() => {
-                Err(Outcome::BodyTooLarge { limit: self.max_body })
-            }
-            Ok(Err(_)) => Err(Outcome::BodyUnreadable),
-        }
+/// Reads at most `max_body` bytes within `body_timeout`.
+async fn read_body<B>(body: B, max_body: u64, body_timeout: Duration) -> Result<Bytes, Outcome>
+where
+    B: Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    match tokio::time::timeout(body_timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(Outcome::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.is::<LengthLimitError>() => Err(Outcome::BodyTooLarge { limit: max_body }),
+        Ok(Err(_)) => Err(Outcome::BodyUnreadable),
     }
 }
 

@@ -38,6 +38,7 @@ pub mod delivery;
 pub mod envelope;
 pub mod ingress;
 pub mod journal;
+mod live;
 mod logging;
 pub mod replay;
 pub mod routing;
@@ -120,10 +121,13 @@ impl Gateway {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
         let Gateway { config, listener, admin_listener, journal } = self;
         let metrics = Arc::new(metrics::Metrics::new(&config));
+        // One stop signal for both halves: ingress stops accepting and the
+        // lanes stop taking jobs at the same moment, then each drains.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let dispatcher =
-            delivery::Dispatcher::new(&config, journal.clone(), metrics.clone()).map_err(|source| {
-                GatewayError::Journal { path: config.journal.path.display().to_string(), source }
-            })?;
+            delivery::Dispatcher::new(&config, journal.clone(), metrics.clone(), stop_rx.clone()).map_err(
+                |source| GatewayError::Journal { path: config.journal.path.display().to_string(), source },
+            )?;
         let ingress = Arc::new(Ingress::new(&config, journal.clone(), dispatcher.inboxes(), metrics.clone()));
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let admin = Arc::new(admin::Admin {
@@ -155,9 +159,6 @@ impl Gateway {
             journal = %config.journal.path.display(),
             "listening"
         );
-        // One stop signal for both halves: ingress stops accepting and the
-        // lanes stop taking jobs at the same moment, then each drains.
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let trigger = async move {
             shutdown.await;
             ready.store(false, std::sync::atomic::Ordering::Release);
@@ -167,7 +168,7 @@ impl Gateway {
         let serving = server::serve(listener, tls, ingress, limits, async move {
             let _ = server_stop.wait_for(|stopping| *stopping).await;
         });
-        let delivering = dispatcher.run(stop_rx.clone(), config.server.shutdown_grace);
+        let delivering = dispatcher.run();
         // The admin listener stays up while the rest drains, answering
         // /readyz with 503; it stops when they are done.
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,12 +1,13 @@
 //! Counters and histograms for `GET /metrics`, rendered in the Prometheus
-//! text format. Recording is lock-free on the hot paths (atomics); label sets
-//! are fixed at start (configured sources and targets) except rejection
-//! reasons, which are a small closed set.
+//! text format. Recording takes only a shared read lock and atomics on the
+//! hot paths. Label sets are the configured sources and targets (a reload
+//! adds new ones; removed ones keep their series until restart) and
+//! rejection reasons, a small closed set.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::config::Config;
@@ -81,8 +82,8 @@ pub struct TargetGauges {
 
 #[derive(Default)]
 pub struct Metrics {
-    sources: BTreeMap<String, SourceCounters>,
-    targets: BTreeMap<String, TargetCounters>,
+    sources: RwLock<BTreeMap<String, Arc<SourceCounters>>>,
+    targets: RwLock<BTreeMap<String, Arc<TargetCounters>>>,
     /// (source or "" when unknown, reason) → count.
     rejected: Mutex<BTreeMap<(String, &'static str), u64>>,
     ingest_latency: Histogram,
@@ -92,18 +93,36 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(config: &Config) -> Self {
-        Metrics {
-            sources: config.sources.keys().map(|name| (name.clone(), SourceCounters::default())).collect(),
-            targets: config.targets.keys().map(|name| (name.clone(), TargetCounters::default())).collect(),
-            journal_limit: config.journal.max_disk,
-            ..Metrics::default()
+        let metrics = Metrics { journal_limit: config.journal.max_disk, ..Metrics::default() };
+        metrics.register(config);
+        metrics
+    }
+
+    /// Adds series for sources and targets `config` has and these metrics
+    /// do not (at start, and after a reload).
+    pub fn register(&self, config: &Config) {
+        let mut sources = self.sources.write().expect("not poisoned");
+        for name in config.sources.keys() {
+            sources.entry(name.clone()).or_default();
         }
+        let mut targets = self.targets.write().expect("not poisoned");
+        for name in config.targets.keys() {
+            targets.entry(name.clone()).or_default();
+        }
+    }
+
+    fn source(&self, name: &str) -> Option<Arc<SourceCounters>> {
+        self.sources.read().expect("not poisoned").get(name).cloned()
+    }
+
+    fn target(&self, name: &str) -> Option<Arc<TargetCounters>> {
+        self.targets.read().expect("not poisoned").get(name).cloned()
     }
 
     /// One inbound request, by how it ended.
     pub fn ingest(&self, source: &str, outcome: IngestOutcome, elapsed: Duration) {
         self.ingest_latency.observe(elapsed);
-        match (self.sources.get(source), outcome) {
+        match (self.source(source), outcome) {
             (Some(counters), IngestOutcome::Accepted) => {
                 counters.received.fetch_add(1, Ordering::Relaxed);
             }
@@ -120,7 +139,7 @@ impl Metrics {
     }
 
     pub fn attempt(&self, target: &str, result: AttemptResult, elapsed: Duration) {
-        let Some(counters) = self.targets.get(target) else { return };
+        let Some(counters) = self.target(target) else { return };
         counters.latency.observe(elapsed);
         let counter = match result {
             AttemptResult::Delivered => &counters.delivered,
@@ -132,7 +151,7 @@ impl Metrics {
 
     /// (delivered, retry, dead) attempts of `target` since start.
     pub fn attempt_counts(&self, target: &str) -> (u64, u64, u64) {
-        self.targets.get(target).map_or((0, 0, 0), |c| {
+        self.target(target).map_or((0, 0, 0), |c| {
             (
                 c.delivered.load(Ordering::Relaxed),
                 c.retried.load(Ordering::Relaxed),
@@ -144,6 +163,8 @@ impl Metrics {
     /// The Prometheus text exposition, with the gauges read by the caller.
     pub fn render(&self, targets: &BTreeMap<String, TargetGauges>, journal_bytes: Option<u64>) -> String {
         let mut out = String::new();
+        let sources = self.sources.read().expect("not poisoned").clone();
+        let counters = self.targets.read().expect("not poisoned").clone();
         let family = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
@@ -153,7 +174,7 @@ impl Metrics {
             "counter",
             "Deliveries verified and journaled.",
         );
-        for (source, c) in &self.sources {
+        for (source, c) in &sources {
             let _ = writeln!(
                 out,
                 "hookrelay_deliveries_received_total{{source=\"{source}\"}} {}",
@@ -166,7 +187,7 @@ impl Metrics {
             "counter",
             "Repeated webhook-ids answered with the original id.",
         );
-        for (source, c) in &self.sources {
+        for (source, c) in &sources {
             let _ = writeln!(
                 out,
                 "hookrelay_deliveries_duplicate_total{{source=\"{source}\"}} {}",
@@ -193,7 +214,7 @@ impl Metrics {
         );
         self.ingest_latency.render(&mut out, "hookrelay_ingest_duration_seconds", "");
         family(&mut out, "hookrelay_attempts_total", "counter", "Delivery attempts by outcome.");
-        for (target, c) in &self.targets {
+        for (target, c) in &counters {
             for (outcome, counter) in [("delivered", &c.delivered), ("retry", &c.retried), ("dead", &c.dead)]
             {
                 let _ = writeln!(
@@ -209,7 +230,7 @@ impl Metrics {
             "counter",
             "Jobs that spent their retry budget since start.",
         );
-        for (target, c) in &self.targets {
+        for (target, c) in &counters {
             let _ = writeln!(
                 out,
                 "hookrelay_jobs_dead_total{{target=\"{target}\"}} {}",
@@ -217,7 +238,7 @@ impl Metrics {
             );
         }
         family(&mut out, "hookrelay_attempt_duration_seconds", "histogram", "Time of one delivery attempt.");
-        for (target, c) in &self.targets {
+        for (target, c) in &counters {
             c.latency.render(&mut out, "hookrelay_attempt_duration_seconds", &format!("target=\"{target}\""));
         }
         family(&mut out, "hookrelay_pending_jobs", "gauge", "Jobs waiting for an attempt or a retry.");

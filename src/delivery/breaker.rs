@@ -50,6 +50,12 @@ impl Breaker {
         self.state
     }
 
+    /// New thresholds from a reload; the current state and failure streak stay.
+    pub fn reconfigure(&mut self, threshold: u32, probe_interval: Duration) {
+        self.threshold = threshold.max(1);
+        self.probe_interval_ms = u64::try_from(probe_interval.as_millis()).unwrap_or(u64::MAX);
+    }
+
     /// Asks to send one job at `now_ms`.
     pub fn admit(&mut self, now_ms: u64) -> Admission {
         match self.state {

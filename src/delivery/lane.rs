@@ -16,25 +16,64 @@ use super::breaker::{Admission, Breaker, BreakerState};
 use super::outbound::{self, AttemptInfo, HttpClient, Signer};
 use super::policy::{self, AttemptOutcome, Decision};
 use super::queue::Next;
-use crate::config::{RetryConfig, TargetConfig};
+use crate::config::{RateLimit, RetryConfig, TargetConfig};
 use crate::journal::{Attempt, Journal, QueueEntry};
+use crate::live::Live;
 use crate::metrics::{AttemptResult, Metrics, TargetGauges};
 use crate::time::now_ms;
+use rustls_pki_types::CertificateDer;
 
 /// How long an idle lane sleeps when nothing wakes it (a safety net only).
 const IDLE_RECHECK: Duration = Duration::from_secs(60);
 
-pub(crate) struct Lane {
-    name: String,
+/// What a target's config says about sending; swapped whole by a reload.
+/// An attempt uses the snapshot it started with.
+struct LaneSettings {
     source: String,
     url: Uri,
-    rate: Option<crate::config::RateLimit>,
+    rate: Option<RateLimit>,
     concurrency: u32,
     signer: Signer,
     timeout: Duration,
     retry: RetryConfig,
+    ca_certs: Vec<CertificateDer<'static>>,
     client: HttpClient,
-    limiter: Option<DefaultDirectRateLimiter>,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+}
+
+impl LaneSettings {
+    /// Keeps the previous connection pool and rate-limit bucket when the
+    /// target's CA files and rate did not change.
+    fn new(target: &TargetConfig, previous: Option<&LaneSettings>) -> Self {
+        let client = match previous {
+            Some(previous) if previous.ca_certs == target.ca_certs => previous.client.clone(),
+            _ => outbound::client(target),
+        };
+        let limiter = match previous {
+            Some(previous) if previous.rate == target.rate_limit => previous.limiter.clone(),
+            _ => target.rate_limit.map(|rate| {
+                Arc::new(RateLimiter::direct(Quota::per_second(rate.per_second).allow_burst(rate.burst)))
+            }),
+        };
+        LaneSettings {
+            source: target.source.clone(),
+            url: target.url.clone(),
+            rate: target.rate_limit,
+            concurrency: target.concurrency.get(),
+            signer: Signer::new(target),
+            timeout: target.timeout,
+            retry: target.retry,
+            ca_certs: target.ca_certs.clone(),
+            client,
+            limiter,
+        }
+    }
+}
+
+pub(crate) struct Lane {
+    name: String,
+    settings: Live<LaneSettings>,
+    /// Sized to the configured concurrency (resized by a reload).
     permits: Arc<Semaphore>,
     breaker: Mutex<Breaker>,
     /// Pending jobs not in flight; a job leaves it when its attempt starts
@@ -55,17 +94,7 @@ impl Lane {
     ) -> Self {
         Lane {
             name: target.name.clone(),
-            source: target.source.clone(),
-            url: target.url.clone(),
-            rate: target.rate_limit,
-            concurrency: target.concurrency.get(),
-            signer: Signer::new(target),
-            timeout: target.timeout,
-            retry: target.retry,
-            client: outbound::client(target),
-            limiter: target
-                .rate_limit
-                .map(|rate| RateLimiter::direct(Quota::per_second(rate.per_second).allow_burst(rate.burst))),
+            settings: Live::new(LaneSettings::new(target, None)),
             permits: Arc::new(Semaphore::new(target.concurrency.get() as usize)),
             breaker: Mutex::new(Breaker::new(target.breaker.failures.get(), target.breaker.probe_interval)),
             inbox,
@@ -79,16 +108,56 @@ impl Lane {
         &self.name
     }
 
+    /// Takes a reloaded target config: URL, secrets, rate, concurrency,
+    /// timeout, retry policy, breaker thresholds. Attempts in flight finish
+    /// on the settings they started with. Also undoes [`Lane::retire`].
+    pub(crate) fn reconfigure(&self, target: &TargetConfig) {
+        let previous = self.settings.get();
+        let (old, new) = (previous.concurrency, target.concurrency.get());
+        self.settings.set(LaneSettings::new(target, Some(&previous)));
+        if new > old {
+            self.permits.add_permits((new - old) as usize);
+        } else if new < old {
+            // Shrink as permits come back: attempts in flight are not cut short.
+            let permits = self.permits.clone();
+            tokio::spawn(async move {
+                if let Ok(taken) = permits.acquire_many_owned(old - new).await {
+                    taken.forget();
+                }
+            });
+        }
+        self.breaker
+            .lock()
+            .expect("not poisoned")
+            .reconfigure(target.breaker.failures.get(), target.breaker.probe_interval);
+        self.inbox.retired.store(false, std::sync::atomic::Ordering::Release);
+        self.inbox.bell.notify_one();
+    }
+
+    /// The target left the config: stop sending. Its pending jobs stay in
+    /// the journal for the day it comes back (or a restart with it).
+    pub(crate) fn retire(&self) {
+        self.inbox.retired.store(true, std::sync::atomic::Ordering::Release);
+        self.inbox.bell.notify_one();
+    }
+
+    pub(crate) fn is_retired(&self) -> bool {
+        self.inbox.retired.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// What `GET /v1/targets` shows of this lane.
     pub(crate) fn describe(&self, now_ms: u64) -> serde_json::Value {
         let gauges = self.gauges(now_ms);
+        let settings = self.settings.get();
         let paused = self.inbox.paused.load(std::sync::atomic::Ordering::Acquire);
         let breaker = match self.breaker.lock().expect("not poisoned").state() {
             BreakerState::Closed => "closed",
             BreakerState::Open { .. } => "open",
             BreakerState::Probing => "probing",
         };
-        let state = if paused {
+        let state = if self.is_retired() {
+            "removed"
+        } else if paused {
             "paused"
         } else if gauges.breaker_open {
             "breaker_open"
@@ -98,8 +167,8 @@ impl Lane {
         let (delivered, retried, dead) = self.metrics.attempt_counts(&self.name);
         serde_json::json!({
             "name": self.name,
-            "source": self.source,
-            "url": self.url.to_string(),
+            "source": settings.source,
+            "url": settings.url.to_string(),
             "state": state,
             "paused": paused,
             "breaker": breaker,
@@ -108,8 +177,8 @@ impl Lane {
             "dead": gauges.dead,
             "in_flight": self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
             "oldest_pending_age_seconds": gauges.oldest_pending_age.map(|age| age.as_secs_f64()),
-            "rate_limit": self.rate.map(|r| serde_json::json!({"per_second": r.per_second.get(), "burst": r.burst.get()})),
-            "concurrency": self.concurrency,
+            "rate_limit": settings.rate.map(|r| serde_json::json!({"per_second": r.per_second.get(), "burst": r.burst.get()})),
+            "concurrency": settings.concurrency,
             "attempts_since_start": {"delivered": delivered, "retry": retried, "dead": dead},
         })
     }
@@ -148,7 +217,7 @@ impl Lane {
             };
             let Some(entry) = self.next_job(&mut stop).await else { break };
             // A job dropped here at a stop is still queued in the journal.
-            if let Some(limiter) = &self.limiter {
+            if let Some(limiter) = self.settings.get().limiter.clone() {
                 tokio::select! {
                     () = limiter.until_ready() => {}
                     _ = stop.wait_for(|stopping| *stopping) => break,
@@ -181,9 +250,9 @@ impl Lane {
                 return None;
             }
             let now = now_ms();
-            let paused = self.inbox.paused.load(std::sync::atomic::Ordering::Acquire);
+            let paused = self.inbox.paused.load(std::sync::atomic::Ordering::Acquire) || self.is_retired();
             let wait_until = if paused {
-                None // resume rings the bell
+                None // resume (or a reload that brings the target back) rings the bell
             } else {
                 let mut queue = self.inbox.queue.lock().expect("not poisoned");
                 match queue.next(now) {
@@ -216,6 +285,7 @@ impl Lane {
     async fn attempt(&self, entry: QueueEntry) {
         // Leaves the in-flight count on every path out of here.
         let in_flight = InFlight(&self.in_flight);
+        let settings = self.settings.get();
         let started_ms = now_ms();
         let started = Instant::now();
         let (outcome, number, created_at_ms, webhook_id) = match self.load(&entry) {
@@ -225,10 +295,12 @@ impl Lane {
                     replay: job.replay.is_some(),
                     now_secs: started_ms / 1000,
                 };
-                let outcome = match outbound::build_request(&self.url, &self.signer, &record, &info) {
-                    Ok(request) => tokio::time::timeout(self.timeout, outbound::send(&self.client, request))
-                        .await
-                        .unwrap_or(AttemptOutcome::Timeout),
+                let outcome = match outbound::build_request(&settings.url, &settings.signer, &record, &info) {
+                    Ok(request) => {
+                        tokio::time::timeout(settings.timeout, outbound::send(&settings.client, request))
+                            .await
+                            .unwrap_or(AttemptOutcome::Timeout)
+                    }
                     Err(err) => AttemptOutcome::Failed(err),
                 };
                 (outcome, info.number, job.created_at_ms, record.webhook_id)
@@ -246,7 +318,7 @@ impl Lane {
         let elapsed = started.elapsed();
         let latency_ms = elapsed.as_millis() as u64;
         let now = now_ms();
-        let decision = policy::decide(&self.retry, number, created_at_ms, now, &outcome, jitter());
+        let decision = policy::decide(&settings.retry, number, created_at_ms, now, &outcome, jitter());
         let counted = match decision {
             Decision::Delivered => AttemptResult::Delivered,
             Decision::RetryAt(_) => AttemptResult::Retry,

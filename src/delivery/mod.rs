@@ -16,13 +16,14 @@ pub mod outbound;
 pub mod policy;
 pub mod queue;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, TargetConfig};
 use crate::journal::{DeliveryId, Journal, JournalError, QueueClass, QueueEntry};
 use crate::metrics::{Metrics, TargetGauges};
 use lane::Lane;
@@ -35,6 +36,8 @@ pub(crate) struct Inbox {
     queue: Mutex<LaneQueue>,
     bell: Notify,
     paused: std::sync::atomic::AtomicBool,
+    /// The target left the config at a reload: nothing is sent.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl Inbox {
@@ -44,47 +47,93 @@ impl Inbox {
     }
 }
 
+/// Every lane, by target name. A reload adds lanes for new targets and
+/// retires the lanes of removed ones (they stay, idle, so their pending jobs
+/// are kept and a target that comes back picks up where it was).
+struct LaneSet {
+    lanes: RwLock<BTreeMap<String, Arc<Lane>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    journal: Arc<Journal>,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+}
+
+impl LaneSet {
+    fn lane(&self, target: &str) -> Option<Arc<Lane>> {
+        self.lanes.read().expect("not poisoned").get(target).cloned()
+    }
+
+    fn all(&self) -> Vec<Arc<Lane>> {
+        self.lanes.read().expect("not poisoned").values().cloned().collect()
+    }
+
+    /// Builds a lane for `target`, loads its pending jobs from the journal
+    /// and starts it.
+    fn start(&self, target: &TargetConfig) -> Result<Arc<Lane>, JournalError> {
+        let inbox = Arc::new(Inbox::default());
+        if self.journal.is_paused(&target.name)? {
+            tracing::warn!(target_name = %target.name, "target is paused (resume it through the admin API)");
+            inbox.paused.store(true, std::sync::atomic::Ordering::Release);
+        }
+        let pending = self.journal.queued(&target.name)?;
+        if !pending.is_empty() {
+            tracing::info!(target_name = %target.name, pending = pending.len(), "resuming pending jobs");
+        }
+        for entry in pending {
+            inbox.push(entry);
+        }
+        let lane = Arc::new(Lane::new(target, self.journal.clone(), inbox, self.metrics.clone()));
+        let task = tokio::spawn(lane.clone().run(self.stop.clone(), self.grace));
+        self.tasks.lock().expect("not poisoned").push(task);
+        Ok(lane)
+    }
+}
+
 /// Hands newly journaled jobs to their lanes.
-#[derive(Clone, Default)]
-pub struct Inboxes(Arc<HashMap<String, Arc<Inbox>>>);
+#[derive(Clone)]
+pub struct Inboxes(Arc<LaneSet>);
 
 impl Inboxes {
     /// Queues the fresh job of `delivery` for `target` (already durable in the
     /// journal) and wakes the target's lane.
     pub fn deliver(&self, target: &str, delivery: DeliveryId) {
-        if let Some(inbox) = self.0.get(target) {
-            inbox.push(QueueEntry::new(target, QueueClass::Fresh, delivery.received_at_ms, delivery));
+        if let Some(lane) = self.0.lane(target) {
+            lane.inbox.push(QueueEntry::new(target, QueueClass::Fresh, delivery.received_at_ms, delivery));
         }
     }
 }
 
-/// Every lane of the configured targets, ready to run.
+/// The lanes, started: deliveries flow as soon as [`Dispatcher::new`] returns.
 pub struct Dispatcher {
-    lanes: Arc<Vec<Arc<Lane>>>,
-    inboxes: Inboxes,
+    set: Arc<LaneSet>,
 }
 
 /// The lanes as the admin API sees them: live figures, pause and resume.
 #[derive(Clone)]
-pub struct LaneStatus(Arc<Vec<Arc<Lane>>>);
+pub struct LaneStatus(Arc<LaneSet>);
 
 impl LaneStatus {
-    pub fn gauges(&self, now_ms: u64) -> std::collections::BTreeMap<String, TargetGauges> {
-        self.0.iter().map(|lane| (lane.name().to_owned(), lane.gauges(now_ms))).collect()
+    pub fn gauges(&self, now_ms: u64) -> BTreeMap<String, TargetGauges> {
+        self.0.all().iter().map(|lane| (lane.name().to_owned(), lane.gauges(now_ms))).collect()
     }
 
-    /// One JSON object per target, in name order.
+    /// One JSON object per target, in name order (removed targets whose
+    /// lanes still hold jobs show as `removed`).
     pub fn describe(&self, now_ms: u64) -> Vec<serde_json::Value> {
-        let mut lanes: Vec<&Arc<Lane>> = self.0.iter().collect();
-        lanes.sort_by(|a, b| a.name().cmp(b.name()));
-        lanes.into_iter().map(|lane| lane.describe(now_ms)).collect()
+        self.0
+            .all()
+            .iter()
+            .filter(|lane| !lane.is_retired() || lane.gauges(now_ms).pending > 0)
+            .map(|lane| lane.describe(now_ms))
+            .collect()
     }
 
     /// Hands requeued (replayed) jobs, already durable, to their lanes.
     pub fn enqueue(&self, entries: Vec<(String, QueueEntry)>) {
         let mut woken = std::collections::HashSet::new();
         for (target, entry) in entries {
-            let Some(lane) = self.0.iter().find(|lane| lane.name() == target) else { continue };
+            let Some(lane) = self.0.lane(&target) else { continue };
             lane.inbox.queue.lock().expect("not poisoned").push(entry);
             if woken.insert(target) {
                 lane.inbox.bell.notify_one();
@@ -99,53 +148,82 @@ impl LaneStatus {
         paused: bool,
         now_ms: u64,
     ) -> Result<Option<serde_json::Value>, JournalError> {
-        let Some(lane) = self.0.iter().find(|lane| lane.name() == target) else { return Ok(None) };
+        let Some(lane) = self.0.lane(target).filter(|lane| !lane.is_retired()) else { return Ok(None) };
         lane.set_paused(paused)?;
         Ok(Some(lane.describe(now_ms)))
     }
 }
 
 impl Dispatcher {
-    /// Builds a lane per target and loads its pending jobs from the journal
-    /// (call before ingress starts, so no job is loaded twice).
-    pub fn new(config: &Config, journal: Arc<Journal>, metrics: Arc<Metrics>) -> Result<Self, JournalError> {
-        let mut lanes = Vec::new();
-        let mut inboxes = HashMap::new();
+    /// Starts a lane per target with its pending jobs from the journal (call
+    /// before ingress starts, so no job is loaded twice). Lanes stop taking
+    /// jobs when `stop` turns true.
+    pub fn new(
+        config: &Config,
+        journal: Arc<Journal>,
+        metrics: Arc<Metrics>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Self, JournalError> {
+        let set = Arc::new(LaneSet {
+            lanes: RwLock::new(BTreeMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            journal,
+            metrics,
+            stop,
+            grace: config.server.shutdown_grace,
+        });
         for target in config.targets.values() {
-            let inbox = Arc::new(Inbox::default());
-            if journal.is_paused(&target.name)? {
-                tracing::warn!(target_name = %target.name, "target is paused (resume it through the admin API)");
-                inbox.paused.store(true, std::sync::atomic::Ordering::Release);
-            }
-            let pending = journal.queued(&target.name)?;
-            if !pending.is_empty() {
-                tracing::info!(target_name = %target.name, pending = pending.len(), "resuming pending jobs");
-            }
-            for entry in pending {
-                inbox.push(entry);
-            }
-            inboxes.insert(target.name.clone(), inbox.clone());
-            lanes.push(Arc::new(Lane::new(target, journal.clone(), inbox, metrics.clone())));
+            let lane = set.start(target)?;
+            set.lanes.write().expect("not poisoned").insert(target.name.clone(), lane);
         }
-        Ok(Dispatcher { lanes: Arc::new(lanes), inboxes: Inboxes(Arc::new(inboxes)) })
+        Ok(Dispatcher { set })
     }
 
     pub fn inboxes(&self) -> Inboxes {
-        self.inboxes.clone()
+        Inboxes(self.set.clone())
     }
 
     pub fn status(&self) -> LaneStatus {
-        LaneStatus(self.lanes.clone())
+        LaneStatus(self.set.clone())
     }
 
-    /// Runs every lane until `stop` turns true, then gives in-flight attempts
-    /// `grace` to finish and record their outcomes. Jobs not finished stay
-    /// queued for the next start.
-    pub async fn run(self, stop: watch::Receiver<bool>, grace: Duration) {
-        let lanes: Vec<_> =
-            self.lanes.iter().map(|lane| tokio::spawn(lane.clone().run(stop.clone(), grace))).collect();
-        for lane in lanes {
-            let _ = lane.await;
+    /// Takes the targets of a reloaded config: changed ones are
+    /// reconfigured in place, new ones get a lane, removed ones are retired.
+    pub fn reconfigure(&self, config: &Config) -> Result<(), JournalError> {
+        let mut lanes = self.set.lanes.write().expect("not poisoned");
+        for target in config.targets.values() {
+            match lanes.get(&target.name) {
+                Some(lane) => lane.reconfigure(target),
+                None => {
+                    let lane = self.set.start(target)?;
+                    lanes.insert(target.name.clone(), lane);
+                }
+            }
+        }
+        for (name, lane) in lanes.iter() {
+            if !config.targets.contains_key(name) && !lane.is_retired() {
+                tracing::warn!(target_name = %name, "target removed from the config: its pending jobs stay in the journal");
+                lane.retire();
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until `stop` turns true and every lane has let its in-flight
+    /// attempts finish (within the grace period) and record their outcomes.
+    /// Jobs not finished stay queued for the next start.
+    pub async fn run(&self) {
+        let mut stop = self.set.stop.clone();
+        let _ = stop.wait_for(|stopping| *stopping).await;
+        loop {
+            let tasks: Vec<JoinHandle<()>> =
+                std::mem::take(&mut *self.set.tasks.lock().expect("not poisoned"));
+            if tasks.is_empty() {
+                break;
+            }
+            for task in tasks {
+                let _ = task.await;
+            }
         }
     }
 }
