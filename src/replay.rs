@@ -251,12 +251,13 @@ impl Replayer {
         let pairs = self
             .candidates(selection)
             .map(|candidate| candidate.map(|Candidate { delivery, target, .. }| (delivery, target)));
-        let mut started = self.journal.start_replay(selection.describe(), pairs, now_ms)?;
+        let started = self
+            .journal
+            .start_replay(selection.describe(), pairs, now_ms, |queued| self.lanes.enqueue(queued))?;
         tracing::info!(
             replay_id = %started.id, matched = started.matched, skipped_pending = started.skipped,
             selection = %selection.describe(), "replay started"
         );
-        self.lanes.enqueue(std::mem::take(&mut started.queued));
         Ok(started)
     }
 

@@ -365,7 +365,10 @@ async fn dead_deliveries_are_purged_only_on_request() {
             )
             .await;
     }
-    wait_for_json(gateway.admin_addr, "/v1/targets", "dead", |t| target_field(t, "down", "dead") == 3).await;
+    wait_for_json(gateway.admin_addr, "/v1/targets", "settled", |t| {
+        target_field(t, "down", "dead") == 3 && target_field(t, "healthy", "pending") == 0
+    })
+    .await;
     let admin = format!("http://{}", gateway.admin_addr);
 
     let (code, stdout, stderr) = cli(args(&[
@@ -435,7 +438,7 @@ async fn retention_prunes_delivered_deliveries_in_the_background_and_keeps_dead_
     assert_eq!(gateway_journal_len(&dir), 5);
 
     // With a tiny retention the sweep at start-up prunes the delivered four.
-    let gateway = TestGateway::with(options("retention = \"1ms\"")).await;
+    let gateway = TestGateway::with(options("retention = \"1ms\"\ndedup_window = \"1ms\"")).await;
     let deadline = Instant::now() + WAIT;
     while gateway.journal.len() != 1 {
         assert!(Instant::now() < deadline, "retention did not prune: {} left", gateway.journal.len());

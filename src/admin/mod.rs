@@ -83,14 +83,7 @@ impl Admin {
     /// The `/v1` operator API; `rest` is the path after `/v1/`.
     fn api(&self, request: &Parts, body: &[u8], rest: &str) -> Response<Full<Bytes>> {
         if !self.authorized(request) {
-            let mut response = json(
-                StatusCode::UNAUTHORIZED,
-                &serde_json::json!({"error": "unauthorized", "message": "a valid bearer token is required"}),
-            );
-            response
-                .headers_mut()
-                .insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
+            return unauthorized();
         }
         let now_ms = crate::time::now_ms();
         let segments: Vec<&str> = rest.split('/').collect();
@@ -172,6 +165,15 @@ impl Admin {
     }
 }
 
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut response = json(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({"error": "unauthorized", "message": "a valid bearer token is required"}),
+    );
+    response.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
 pub(super) fn journal_error(err: &crate::journal::JournalError) -> Response<Full<Bytes>> {
     tracing::error!(error = %err, "admin API: journal read failed");
     error(StatusCode::SERVICE_UNAVAILABLE, "journal_unavailable", "the journal could not be read")
@@ -209,8 +211,17 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: impl Future<O
             let admin = admin.clone();
             async move {
                 let (parts, body) = request.into_parts();
-                let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
-                    Ok(body) => body.to_bytes(),
+                // Nobody gets to make us buffer a body before the token checks out.
+                if parts.uri.path().starts_with("/v1/") && !admin.authorized(&parts) {
+                    return Ok(unauthorized());
+                }
+                let body = if parts.method != Method::POST {
+                    Ok(Bytes::new())
+                } else {
+                    Limited::new(body, MAX_REQUEST_BODY).collect().await.map(|body| body.to_bytes())
+                };
+                let body = match body {
+                    Ok(body) => body,
                     Err(_) => {
                         return Ok::<_, Infallible>(error(
                             StatusCode::PAYLOAD_TOO_LARGE,

@@ -322,27 +322,31 @@ fn sign_headers(args: SignArgs) -> Result<String, String> {
     ))
 }
 
+/// How long a command waits for an answer.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Sends one request from the command line and reads the answer; exit 69
-/// (after saying why) when `what` cannot be reached within 30 s.
+/// (after saying why) when `what` cannot be reached or does not answer
+/// within `timeout`.
 fn http_call(
     request: hyper::Request<http_body_util::Full<bytes::Bytes>>,
     what: &str,
+    timeout: std::time::Duration,
 ) -> Result<(hyper::StatusCode, bytes::Bytes), u8> {
     runtime()?.block_on(async {
         use http_body_util::BodyExt;
         let client = crate::delivery::outbound::http_client(&[], 1);
-        let response =
-            match tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request)).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(err)) => {
-                    eprintln!("hookrelay: cannot reach {what}: {err}");
-                    return Err(EXIT_UNAVAILABLE);
-                }
-                Err(_) => {
-                    eprintln!("hookrelay: no answer from {what} within 30s");
-                    return Err(EXIT_UNAVAILABLE);
-                }
-            };
+        let response = match tokio::time::timeout(timeout, client.request(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => {
+                eprintln!("hookrelay: cannot reach {what}: {err}");
+                return Err(EXIT_UNAVAILABLE);
+            }
+            Err(_) => {
+                eprintln!("hookrelay: no answer from {what} within {}s", timeout.as_secs());
+                return Err(EXIT_UNAVAILABLE);
+            }
+        };
         let status = response.status();
         let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         Ok((status, body))
@@ -437,7 +441,7 @@ fn send_test(args: SendTestArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let (status, body) = match http_call(request, &url) {
+    let (status, body) = match http_call(request, &url, ANSWER_TIMEOUT) {
         Ok(answer) => answer,
         Err(code) => return code,
     };

@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, http_call};
+use super::{ANSWER_TIMEOUT, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, http_call};
+
+/// Starting a replay writes every selected job before the API answers:
+/// a large one takes a while.
+const REPLAY_START_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Args, Debug)]
 pub(super) struct DeliveriesArgs {
@@ -265,6 +269,7 @@ fn admin_call(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<serde_json::Value, u8> {
+    let timeout = if path == "/v1/replays" && body.is_some() { REPLAY_START_TIMEOUT } else { ANSWER_TIMEOUT };
     let token = match &args.token_file {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
@@ -292,7 +297,7 @@ fn admin_call(
         EXIT_USAGE
     })?;
     let (status, body) =
-        http_call(request, &format!("the admin API at {} (is the gateway running?)", args.admin))?;
+        http_call(request, &format!("the admin API at {} (is the gateway running?)", args.admin), timeout)?;
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     if status == hyper::StatusCode::UNAUTHORIZED {
         eprintln!("hookrelay: the admin API refused the token (set HOOKRELAY_ADMIN_TOKEN or --token-file)");

@@ -557,10 +557,20 @@ impl Validator<'_> {
         if raw.path.as_os_str().is_empty() {
             return Err(self.err("journal.path", "must not be empty"));
         }
+        let dedup_window = self.positive("journal.dedup_window", raw.dedup_window.0)?;
+        let retention = self.positive("journal.retention", raw.retention.0)?;
+        if retention < dedup_window {
+            // Else a repeated webhook would be answered with the id of a
+            // delivery already pruned.
+            return Err(self.err(
+                "journal.retention",
+                format!("must be at least journal.dedup_window ({dedup_window:?}), not {retention:?}"),
+            ));
+        }
         Ok(JournalConfig {
             path: self.base_dir.join(raw.path),
-            dedup_window: self.positive("journal.dedup_window", raw.dedup_window.0)?,
-            retention: self.positive("journal.retention", raw.retention.0)?,
+            dedup_window,
+            retention,
             cache: raw.cache.0,
             max_disk: raw.max_disk.map(|size| size.0),
         })

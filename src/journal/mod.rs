@@ -15,6 +15,7 @@
 //!   pending and it is retried at the next start.
 //! - `K` target `\0` delivery id → empty: the dead jobs of a target, for the
 //!   dead-jobs gauge (counted once at open, then kept in step).
+//! - `M` name → journal metadata (markers of one-off index builds).
 //! - `R` replay id → the replay's selection; `X` replay id ++ delivery id ++
 //!   target → empty: the pairs it requeued (see `replays`).
 //!
@@ -93,8 +94,10 @@ pub struct Journal {
     writer: Writer,
     dedup_window_ms: u64,
     quota: Option<Quota>,
-    /// Dead jobs per target, mirroring the `K` index.
-    dead: Mutex<HashMap<String, u64>>,
+    /// Dead jobs per target, mirroring the `K` index. Signed and never
+    /// clamped: a revive may be counted before the death it undoes, and the
+    /// sum comes out right in any order.
+    dead: Mutex<HashMap<String, i64>>,
     /// Serialises replays, pruning and purges (see the module docs).
     maintenance: Mutex<()>,
 }
@@ -129,7 +132,8 @@ impl Journal {
                 refreshed_at_ms: AtomicU64::new(0),
             }),
         };
-        let mut dead = HashMap::<String, u64>::new();
+        index_dead_jobs(&db, &tree)?;
+        let mut dead = HashMap::<String, i64>::new();
         for entry in tree.scan_prefix(keys::DEAD) {
             let (key, _) = entry?;
             if let Some(target) = keys::dead_target(&key) {
@@ -191,13 +195,12 @@ impl Journal {
 
     /// How many jobs of `target` are dead (kept until replayed or purged).
     pub fn dead_count(&self, target: &str) -> u64 {
-        self.dead.lock().expect("not poisoned").get(target).copied().unwrap_or(0)
+        let count = self.dead.lock().expect("not poisoned").get(target).copied().unwrap_or(0);
+        u64::try_from(count).unwrap_or(0)
     }
 
     fn count_dead(&self, target: &str, change: i64) {
-        let mut dead = self.dead.lock().expect("not poisoned");
-        let count = dead.entry(target.to_owned()).or_default();
-        *count = count.saturating_add_signed(change);
+        *self.dead.lock().expect("not poisoned").entry(target.to_owned()).or_default() += change;
     }
 
     /// How many jobs of `target` are pending (fresh, retries and replays).
@@ -397,6 +400,26 @@ impl QueueEntry {
     }
 }
 
+/// Journals written before the `K` index existed hold dead jobs without
+/// entries: index them once, then leave a marker so it is never redone.
+fn index_dead_jobs(db: &sled::Db, tree: &sled::Tree) -> Result<(), JournalError> {
+    if tree.contains_key(keys::DEAD_INDEX_MARKER)? {
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    for entry in tree.scan_prefix(keys::JOBS) {
+        let (key, value) = entry?;
+        let job = decode_job(&key, &value)?;
+        if job.state == JobState::Dead {
+            batch.insert(keys::dead(&job.target, job.delivery), &[]);
+        }
+    }
+    batch.insert(keys::DEAD_INDEX_MARKER, &[1u8]);
+    tree.apply_batch(batch)?;
+    db.flush()?;
+    Ok(())
+}
+
 fn decode_job(key: &[u8], bytes: &[u8]) -> Result<Job, JournalError> {
     Job::decode(bytes).map_err(|error| JournalError::Corrupt { key: format!("job {key:02x?}"), error })
 }
@@ -415,6 +438,9 @@ mod keys {
     pub const DELIVERY: &[u8] = b"D";
     pub const DEDUP: &[u8] = b"U";
     pub const DEAD: &[u8] = b"K";
+    /// Present once the `K` index covers every dead job.
+    pub const DEAD_INDEX_MARKER: &[u8] = b"M:dead-index";
+    pub const JOBS: &[u8] = b"J";
     pub const REPLAY: &[u8] = b"R";
     const REPLAY_PAIR: &[u8] = b"X";
     const JOB: u8 = b'J';

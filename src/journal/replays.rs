@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::{DeliveryId, Job, JobState, Journal, JournalError, QueueClass, QueueEntry, keys};
 
-/// Pairs written per sled batch: bounds the memory a huge replay holds at once.
+/// Pairs written per sled batch: bounds what a huge replay holds in memory.
 const CHUNK: usize = 1024;
 
 /// A replay's id: a journal sequence number, shown as `rpl_` and 16 hex digits.
@@ -45,16 +45,53 @@ impl FromStr for ReplayId {
 }
 
 /// What [`Journal::start_replay`] did.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayStarted {
     pub id: ReplayId,
     /// Pairs requeued.
     pub matched: u64,
     /// Pairs left alone because their job was still pending.
     pub skipped: u64,
-    /// The queue entries written (with their targets), for the lanes'
-    /// in-memory queues.
-    pub queued: Vec<(String, QueueEntry)>,
+}
+
+/// One batch of a replay being written.
+struct Batch<'a> {
+    journal: &'a Journal,
+    writes: sled::Batch,
+    pairs: std::collections::HashSet<(DeliveryId, String)>,
+    queued: Vec<(String, QueueEntry)>,
+    /// Targets of dead jobs this batch revives (for the dead counts).
+    revived: Vec<String>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(journal: &'a Journal) -> Self {
+        Batch {
+            journal,
+            writes: sled::Batch::default(),
+            pairs: std::collections::HashSet::new(),
+            queued: Vec::new(),
+            revived: Vec::new(),
+        }
+    }
+
+    /// Writes the batch with the summary so far, then hands its queue
+    /// entries over.
+    fn commit(
+        mut self,
+        summary: &ReplaySummary,
+        hand_over: &mut impl FnMut(Vec<(String, QueueEntry)>),
+    ) -> Result<(), JournalError> {
+        self.writes.insert(keys::replay(summary.id.0), encode_summary(summary));
+        self.journal.tree.apply_batch(self.writes)?;
+        for target in self.revived {
+            self.journal.count_dead(&target, -1);
+        }
+        if !self.queued.is_empty() {
+            hand_over(self.queued);
+        }
+        Ok(())
+    }
 }
 
 /// A replay as created.
@@ -90,13 +127,19 @@ impl ReplayProgress {
 impl Journal {
     /// Requeues every pair `pairs` yields (skipping pairs whose job is still
     /// pending), under a new replay id, and returns once all of it is durable:
-    /// a replay that was answered survives a crash. The queue entries it
-    /// wrote come back for the lanes.
+    /// a replay that was answered survives a crash.
+    ///
+    /// Pairs are written in batches; after each batch `hand_over` gets the
+    /// queue entries it wrote (with their targets) for the lanes' in-memory
+    /// queues. So a replay that fails part way (a corrupt record, a storage
+    /// error) leaves no requeued job unknown to its lane, and its summary,
+    /// rewritten with every batch, counts what it did requeue.
     pub fn start_replay<I>(
         &self,
         selection: Value,
         pairs: I,
         now_ms: u64,
+        mut hand_over: impl FnMut(Vec<(String, QueueEntry)>),
     ) -> Result<ReplayStarted, JournalError>
     where
         I: IntoIterator<Item = Result<(DeliveryId, String), JournalError>>,
@@ -104,19 +147,13 @@ impl Journal {
         let _maintenance = self.maintenance.lock().expect("not poisoned");
         let id = ReplayId(self.db.generate_id()?);
         let mut summary = ReplaySummary { id, created_at_ms: now_ms, selection, matched: 0, skipped: 0 };
-        // The summary goes first, so a replay cut short by a crash is still
-        // listed with the pairs it did requeue.
         self.tree.insert(keys::replay(id.0), encode_summary(&summary))?;
-        let mut queued = Vec::new();
-        let mut batch = sled::Batch::default();
-        let mut in_batch = 0;
-        let mut revived: Vec<String> = Vec::new();
-        // Pairs in the unwritten batch: a repeated pair must not be read back
-        // as its old state and requeued (or counted) twice.
-        let mut in_this_batch = std::collections::HashSet::new();
+        let mut batch = Batch::new(self);
         for pair in pairs {
             let (delivery, target) = pair?;
-            if !in_this_batch.insert((delivery, target.clone())) {
+            if !batch.pairs.insert((delivery, target.clone())) {
+                // Already in this batch: reading its job back would see the
+                // old state and requeue (and count) it twice.
                 continue;
             }
             let job = match self.job(delivery, &target)? {
@@ -126,8 +163,8 @@ impl Journal {
                 }
                 Some(mut job) => {
                     if job.state == JobState::Dead {
-                        batch.remove(keys::dead(&target, delivery));
-                        revived.push(target.clone());
+                        batch.writes.remove(keys::dead(&target, delivery));
+                        batch.revived.push(target.clone());
                     }
                     job.state = JobState::Pending;
                     job.attempts = 0;
@@ -139,30 +176,19 @@ impl Journal {
                 None => Job::new(delivery, &target, now_ms, Some(id)),
             };
             let entry = QueueEntry::new(&target, QueueClass::Replay, now_ms, delivery);
-            batch.insert(keys::job(delivery, &target), job.encode());
-            batch.insert(entry.key.as_slice(), &[]);
-            batch.insert(keys::replay_pair(id.0, delivery, &target), &[]);
-            queued.push((target, entry));
+            batch.writes.insert(keys::job(delivery, &target), job.encode());
+            batch.writes.insert(entry.key.as_slice(), &[]);
+            batch.writes.insert(keys::replay_pair(id.0, delivery, &target), &[]);
+            batch.queued.push((target, entry));
             summary.matched += 1;
-            in_batch += 1;
-            if in_batch == CHUNK {
-                self.apply_replay_batch(std::mem::take(&mut batch), &mut revived)?;
-                in_batch = 0;
-                in_this_batch.clear();
+            if batch.queued.len() == CHUNK {
+                batch.commit(&summary, &mut hand_over)?;
+                batch = Batch::new(self);
             }
         }
-        batch.insert(keys::replay(id.0), encode_summary(&summary));
-        self.apply_replay_batch(batch, &mut revived)?;
+        batch.commit(&summary, &mut hand_over)?;
         self.db.flush()?;
-        Ok(ReplayStarted { id, matched: summary.matched, skipped: summary.skipped, queued })
-    }
-
-    fn apply_replay_batch(&self, batch: sled::Batch, revived: &mut Vec<String>) -> Result<(), JournalError> {
-        self.tree.apply_batch(batch)?;
-        for target in revived.drain(..) {
-            self.count_dead(&target, -1);
-        }
-        Ok(())
+        Ok(ReplayStarted { id, matched: summary.matched, skipped: summary.skipped })
     }
 
     /// A replay and where its pairs stand, read from their jobs; `Ok(None)`
@@ -209,15 +235,22 @@ impl Journal {
             .collect()
     }
 
-    /// Removes a finished replay's record and pair list (its jobs stay).
+    /// Removes a finished replay's record and pair list (its jobs stay),
+    /// the record first so a half-removed replay is never listed.
     pub(super) fn forget_replay(&self, id: ReplayId) -> Result<(), JournalError> {
-        let mut batch = sled::Batch::default();
-        for entry in self.tree.scan_prefix(keys::replay_pairs(id.0)) {
-            batch.remove(entry?.0);
+        self.tree.remove(keys::replay(id.0))?;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut removed = 0;
+            for entry in self.tree.scan_prefix(keys::replay_pairs(id.0)).take(CHUNK) {
+                batch.remove(entry?.0);
+                removed += 1;
+            }
+            if removed == 0 {
+                return Ok(());
+            }
+            self.tree.apply_batch(batch)?;
         }
-        batch.remove(keys::replay(id.0));
-        self.tree.apply_batch(batch)?;
-        Ok(())
     }
 }
 

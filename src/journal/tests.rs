@@ -228,10 +228,13 @@ async fn a_replay_requeues_settled_jobs_skips_pending_ones_and_survives_reopen()
         // Target "b" never had jobs: a replay creates them (backfill).
         let pairs = [(dead, "a"), (delivered, "a"), (pending, "a"), (dead, "b"), (dead, "a")]
             .map(|(id, t)| Ok((id, t.to_owned())));
-        let started = journal.start_replay(serde_json::json!({"test": true}), pairs, 7_000).unwrap();
+        let mut queued = Vec::new();
+        let started = journal
+            .start_replay(serde_json::json!({"test": true}), pairs, 7_000, |batch| queued.extend(batch))
+            .unwrap();
         assert_eq!((started.matched, started.skipped), (3, 1), "pending skipped, repeated pair once");
-        assert_eq!(started.queued.len(), 3);
-        assert!(started.queued.iter().all(|(_, entry)| entry.class == QueueClass::Replay));
+        assert_eq!(queued.len(), 3);
+        assert!(queued.iter().all(|(_, entry)| entry.class == QueueClass::Replay));
         assert_eq!(journal.dead_count("a"), 0, "the dead job is pending again");
         (dead, delivered, pending, started.id)
     };
@@ -273,7 +276,7 @@ async fn a_replay_requeues_settled_jobs_skips_pending_ones_and_survives_reopen()
 
     // A later replay of the same pair supersedes it in the first one's progress.
     let again =
-        journal.start_replay(serde_json::json!({}), [Ok((delivered, "a".to_owned()))], 10_000).unwrap();
+        journal.start_replay(serde_json::json!({}), [Ok((delivered, "a".to_owned()))], 10_000, drop).unwrap();
     let progress = journal.replay_progress(replay).unwrap().unwrap();
     assert_eq!((progress.done, progress.superseded), (0, 1));
     assert_eq!(journal.replays(10).unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), [again.id, replay]);
@@ -348,4 +351,51 @@ async fn purge_drops_settled_dead_deliveries_before_a_time() {
     drop(journal);
     let journal = Journal::open(&config(dir.path())).unwrap();
     assert_eq!(journal.dead_count("a"), 2);
+}
+
+#[tokio::test]
+async fn a_replay_that_fails_part_way_hands_over_what_it_wrote() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let targets = vec!["a".to_owned()];
+    let mut ids = Vec::new();
+    for i in 0..1_030u64 {
+        let id = journal.append(delivery(&format!("evt_{i}"), 1_000 + i), &targets).await.unwrap().id;
+        settle(&journal, id, "a", Decision::Delivered);
+        ids.push(id);
+    }
+    let pairs = ids
+        .iter()
+        .map(|id| Ok((*id, "a".to_owned())))
+        .chain(std::iter::once(Err(JournalError::Storage("disk on fire".into()))));
+    let mut handed = Vec::new();
+    let err =
+        journal.start_replay(serde_json::json!({}), pairs, 9_000, |batch| handed.extend(batch)).unwrap_err();
+    assert_eq!(err, JournalError::Storage("disk on fire".into()));
+    assert_eq!(handed.len(), 1_024, "the written batch reached the lanes");
+    let replay = journal.replays(1).unwrap()[0].clone();
+    assert_eq!(replay.matched, 1_024, "the summary counts what was requeued");
+    let progress = journal.replay_progress(replay.id).unwrap().unwrap();
+    assert_eq!(progress.pending, 1_024);
+    assert_eq!(journal.queued("a").unwrap().len(), 1_024, "nothing beyond the failure was written");
+}
+
+#[tokio::test]
+async fn dead_jobs_of_a_journal_from_before_the_dead_index_are_counted() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let journal = Journal::open(&config(dir.path())).unwrap();
+        let id = journal.append(delivery("evt_old", 1_000), &["a".to_owned()]).await.unwrap().id;
+        settle(&journal, id, "a", Decision::Dead);
+        // What an older version left: the dead job, no index entry, no marker.
+        journal.tree.remove(keys::dead("a", id)).unwrap();
+        journal.tree.remove(keys::DEAD_INDEX_MARKER).unwrap();
+        journal.flush().unwrap();
+    }
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    assert_eq!(journal.dead_count("a"), 1);
+    assert_eq!(journal.purge_dead(u64::MAX, None, false).unwrap().deliveries, 1);
+    assert_eq!(journal.dead_count("a"), 0);
 }

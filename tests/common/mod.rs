@@ -182,7 +182,6 @@ impl Drop for TestGateway {
     }
 }
 
-/// Sends one request over plain HTTP/1.1 to `addr` on a fresh connection.
 /// `GET path` on the admin listener (no token).
 pub async fn admin_get(addr: SocketAddr, path: &str) -> Reply {
     let request =
@@ -200,6 +199,7 @@ pub async fn admin_post(addr: SocketAddr, path: &str, body: serde_json::Value) -
     send_plain(addr, request).await
 }
 
+/// Sends one request over plain HTTP/1.1 to `addr` on a fresh connection.
 pub async fn send_plain(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
     http1(TcpStream::connect(addr).await.unwrap(), request).await
 }
