@@ -40,11 +40,13 @@ pub mod ingress;
 pub mod journal;
 mod live;
 mod logging;
+pub mod reload;
 pub mod replay;
 pub mod routing;
 pub mod samples;
 mod server;
 pub mod signature;
+pub mod systemd;
 pub mod tap;
 pub mod time;
 pub mod tls;
@@ -75,33 +77,57 @@ pub enum GatewayError {
 /// `journal.retention` are swept.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
+/// How often `STATUS=` is refreshed for systemd (and at most how long
+/// between watchdog pings, which come at half `WATCHDOG_USEC`).
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
 /// A gateway whose journal is open and whose listeners are bound.
 pub struct Gateway {
     config: Config,
     listener: TcpListener,
     admin_listener: TcpListener,
     journal: Arc<Journal>,
+    reload_requests: tokio::sync::mpsc::UnboundedReceiver<reload::ReloadRequest>,
+    reload_handle: reload::ReloadHandle,
 }
 
 impl Gateway {
     /// Opens the journal and binds `[server] listen` and `[admin] listen`.
     pub async fn bind(config: Config) -> Result<Gateway, GatewayError> {
-        let addr = config.server.listen;
-        let listener = TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })?;
-        Gateway::with_listener(config, listener).await
+        Gateway::with_listeners(config, None, None).await
     }
 
-    /// Uses an already-bound inbound listener (socket activation, tests).
-    pub async fn with_listener(config: Config, listener: TcpListener) -> Result<Gateway, GatewayError> {
-        let admin_addr = config.admin.listen;
-        let admin_listener = TcpListener::bind(admin_addr)
-            .await
-            .map_err(|source| GatewayError::Bind { addr: admin_addr, source })?;
+    /// Uses already-bound listeners where given (systemd socket activation,
+    /// tests) and binds the configured addresses for the others.
+    pub async fn with_listeners(
+        config: Config,
+        inbound: Option<TcpListener>,
+        admin: Option<TcpListener>,
+    ) -> Result<Gateway, GatewayError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })
+        };
+        let listener = match inbound {
+            Some(listener) => listener,
+            None => bind(config.server.listen).await?,
+        };
+        let admin_listener = match admin {
+            Some(listener) => listener,
+            None => bind(config.admin.listen).await?,
+        };
         let journal = Journal::open(&config.journal).map_err(|source| GatewayError::Journal {
             path: config.journal.path.display().to_string(),
             source,
         })?;
-        Ok(Gateway { config, listener, admin_listener, journal: Arc::new(journal) })
+        let (requests, reload_requests) = tokio::sync::mpsc::unbounded_channel();
+        Ok(Gateway {
+            config,
+            listener,
+            admin_listener,
+            journal: Arc::new(journal),
+            reload_requests,
+            reload_handle: reload::ReloadHandle(requests),
+        })
     }
 
     pub fn inbound_addr(&self) -> SocketAddr {
@@ -116,29 +142,43 @@ impl Gateway {
         self.journal.clone()
     }
 
+    /// Asks the running gateway to re-read its config file (SIGHUP).
+    pub fn reload_handle(&self) -> reload::ReloadHandle {
+        self.reload_handle.clone()
+    }
+
     /// Serves until `shutdown` resolves; then stops accepting, lets in-flight
-    /// requests finish within `[server] shutdown_grace`, and flushes the journal.
+    /// requests finish within `[server] shutdown_grace`, and flushes the
+    /// journal. Reloads when asked through [`Gateway::reload_handle`]. Tells
+    /// systemd how it is doing when `$NOTIFY_SOCKET` is set.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
-        let Gateway { config, listener, admin_listener, journal } = self;
+        let Gateway { config, listener, admin_listener, journal, mut reload_requests, reload_handle: _ } =
+            self;
+        let notifier = Arc::new(systemd::Notifier::from_env());
         let metrics = Arc::new(metrics::Metrics::new(&config));
         // One stop signal for both halves: ingress stops accepting and the
         // lanes stop taking jobs at the same moment, then each drains.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let dispatcher =
+        let dispatcher = Arc::new(
             delivery::Dispatcher::new(&config, journal.clone(), metrics.clone(), stop_rx.clone()).map_err(
                 |source| GatewayError::Journal { path: config.journal.path.display().to_string(), source },
-            )?;
+            )?,
+        );
         let ingress = Arc::new(Ingress::new(&config, journal.clone(), dispatcher.inboxes(), metrics.clone()));
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let admin = Arc::new(admin::Admin {
-            metrics,
+            metrics: metrics.clone(),
             lanes: dispatcher.status(),
             journal: journal.clone(),
             replayer: replay::Replayer::new(&config, journal.clone(), dispatcher.status()),
             ready: ready.clone(),
-            token: config.admin.token.clone(),
+            token: live::Live::new(config.admin.token.clone()),
         });
-        let tls = config.server.tls.as_ref().map(|tls| tokio_rustls::TlsAcceptor::from(tls.config.clone()));
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(|tls| Arc::new(live::Live::new(tokio_rustls::TlsAcceptor::from(tls.config.clone()))));
         let limits = server::ConnectionLimits {
             header_timeout: config.server.header_timeout,
             shutdown_grace: config.server.shutdown_grace,
@@ -159,11 +199,69 @@ impl Gateway {
             journal = %config.journal.path.display(),
             "listening"
         );
-        let trigger = async move {
-            shutdown.await;
-            ready.store(false, std::sync::atomic::Ordering::Release);
-            let _ = stop_tx.send(true);
+        let reloadable = reload::Reloadable {
+            path: config.file.clone(),
+            startup: reload::StartupKeys::of(&config),
+            metrics: metrics.clone(),
+            dispatcher: dispatcher.clone(),
+            ingress: ingress.clone(),
+            admin: admin.clone(),
+            tls: tls.clone(),
         };
+        let status = {
+            let (metrics, lanes) = (metrics.clone(), dispatcher.status());
+            move || {
+                let gauges = lanes.gauges(time::now_ms());
+                let pending = gauges.values().map(|g| g.pending as u64).sum();
+                let dead = gauges.values().map(|g| g.dead).sum();
+                systemd::status_line(metrics.accepted_total(), pending, dead)
+            }
+        };
+        // Listeners, TLS and journal are up: from here on requests are served.
+        notifier.ready(&status());
+        let trigger = {
+            let notifier = notifier.clone();
+            async move {
+                shutdown.await;
+                notifier.stopping();
+                ready.store(false, std::sync::atomic::Ordering::Release);
+                let _ = stop_tx.send(true);
+            }
+        };
+        let reloading = {
+            let (notifier, status, mut stop) = (notifier.clone(), status.clone(), stop_rx.clone());
+            async move {
+                loop {
+                    let reply = tokio::select! {
+                        request = reload_requests.recv() => match request {
+                            Some(reply) => reply,
+                            None => return,
+                        },
+                        _ = stop.wait_for(|stopping| *stopping) => return,
+                    };
+                    notifier.reloading();
+                    let result = reloadable.reload().await;
+                    match &result {
+                        Ok(done) if done.needs_restart.is_empty() => tracing::info!(
+                            sources = done.sources,
+                            targets = done.targets,
+                            "configuration reloaded"
+                        ),
+                        Ok(done) => tracing::warn!(
+                            sources = done.sources, targets = done.targets,
+                            needs_restart = %done.needs_restart.join(", "),
+                            "configuration reloaded; some changes take effect only after a restart"
+                        ),
+                        Err(err) => {
+                            tracing::error!(error = %err, "configuration reload failed; still running on the previous configuration")
+                        }
+                    }
+                    notifier.ready(&status());
+                    let _ = reply.send(result);
+                }
+            }
+        };
+        let heartbeat = heartbeat(notifier.clone(), journal.clone(), status, stop_rx.clone());
         let mut server_stop = stop_rx.clone();
         let serving = server::serve(listener, tls, ingress, limits, async move {
             let _ = server_stop.wait_for(|stopping| *stopping).await;
@@ -176,7 +274,7 @@ impl Gateway {
             let _ = drained_rx.await;
         });
         let work = async move {
-            tokio::join!(trigger, serving, delivering);
+            tokio::join!(trigger, serving, delivering, reloading, heartbeat);
             let _ = drained_tx.send(());
         };
         tokio::join!(work, administering);
@@ -186,6 +284,41 @@ impl Gateway {
         flushed.map_err(GatewayError::Flush)?;
         tracing::info!("journal flushed; stopped");
         Ok(())
+    }
+}
+
+/// While systemd listens: `STATUS=` every [`STATUS_INTERVAL`], and with the
+/// watchdog on, `WATCHDOG=1` at half `WATCHDOG_USEC` — but only after the
+/// journal writer answered a ping, so a wedged writer (or a runtime too
+/// stuck to run this task) gets the service restarted.
+async fn heartbeat(
+    notifier: Arc<systemd::Notifier>,
+    journal: Arc<Journal>,
+    status: impl Fn() -> String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if !notifier.is_enabled() {
+        return;
+    }
+    let watchdog = systemd::watchdog_interval();
+    let period = watchdog.map_or(STATUS_INTERVAL, |interval| interval.min(STATUS_INTERVAL));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|stopping| *stopping) => return,
+        }
+        if watchdog.is_some() {
+            match tokio::time::timeout(period, journal.ping()).await {
+                Ok(Ok(())) => notifier.watchdog(),
+                Ok(Err(err)) => {
+                    tracing::error!(error = %err, "journal writer is gone; withholding the watchdog ping")
+                }
+                Err(_) => tracing::error!("journal writer did not answer; withholding the watchdog ping"),
+            }
+        }
+        notifier.status(&status());
     }
 }
 

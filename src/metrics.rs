@@ -149,6 +149,11 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Deliveries accepted (verified and journaled) since start, all sources.
+    pub fn accepted_total(&self) -> u64 {
+        self.sources.read().expect("not poisoned").values().map(|c| c.received.load(Ordering::Relaxed)).sum()
+    }
+
     /// (delivered, retry, dead) attempts of `target` since start.
     pub fn attempt_counts(&self, target: &str) -> (u64, u64, u64) {
         self.target(target).map_or((0, 0, 0), |c| {

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use crate::config::Config;
 use crate::delivery::LaneStatus;
 use crate::journal::{DeliveryId, DeliveryRecord, JobState, Journal, JournalError, ReplayStarted};
+use crate::live::Live;
 use crate::routing::{Route, glob_match};
 use crate::time::parse_instant;
 
@@ -193,33 +194,48 @@ pub struct Count {
     pub skipped: u64,
 }
 
+/// Which targets and sources a replay may name (from the config).
+struct Rules {
+    routes: Vec<Route>,
+    sources: BTreeSet<String>,
+}
+
+impl Rules {
+    fn new(config: &Config) -> Self {
+        Rules {
+            routes: config.targets.values().map(Route::from_target).collect(),
+            sources: config.sources.keys().cloned().collect(),
+        }
+    }
+}
+
 /// Starts replays: the selection logic with the journal and the lanes.
 pub struct Replayer {
     journal: Arc<Journal>,
-    routes: Vec<Route>,
-    sources: BTreeSet<String>,
+    rules: Live<Rules>,
     lanes: LaneStatus,
 }
 
 impl Replayer {
     pub fn new(config: &Config, journal: Arc<Journal>, lanes: LaneStatus) -> Self {
-        Replayer {
-            journal,
-            routes: config.targets.values().map(Route::from_target).collect(),
-            sources: config.sources.keys().cloned().collect(),
-            lanes,
-        }
+        Replayer { journal, rules: Live::new(Rules::new(config)), lanes }
+    }
+
+    /// Takes the targets and sources of a reloaded config.
+    pub fn reload(&self, config: &Config) {
+        self.rules.set(Rules::new(config));
     }
 
     /// Checks the names and ids a selection uses.
     pub fn validate(&self, selection: &Selection) -> Result<(), ReplayError> {
+        let rules = self.rules.get();
         if let Some(source) = &selection.source
-            && !self.sources.contains(source)
+            && !rules.sources.contains(source)
         {
             return Err(ReplayError::BadRequest(format!("source: no source named {source:?} is configured")));
         }
         if let Some(target) = &selection.target
-            && !self.routes.iter().any(|route| route.target == *target)
+            && !rules.routes.iter().any(|route| route.target == *target)
         {
             return Err(ReplayError::BadRequest(format!("target: no target named {target:?} is configured")));
         }
@@ -277,21 +293,24 @@ impl Replayer {
             } else {
                 Box::new(selection.ids.iter().filter_map(move |id| self.journal.get(*id).transpose()))
             };
+        // One snapshot of the rules for the whole walk.
+        let rules = self.rules.get();
         records.flat_map(move |record| match record {
-            Ok(record) => self.candidates_of(selection, &record),
+            Ok(record) => self.candidates_of(&rules, selection, &record),
             Err(err) => vec![Err(err)],
         })
     }
 
     fn candidates_of(
         &self,
+        rules: &Rules,
         selection: &Selection,
         record: &DeliveryRecord,
     ) -> Vec<Result<Candidate, JournalError>> {
         if !selection.wants_record(record) {
             return Vec::new();
         }
-        let routes: Vec<&Route> = self
+        let routes: Vec<&Route> = rules
             .routes
             .iter()
             .filter(|route| route.source == record.source)

@@ -34,6 +34,7 @@ use tokio::net::TcpListener;
 use crate::config::Secret;
 use crate::delivery::LaneStatus;
 use crate::journal::Journal;
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::replay::Replayer;
 
@@ -48,10 +49,17 @@ pub struct Admin {
     pub replayer: Replayer,
     /// True between start-up and the beginning of shutdown.
     pub ready: Arc<AtomicBool>,
-    pub token: Option<Secret>,
+    pub token: Live<Option<Secret>>,
 }
 
 impl Admin {
+    /// Takes the token and the replay rules (targets, sources) of a
+    /// reloaded config.
+    pub(crate) fn reload(&self, config: &crate::config::Config) {
+        self.token.set(config.admin.token.clone());
+        self.replayer.reload(config);
+    }
+
     fn handle(&self, request: &Parts, body: &[u8]) -> Response<Full<Bytes>> {
         let path = request.uri.path();
         if let Some(rest) = path.strip_prefix("/v1/") {
@@ -154,7 +162,8 @@ impl Admin {
     /// (then the listener is loopback, which config validation ensures).
     fn authorized(&self, request: &Parts) -> bool {
         use subtle::ConstantTimeEq;
-        let Some(token) = &self.token else { return true };
+        let token = self.token.get();
+        let Some(token) = token.as_ref() else { return true };
         let presented = request
             .headers
             .get(hyper::header::AUTHORIZATION)

@@ -169,7 +169,15 @@ fn serve(path: &Path) -> u8 {
         }
     };
     runtime.block_on(async {
-        let gateway = match Gateway::bind(config).await {
+        let (inbound, admin) = match inherited_listeners(&config) {
+            Ok(listeners) => listeners,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot use the sockets passed by systemd");
+                eprintln!("hookrelay: cannot use the sockets passed by systemd (LISTEN_FDS): {err}");
+                return EXIT_FAILURE;
+            }
+        };
+        let gateway = match Gateway::with_listeners(config, inbound, admin).await {
             Ok(gateway) => gateway,
             Err(err) => {
                 tracing::error!(error = %err, "cannot start");
@@ -177,6 +185,7 @@ fn serve(path: &Path) -> u8 {
                 return EXIT_FAILURE;
             }
         };
+        tokio::spawn(reload_on_sighup(gateway.reload_handle()));
         match gateway.run(shutdown_signal()).await {
             Ok(()) => EXIT_OK,
             Err(err) => {
@@ -185,6 +194,39 @@ fn serve(path: &Path) -> u8 {
             }
         }
     })
+}
+
+/// Listeners passed by systemd socket activation, as tokio listeners.
+fn inherited_listeners(
+    config: &Config,
+) -> std::io::Result<(Option<tokio::net::TcpListener>, Option<tokio::net::TcpListener>)> {
+    let (inbound, admin) = crate::systemd::inherited_listeners()?;
+    let adopt = |listener: Option<std::net::TcpListener>, what: &str, configured: std::net::SocketAddr| {
+        listener
+            .map(|listener| {
+                let addr = listener.local_addr()?;
+                tracing::info!(%addr, %configured, "{what} listener passed by systemd; the configured address is not bound");
+                tokio::net::TcpListener::from_std(listener)
+            })
+            .transpose()
+    };
+    Ok((adopt(inbound, "inbound", config.server.listen)?, adopt(admin, "admin", config.admin.listen)?))
+}
+
+/// Reloads the config on every SIGHUP (`systemctl reload`); the gateway
+/// logs the outcome.
+async fn reload_on_sighup(reload: crate::reload::ReloadHandle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot handle SIGHUP: reload needs a restart");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!(signal = "SIGHUP", "reloading the configuration");
+        if reload.reload().await.is_err() && reload.0.is_closed() {
+            return;
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

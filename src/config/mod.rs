@@ -557,6 +557,7 @@ impl Validator<'_> {
         if raw.path.as_os_str().is_empty() {
             return Err(self.err("journal.path", "must not be empty"));
         }
+        let path = self.state_directory(&raw.path)?;
         let dedup_window = self.positive("journal.dedup_window", raw.dedup_window.0)?;
         let retention = self.positive("journal.retention", raw.retention.0)?;
         if retention < dedup_window {
@@ -568,12 +569,30 @@ impl Validator<'_> {
             ));
         }
         Ok(JournalConfig {
-            path: self.base_dir.join(raw.path),
+            path: self.base_dir.join(path),
             dedup_window,
             retention,
             cache: raw.cache.0,
             max_disk: raw.max_disk.map(|size| size.0),
         })
+    }
+
+    /// `$STATE_DIRECTORY` at the start of `journal.path` is the directory
+    /// systemd made for `StateDirectory=` (the first, if it lists several).
+    fn state_directory(&self, path: &Path) -> Result<PathBuf, ConfigError> {
+        const VAR: &str = "$STATE_DIRECTORY";
+        let mut components = path.components();
+        if components.next().map(|first| first.as_os_str()) != Some(std::ffi::OsStr::new(VAR)) {
+            return Ok(path.to_owned());
+        }
+        let dirs = self.env.var("STATE_DIRECTORY").filter(|dirs| !dirs.is_empty()).ok_or_else(|| {
+            self.err(
+                "journal.path",
+                "$STATE_DIRECTORY is not set (systemd sets it for units with StateDirectory=)",
+            )
+        })?;
+        let first = dirs.split(':').next().unwrap_or(&dirs);
+        Ok(Path::new(first).join(components.as_path()))
     }
 
     fn name(&self, kind: &str, name: &str) -> Result<(), ConfigError> {

@@ -89,3 +89,21 @@ fn errors_carry_file_line_and_key() {
         "{err}"
     );
 }
+
+#[test]
+fn journal_path_may_start_at_the_systemd_state_directory() {
+    let env = FakeEnv(HashMap::from([
+        ("SECRET", "whsec_dGVzdA=="),
+        ("STATE_DIRECTORY", "/var/lib/hookrelay:/var/lib/other"),
+    ]));
+    let text = format!("[journal]\npath = \"$STATE_DIRECTORY/journal\"\n{MINIMAL}");
+    let config = Config::parse(Path::new("/etc/hookrelay/hookrelay.toml"), &text, &env).unwrap();
+    assert_eq!(config.journal.path, Path::new("/var/lib/hookrelay/journal"));
+    let text = format!("[journal]\npath = \"$STATE_DIRECTORY\"\n{MINIMAL}");
+    let config = Config::parse(Path::new("/etc/hookrelay/hookrelay.toml"), &text, &env).unwrap();
+    assert_eq!(config.journal.path, Path::new("/var/lib/hookrelay"));
+
+    let err = parse(&format!("[journal]\npath = \"$STATE_DIRECTORY/journal\"\n{MINIMAL}")).unwrap_err();
+    assert_eq!(err.key, "journal.path");
+    assert!(err.message.contains("StateDirectory="), "{err}");
+}

@@ -353,6 +353,12 @@ impl Journal {
         Ok(())
     }
 
+    /// Resolves once the writer thread has caught up with every append
+    /// queued before the call (a liveness check for the watchdog).
+    pub async fn ping(&self) -> Result<(), JournalError> {
+        self.writer.ping().await
+    }
+
     /// Group-commit flushes run so far.
     pub fn flush_count(&self) -> u64 {
         self.writer.flushes()

@@ -21,6 +21,17 @@ use super::{Appended, DeliveryId, DeliveryRecord, Job, JournalError, NewDelivery
 /// Most appends written in one group; bounds the latency a group adds.
 const MAX_GROUP: usize = 512;
 
+/// What the writer thread is asked to do.
+// Appends are nearly all the traffic: boxing them to shrink the rare ping
+// would cost an allocation per delivery.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Request {
+    Append(Append),
+    /// Answer once every append queued before it is written: proves the
+    /// thread is alive and keeping up (the systemd watchdog asks).
+    Ping(oneshot::Sender<()>),
+}
+
 pub(crate) struct Append {
     pub new: NewDelivery,
     pub targets: Vec<String>,
@@ -29,23 +40,34 @@ pub(crate) struct Append {
 
 pub(crate) struct Writer {
     /// `None` only while dropping, to let the thread see the channel close.
-    queue: Option<mpsc::Sender<Append>>,
+    queue: Option<mpsc::Sender<Request>>,
     thread: Option<std::thread::JoinHandle<()>>,
     flushes: Arc<AtomicU64>,
 }
 
 impl Writer {
     pub(crate) fn start(db: sled::Db, tree: sled::Tree, dedup_window_ms: u64) -> std::io::Result<Self> {
-        let (queue, appends) = mpsc::channel::<Append>();
+        let (queue, requests) = mpsc::channel::<Request>();
         let flushes = Arc::new(AtomicU64::new(0));
         let counter = flushes.clone();
         let thread = std::thread::Builder::new().name("journal-writer".into()).spawn(move || {
             // Ends when the journal, and with it the sender, is dropped.
-            while let Ok(first) = appends.recv() {
-                let mut group = vec![first];
-                group.extend(appends.try_iter().take(MAX_GROUP - 1));
-                write_group(&db, &tree, dedup_window_ms, group);
-                counter.fetch_add(1, Ordering::Relaxed);
+            while let Ok(first) = requests.recv() {
+                let mut group = Vec::new();
+                let mut pings = Vec::new();
+                for request in std::iter::once(first).chain(requests.try_iter().take(MAX_GROUP - 1)) {
+                    match request {
+                        Request::Append(append) => group.push(append),
+                        Request::Ping(reply) => pings.push(reply),
+                    }
+                }
+                if !group.is_empty() {
+                    write_group(&db, &tree, dedup_window_ms, group);
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                for ping in pings {
+                    let _ = ping.send(());
+                }
             }
         })?;
         Ok(Writer { queue: Some(queue), thread: Some(thread), flushes })
@@ -59,8 +81,18 @@ impl Writer {
         let stopped = || JournalError::Storage("the journal writer has stopped".to_owned());
         let (reply, answer) = oneshot::channel();
         let queue = self.queue.as_ref().expect("queue lives until drop");
-        queue.send(Append { new, targets, reply }).map_err(|_| stopped())?;
+        queue.send(Request::Append(Append { new, targets, reply })).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+
+    /// Resolves once the writer thread has worked through everything queued
+    /// before the call; an error when the thread is gone.
+    pub(crate) async fn ping(&self) -> Result<(), JournalError> {
+        let stopped = || JournalError::Storage("the journal writer has stopped".to_owned());
+        let (reply, answer) = oneshot::channel();
+        let queue = self.queue.as_ref().expect("queue lives until drop");
+        queue.send(Request::Ping(reply)).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())
     }
 
     /// Groups written (= flushes) so far; with concurrent writers, fewer than appends.

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::ingress::Ingress;
+use crate::live::Live;
 use head_timeout::{HeadTimeout, RequestGuard, RequestState};
 
 /// Per-connection settings taken from `[server]`.
@@ -32,7 +33,7 @@ pub(crate) struct ConnectionLimits {
 /// requests finish within the grace period.
 pub(crate) async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<Live<TlsAcceptor>>>,
     ingress: Arc<Ingress>,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
@@ -45,7 +46,9 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
         };
         let watcher = graceful.watcher();
-        let connection = Connection { ingress: ingress.clone(), tls: tls.clone(), limits, peer };
+        // The certificate in force when the connection arrives (a reload swaps it).
+        let tls = tls.as_ref().map(|live| live.get());
+        let connection = Connection { ingress: ingress.clone(), tls, limits, peer };
         tokio::spawn(connection.run(stream, watcher));
     }
     drop(listener);
@@ -72,7 +75,7 @@ pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
 
 struct Connection {
     ingress: Arc<Ingress>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<TlsAcceptor>>,
     limits: ConnectionLimits,
     peer: SocketAddr,
 }
