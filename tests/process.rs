@@ -5,98 +5,15 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::daemon::{BIN, Daemon, write_config};
 use common::*;
 use hookrelay::config::Config;
 use hookrelay::journal::{DeliveryId, Journal};
-
-const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
-
-/// A gateway child process whose JSON logs are captured.
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    admin_addr: SocketAddr,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args(["--log-format", "json", "serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
-                    && event["message"] == "listening"
-                {
-                    let addr = |field: &str| event[field].as_str().unwrap().parse::<SocketAddr>().unwrap();
-                    let _ = tx.send((addr("addr"), addr("admin_addr")));
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let (addr, admin_addr) = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no 'listening' line; logs: {:?}", logs.lock().unwrap()));
-        Daemon { child, addr, admin_addr, logs }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill").args(["-s", name, &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-    }
-
-    fn wait(&mut self) -> std::process::ExitStatus {
-        for _ in 0..300 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("the daemon did not exit");
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write_config(dir: &Path, extra: &str) -> PathBuf {
-    let path = dir.join("hookrelay.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-             [journal]\npath = \"journal\"\n\
-             [sources.parallel]\nsecrets = [\"{SECRET}\"]\n{extra}"
-        ),
-    )
-    .unwrap();
-    path
-}
 
 /// Sends `bodies` concurrently (at most `concurrency` at once); returns the
 /// delivery id each got, in order.

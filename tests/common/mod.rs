@@ -3,6 +3,7 @@
 //! client speaking HTTP/1.1, HTTP/1.1 over TLS or h2 over TLS.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod daemon;
 pub mod target;
 
 use std::net::SocketAddr;
