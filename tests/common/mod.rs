@@ -62,6 +62,9 @@ pub struct TestGateway {
     pub dir: Arc<tempfile::TempDir>,
     pub journal: Arc<Journal>,
     client_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Re-reads `config_path` into the running gateway (what SIGHUP does).
+    pub reload: hookrelay::reload::ReloadHandle,
+    pub config_path: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), GatewayError>>>,
 }
@@ -118,11 +121,22 @@ impl TestGateway {
         let addr = gateway.inbound_addr();
         let admin_addr = gateway.admin_addr();
         let journal = gateway.journal();
+        let reload = gateway.reload_handle();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(gateway.run(async {
             let _ = rx.await;
         }));
-        TestGateway { addr, admin_addr, dir, journal, client_tls, shutdown: Some(tx), task: Some(task) }
+        TestGateway {
+            addr,
+            admin_addr,
+            dir,
+            journal,
+            client_tls,
+            reload,
+            config_path,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
     }
 
     /// Signals shutdown and waits for `run` to return.

@@ -1,0 +1,108 @@
+//! Reloading a running gateway in process (what SIGHUP triggers): each part
+//! that may change without a restart does, and a bad file changes nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::target::TestTarget;
+use common::*;
+
+const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";
+const NEW_SOURCE_SECRET: &str = "whsec_bmV3LXNvdXJjZS1zZWNyZXQ=";
+
+fn rewrite(gateway: &TestGateway, edit: impl Fn(String) -> String) {
+    let text = std::fs::read_to_string(&gateway.config_path).unwrap();
+    let edited = edit(text.clone());
+    assert_ne!(edited, text, "the edit changed nothing");
+    std::fs::write(&gateway.config_path, edited).unwrap();
+}
+
+async fn tls_handshake(
+    gateway: &TestGateway,
+    client: std::sync::Arc<rustls::ClientConfig>,
+) -> std::io::Result<()> {
+    let tcp = tokio::net::TcpStream::connect(gateway.addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(client).connect(name, tcp).await.map(drop)
+}
+
+#[tokio::test]
+async fn a_new_certificate_is_served_to_new_connections() {
+    let gateway = TestGateway::start_tls().await;
+    let old_client = gateway.client_tls();
+    tls_handshake(&gateway, old_client.clone()).await.unwrap();
+    // Renewal: new key and certificate at the same paths, then a reload.
+    let (_, _, new_client) = make_tls(gateway.dir.path());
+    gateway.reload.reload().await.unwrap();
+    tls_handshake(&gateway, new_client).await.unwrap();
+    assert!(tls_handshake(&gateway, old_client).await.is_err(), "the old certificate is gone");
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn source_secrets_and_limits_swap_and_a_bad_file_changes_nothing() {
+    let gateway = TestGateway::start().await;
+    let send = |secret: &'static str, id: &'static str| {
+        let request = signed_request("parallel", secret, id, now(), MONITOR_EVENT.as_bytes());
+        gateway.send(Transport::Http, request)
+    };
+    assert_eq!(send(SECRET, "evt_1").await.status, 200);
+    rewrite(&gateway, |text| {
+        text.replace(
+            &format!("secrets = [\"{SECRET}\", \"{ROTATED_SECRET}\"]"),
+            &format!("secrets = [\"{NEW_SOURCE_SECRET}\"]\nrate_limit = {{ per_second = 1, burst = 1 }}"),
+        )
+    });
+    let reloaded = gateway.reload.reload().await.unwrap();
+    assert!(reloaded.needs_restart.is_empty(), "{reloaded:?}");
+    let old = send(SECRET, "evt_2").await;
+    assert_eq!((old.status, old.error_code()), (401, "invalid_signature".to_owned()));
+    assert_eq!(
+        send(NEW_SOURCE_SECRET, "evt_3").await.status,
+        429,
+        "the new limit's single token went to evt_2"
+    );
+
+    // A broken file: the error names it, and the running config stays.
+    std::fs::write(&gateway.config_path, "[sources.parallel]\nsecrets = []\n").unwrap();
+    let err = gateway.reload.reload().await.unwrap_err();
+    assert!(err.contains("sources.parallel.secrets"), "{err}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(send(NEW_SOURCE_SECRET, "evt_4").await.status, 200);
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_added_by_a_reload_get_deliveries_and_removed_ones_stop() {
+    let first = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let second = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let table = |name: &str, target: &TestTarget| {
+        format!(
+            "[targets.{name}]\nsource = \"parallel\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\n",
+            target.url()
+        )
+    };
+    let gateway = TestGateway::with(Options { targets: table("first", &first), ..Options::default() }).await;
+    gateway.post_signed(Transport::Http, "parallel", "evt_1", MONITOR_EVENT).await;
+    first.wait_for(1, Duration::from_secs(20)).await;
+
+    // Swap: "first" leaves, "second" joins.
+    rewrite(&gateway, |text| text.replace(&table("first", &first), &table("second", &second)));
+    gateway.reload.reload().await.unwrap();
+    gateway.post_signed(Transport::Http, "parallel", "evt_2", MONITOR_EVENT).await;
+    let received = second.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(received[0].header("webhook-id"), "evt_2");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(first.received().len(), 1, "a removed target gets nothing new");
+    let targets = admin_get(gateway.admin_addr, "/v1/targets").await.json();
+    let names: Vec<&str> =
+        targets["targets"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["second"], "a removed target with nothing pending is not listed");
+    let metrics = admin_get(gateway.admin_addr, "/metrics").await.text();
+    assert!(
+        metrics.contains("hookrelay_attempts_total{target=\"second\",outcome=\"delivered\"} 1"),
+        "{metrics}"
+    );
+    gateway.stop().await.unwrap();
+}
