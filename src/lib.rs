@@ -71,6 +71,8 @@ pub enum GatewayError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("journal flush at shutdown failed: {0}")]
     Flush(JournalError),
+    #[error("admin.token: required because the admin listener is on {0}, not a loopback address")]
+    AdminWithoutToken(SocketAddr),
 }
 
 /// How often expired dedup entries and delivered deliveries past
@@ -115,6 +117,14 @@ impl Gateway {
             Some(listener) => listener,
             None => bind(config.admin.listen).await?,
         };
+        // Config validation checked admin.listen; a socket passed by systemd
+        // may be elsewhere, and the rule is about where the API really is.
+        if let Ok(admin_addr) = admin_listener.local_addr()
+            && config.admin.token.is_none()
+            && !admin_addr.ip().is_loopback()
+        {
+            return Err(GatewayError::AdminWithoutToken(admin_addr));
+        }
         let journal = Journal::open(&config.journal).map_err(|source| GatewayError::Journal {
             path: config.journal.path.display().to_string(),
             source,
@@ -206,6 +216,7 @@ impl Gateway {
             dispatcher: dispatcher.clone(),
             ingress: ingress.clone(),
             admin: admin.clone(),
+            admin_addr,
             tls: tls.clone(),
         };
         let status = {
@@ -256,7 +267,10 @@ impl Gateway {
                             tracing::error!(error = %err, "configuration reload failed; still running on the previous configuration")
                         }
                     }
-                    notifier.ready(&status());
+                    // Shutdown may have begun meanwhile: never READY after STOPPING.
+                    if !*stop.borrow() {
+                        notifier.ready(&status());
+                    }
                     let _ = reply.send(result);
                 }
             }

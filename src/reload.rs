@@ -87,6 +87,9 @@ pub(crate) struct Reloadable {
     pub dispatcher: Arc<Dispatcher>,
     pub ingress: Arc<Ingress>,
     pub admin: Arc<Admin>,
+    /// Where the admin listener really listens (a socket from systemd may
+    /// differ from `admin.listen`): decides whether a token is required.
+    pub admin_addr: std::net::SocketAddr,
     /// Present when the inbound listener serves TLS.
     pub tls: Option<Arc<Live<tokio_rustls::TlsAcceptor>>>,
 }
@@ -100,6 +103,13 @@ impl Reloadable {
             .await
             .map_err(|err| format!("config loading panicked: {err}"))?
             .map_err(|err| err.to_string())?;
+        if config.admin.token.is_none() && !self.admin_addr.ip().is_loopback() {
+            return Err(format!(
+                "{}: admin.token: required while the admin listener is on {}, not a loopback address",
+                config.file.display(),
+                self.admin_addr
+            ));
+        }
         let needs_restart = self.startup.changed(&StartupKeys::of(&config));
         // Lanes first: a new target has its lane before ingress routes to it.
         self.metrics.register(&config);

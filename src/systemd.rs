@@ -15,10 +15,22 @@ pub struct Notifier {
 
 impl Notifier {
     /// Reads `$NOTIFY_SOCKET`: a path, or `@name` for the abstract namespace.
+    /// A variable that is set but unusable is logged: systemd would
+    /// otherwise wait for a READY=1 that never comes, in silence.
     pub fn from_env() -> Notifier {
-        let target = std::env::var_os("NOTIFY_SOCKET").and_then(|path| notify_address(path.to_str()?).ok());
-        let socket = target.and_then(|addr| Some((UnixDatagram::unbound().ok()?, addr)));
-        Notifier { socket }
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return Notifier::disabled() };
+        let socket = path
+            .to_str()
+            .ok_or_else(|| std::io::Error::other("not UTF-8"))
+            .and_then(notify_address)
+            .and_then(|addr| Ok((UnixDatagram::unbound()?, addr)));
+        match socket {
+            Ok(socket) => Notifier { socket: Some(socket) },
+            Err(err) => {
+                tracing::error!(notify_socket = ?path, error = %err, "NOTIFY_SOCKET is set but unusable; systemd will not hear READY=1");
+                Notifier::disabled()
+            }
+        }
     }
 
     pub fn disabled() -> Notifier {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::target::TestTarget;
+use common::target::{Answer, TestTarget};
 use common::*;
 
 const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";
@@ -75,17 +75,20 @@ async fn source_secrets_and_limits_swap_and_a_bad_file_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targets_added_by_a_reload_get_deliveries_and_removed_ones_stop() {
+    // "first" keeps failing, so its job stays pending and keeps retrying.
     let first = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    first.answer_with(|_| Some(Answer::Status(500)));
     let second = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
     let table = |name: &str, target: &TestTarget| {
         format!(
-            "[targets.{name}]\nsource = \"parallel\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\n",
+            "[targets.{name}]\nsource = \"parallel\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\n\
+             retry = {{ initial = \"50ms\", max_delay = \"100ms\", max_attempts = 1000, max_age = \"1h\" }}\n",
             target.url()
         )
     };
     let gateway = TestGateway::with(Options { targets: table("first", &first), ..Options::default() }).await;
     gateway.post_signed(Transport::Http, "parallel", "evt_1", MONITOR_EVENT).await;
-    first.wait_for(1, Duration::from_secs(20)).await;
+    first.wait_for(3, Duration::from_secs(20)).await;
 
     // Swap: "first" leaves, "second" joins.
     rewrite(&gateway, |text| text.replace(&table("first", &first), &table("second", &second)));
@@ -93,16 +96,35 @@ async fn targets_added_by_a_reload_get_deliveries_and_removed_ones_stop() {
     gateway.post_signed(Transport::Http, "parallel", "evt_2", MONITOR_EVENT).await;
     let received = second.wait_for(1, Duration::from_secs(20)).await;
     assert_eq!(received[0].header("webhook-id"), "evt_2");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(first.received().len(), 1, "a removed target gets nothing new");
+
+    // The removed target's retries stop (an attempt in flight at the reload may still land).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let attempts_then = first.received().len();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(first.received().len(), attempts_then, "a removed target is not retried");
+    // Its pending job is kept, and shown.
     let targets = admin_get(gateway.admin_addr, "/v1/targets").await.json();
-    let names: Vec<&str> =
-        targets["targets"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["second"], "a removed target with nothing pending is not listed");
-    let metrics = admin_get(gateway.admin_addr, "/metrics").await.text();
-    assert!(
-        metrics.contains("hookrelay_attempts_total{target=\"second\",outcome=\"delivered\"} 1"),
-        "{metrics}"
-    );
+    let listed: Vec<(&str, &str, u64)> = targets["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["state"].as_str().unwrap(), t["pending"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(listed, [("first", "removed", 1), ("second", "active", 0)]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = admin_get(gateway.admin_addr, "/metrics").await.text();
+        if metrics.contains("hookrelay_attempts_total{target=\"second\",outcome=\"delivered\"} 1") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no series for the new target: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Back in the config, it picks up where it was.
+    first.answer_with(|_| Some(Answer::Status(200)));
+    rewrite(&gateway, |text| format!("{text}\n{}", table("first", &first)));
+    gateway.reload.reload().await.unwrap();
+    first.wait_until(Duration::from_secs(20), |r| r.last().is_some_and(|r| r.answered.contains("200"))).await;
     gateway.stop().await.unwrap();
 }

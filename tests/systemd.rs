@@ -173,8 +173,7 @@ fn target_table(url: &str, secret: &str, extra: &str) -> String {
 async fn sighup_swaps_target_url_and_secrets_keeps_in_flight_work_and_survives_a_bad_config() {
     // The old consumer answers its first request slowly: that attempt is in
     // flight across the reload.
-    let old =
-        TestTarget::start(Some(TARGET_SECRET), vec![Answer::Slow(Duration::from_millis(1500), 200)]).await;
+    let old = TestTarget::start(Some(TARGET_SECRET), vec![Answer::Slow(Duration::from_secs(3), 200)]).await;
     let new = TestTarget::start(Some(ROTATED_TARGET_SECRET), vec![]).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &target_table(&old.url(), &format!("\"{TARGET_SECRET}\""), ""));
@@ -204,6 +203,13 @@ async fn sighup_swaps_target_url_and_secrets_keeps_in_flight_work_and_survives_a
         daemon.wait_for_log("configuration reloaded", Duration::from_secs(20))
     });
     assert!(reloaded.contains("server.shutdown_grace"), "names what needs a restart: {reloaded}");
+    let first_id = first.json()["id"].as_str().unwrap().to_owned();
+    let during = admin_get(daemon.admin_addr, &format!("/v1/deliveries/{first_id}")).await.json();
+    assert_eq!(
+        (during["jobs"][0]["state"].as_str(), during["jobs"][0]["attempts"].as_u64()),
+        (Some("pending"), Some(0)),
+        "the first attempt was still in flight across the reload"
+    );
 
     let second = send_plain(
         daemon.addr,
@@ -223,7 +229,6 @@ async fn sighup_swaps_target_url_and_secrets_keeps_in_flight_work_and_survives_a
     // The attempt in flight finished on the old settings and was recorded once.
     let admin = daemon.admin_addr;
     let deadline = Instant::now() + Duration::from_secs(20);
-    let first_id = first.json()["id"].as_str().unwrap().to_owned();
     loop {
         let shown = admin_get(admin, &format!("/v1/deliveries/{first_id}")).await.json();
         if shown["jobs"][0]["state"] == "delivered" {
@@ -263,7 +268,17 @@ async fn serves_on_the_socket_systemd_passes() {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut command = tool("systemd-socket-activate");
     command
-        .args(["--listen", &addr.to_string(), BIN, "--log-format", "json", "serve", "--config"])
+        // It passes no environment on unless told to.
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--setenv=RUST_LOG=debug",
+            BIN,
+            "--log-format",
+            "json",
+            "serve",
+            "--config",
+        ])
         .arg(&config);
     // systemd-socket-activate starts the service at the first connection.
     let first = tokio::spawn(async move {
@@ -281,4 +296,31 @@ async fn serves_on_the_socket_systemd_passes() {
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(daemon.logs().contains("passed by systemd"));
     drop(daemon);
+}
+
+#[test]
+fn refuses_a_public_admin_socket_from_systemd_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    // Valid on its own: admin.listen is loopback, so no token is required...
+    let config = write_config(dir.path(), "");
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let inbound = format!("127.0.0.1:{}", free());
+    // ...but systemd hands over an admin socket on every interface.
+    let admin = format!("0.0.0.0:{}", free());
+    let child = tool("systemd-socket-activate")
+        .args(["--listen", &inbound, "--listen", &admin, BIN, "serve", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The service starts at the first connection.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&inbound).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {inbound}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("admin.token: required"), "{stderr}");
 }

@@ -161,6 +161,15 @@ fn serve(path: &Path) -> u8 {
         Ok(config) => config,
         Err(code) => return code,
     };
+    // Before any other thread exists: taking the sockets unsets LISTEN_FDS.
+    let (inbound, admin) = match crate::systemd::inherited_listeners() {
+        Ok(listeners) => listeners,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot use the sockets passed by systemd");
+            eprintln!("hookrelay: cannot use the sockets passed by systemd (LISTEN_FDS): {err}");
+            return EXIT_FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -169,11 +178,18 @@ fn serve(path: &Path) -> u8 {
         }
     };
     runtime.block_on(async {
-        let (inbound, admin) = match inherited_listeners(&config) {
+        let (inbound, admin) = match adopt_listeners(&config, inbound, admin) {
             Ok(listeners) => listeners,
             Err(err) => {
-                tracing::error!(error = %err, "cannot use the sockets passed by systemd");
                 eprintln!("hookrelay: cannot use the sockets passed by systemd (LISTEN_FDS): {err}");
+                return EXIT_FAILURE;
+            }
+        };
+        // Installed before READY=1 can go out: SIGHUP's default is to terminate.
+        let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(err) => {
+                eprintln!("hookrelay: cannot handle SIGHUP: {err}");
                 return EXIT_FAILURE;
             }
         };
@@ -185,7 +201,7 @@ fn serve(path: &Path) -> u8 {
                 return EXIT_FAILURE;
             }
         };
-        tokio::spawn(reload_on_sighup(gateway.reload_handle()));
+        tokio::spawn(reload_on_sighup(hangups, gateway.reload_handle()));
         match gateway.run(shutdown_signal()).await {
             Ok(()) => EXIT_OK,
             Err(err) => {
@@ -197,10 +213,11 @@ fn serve(path: &Path) -> u8 {
 }
 
 /// Listeners passed by systemd socket activation, as tokio listeners.
-fn inherited_listeners(
+fn adopt_listeners(
     config: &Config,
+    inbound: Option<std::net::TcpListener>,
+    admin: Option<std::net::TcpListener>,
 ) -> std::io::Result<(Option<tokio::net::TcpListener>, Option<tokio::net::TcpListener>)> {
-    let (inbound, admin) = crate::systemd::inherited_listeners()?;
     let adopt = |listener: Option<std::net::TcpListener>, what: &str, configured: std::net::SocketAddr| {
         listener
             .map(|listener| {
@@ -215,12 +232,7 @@ fn inherited_listeners(
 
 /// Reloads the config on every SIGHUP (`systemctl reload`); the gateway
 /// logs the outcome.
-async fn reload_on_sighup(reload: crate::reload::ReloadHandle) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot handle SIGHUP: reload needs a restart");
-        return;
-    };
+async fn reload_on_sighup(mut hangups: tokio::signal::unix::Signal, reload: crate::reload::ReloadHandle) {
     while hangups.recv().await.is_some() {
         tracing::info!(signal = "SIGHUP", "reloading the configuration");
         if reload.reload().await.is_err() && reload.0.is_closed() {

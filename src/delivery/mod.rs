@@ -68,9 +68,9 @@ impl LaneSet {
         self.lanes.read().expect("not poisoned").values().cloned().collect()
     }
 
-    /// Builds a lane for `target`, loads its pending jobs from the journal
-    /// and starts it.
-    fn start(&self, target: &TargetConfig) -> Result<Arc<Lane>, JournalError> {
+    /// Builds a lane for `target` with its pending jobs from the journal
+    /// (the part that can fail); [`LaneSet::spawn`] starts it.
+    fn prepare(&self, target: &TargetConfig) -> Result<Arc<Lane>, JournalError> {
         let inbox = Arc::new(Inbox::default());
         if self.journal.is_paused(&target.name)? {
             tracing::warn!(target_name = %target.name, "target is paused (resume it through the admin API)");
@@ -83,10 +83,12 @@ impl LaneSet {
         for entry in pending {
             inbox.push(entry);
         }
-        let lane = Arc::new(Lane::new(target, self.journal.clone(), inbox, self.metrics.clone()));
-        let task = tokio::spawn(lane.clone().run(self.stop.clone(), self.grace));
+        Ok(Arc::new(Lane::new(target, self.journal.clone(), inbox, self.metrics.clone())))
+    }
+
+    fn spawn(&self, lane: Arc<Lane>) {
+        let task = tokio::spawn(lane.run(self.stop.clone(), self.grace));
         self.tasks.lock().expect("not poisoned").push(task);
-        Ok(lane)
     }
 }
 
@@ -173,7 +175,8 @@ impl Dispatcher {
             grace: config.server.shutdown_grace,
         });
         for target in config.targets.values() {
-            let lane = set.start(target)?;
+            let lane = set.prepare(target)?;
+            set.spawn(lane.clone());
             set.lanes.write().expect("not poisoned").insert(target.name.clone(), lane);
         }
         Ok(Dispatcher { set })
@@ -189,15 +192,23 @@ impl Dispatcher {
 
     /// Takes the targets of a reloaded config: changed ones are
     /// reconfigured in place, new ones get a lane, removed ones are retired.
+    /// New lanes are built first, outside the lock: a journal error leaves
+    /// everything as it was, and ingress never waits on a journal scan.
     pub fn reconfigure(&self, config: &Config) -> Result<(), JournalError> {
-        let mut lanes = self.set.lanes.write().expect("not poisoned");
+        let mut new_lanes = Vec::new();
         for target in config.targets.values() {
-            match lanes.get(&target.name) {
-                Some(lane) => lane.reconfigure(target),
-                None => {
-                    let lane = self.set.start(target)?;
-                    lanes.insert(target.name.clone(), lane);
-                }
+            if self.set.lane(&target.name).is_none() {
+                new_lanes.push(self.set.prepare(target)?);
+            }
+        }
+        let mut lanes = self.set.lanes.write().expect("not poisoned");
+        for lane in new_lanes {
+            self.set.spawn(lane.clone());
+            lanes.insert(lane.name().to_owned(), lane);
+        }
+        for target in config.targets.values() {
+            if let Some(lane) = lanes.get(&target.name) {
+                lane.reconfigure(target);
             }
         }
         for (name, lane) in lanes.iter() {
