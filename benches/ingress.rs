@@ -1,5 +1,7 @@
-//! Micro benchmarks of the ingress hot path: signature verification and
-//! signing, and durable journal appends with group commit.
+//! Micro benchmarks of the hot paths: signature verification and signing,
+//! durable journal appends with group commit, and job scheduling with
+//! 10^5 pending jobs (a lane's in-memory order, and loading it from the
+//! journal's due index at start).
 //!
 //! Run: `cargo bench --bench ingress`. Figures go to BENCHMARKS.md.
 
@@ -129,5 +131,79 @@ fn delivery(n: u64, body: Vec<u8>) -> NewDelivery {
     }
 }
 
-criterion_group!(benches, verify, journal_append);
+/// 10^5 pending jobs: picking the next one from a lane's queue (fresh,
+/// retries by due time, replays behind), and reading a target's whole due
+/// index from the journal, as a lane does at start.
+fn schedule(c: &mut Criterion) {
+    use hookrelay::delivery::queue::{LaneQueue, Next};
+    use hookrelay::journal::{DeliveryId, QueueClass, QueueEntry};
+    const PENDING: u64 = 100_000;
+    let entry = |i: u64| {
+        let class = match i % 10 {
+            0..=5 => QueueClass::Fresh,
+            6..=8 => QueueClass::Retry,
+            _ => QueueClass::Replay,
+        };
+        // Retries spread over the next 100 s; all are due by `now` below.
+        let due = if class == QueueClass::Retry { 1_000_000 + (i * 7919) % 100_000 } else { 1_000_000 + i };
+        QueueEntry::new("analytics", class, due, DeliveryId { received_at_ms: 1_000_000 + i, seq: i })
+    };
+    let entries: Vec<QueueEntry> = (0..PENDING).map(entry).collect();
+    let mut group = c.benchmark_group("schedule_100k_pending");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(PENDING));
+    group.bench_function("lane_queue_fill_and_drain", |b| {
+        b.iter_batched(
+            || entries.clone(),
+            |entries| {
+                let mut queue = LaneQueue::default();
+                for entry in entries {
+                    queue.push(entry);
+                }
+                let mut taken = 0u64;
+                while let Next::Ready(class) = queue.next(2_000_000) {
+                    queue.take(class);
+                    taken += 1;
+                }
+                assert_eq!(taken, PENDING);
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+
+    // The due index in the journal: 10^5 pending jobs of one target.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&JournalConfig {
+        path: dir.path().join("journal"),
+        dedup_window: Duration::from_secs(72 * 3600),
+        retention: Duration::from_secs(30 * 86400),
+        cache: 64 << 20,
+        max_disk: None,
+    })
+    .unwrap();
+    let journal = Arc::new(journal);
+    let targets = vec!["analytics".to_owned()];
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..64u64)
+            .map(|w| {
+                let (journal, targets) = (journal.clone(), targets.clone());
+                tokio::spawn(async move {
+                    for i in (w..PENDING).step_by(64) {
+                        journal.append(delivery(i, vec![b'x'; 64]), &targets).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    group.bench_function("journal_due_index_scan", |b| {
+        b.iter(|| assert_eq!(journal.queued("analytics").unwrap().len() as u64, PENDING))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, verify, journal_append, schedule);
 criterion_main!(benches);

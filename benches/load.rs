@@ -1,14 +1,21 @@
-//! End-to-end load bench: signed 1 KiB webhooks over loopback HTTP/1.1
-//! keep-alive connections into (a) a bare hyper server that verifies the
-//! signature and answers 200 — the baseline — and (b) the gateway with durable
-//! acknowledgements, fanning out to K local targets. Same machine, same run.
-//! Then (c) a replay of everything ingested to one target: how fast the
-//! journal drains to a local consumer.
+//! End-to-end load bench over HTTPS (rustls, HTTP/1.1 keep-alive): signed
+//! 1 KiB webhooks from C connections into, in the same run,
+//! (a) a bare hyper + rustls server that reads the body and answers 200,
+//! (b) the same plus the HMAC verify — the physical baselines — and
+//! (c) the gateway with durable acknowledgements, fanning out to K local
+//!     counting targets (plain HTTP, in this process), for each K asked for.
+//! Then: ingest latency at half the gateway's measured rate (open loop,
+//! latency counted from the scheduled send time), and a replay of every
+//! journaled delivery to one target (drain rate).
 //!
-//! Run: `cargo bench --bench load` (env: LOAD_SECS=5, LOAD_CONCURRENCY=32, LOAD_TARGETS=4).
+//! Run: `cargo bench --bench load`. Env: LOAD_SECS=5, LOAD_CONCURRENCY=32,
+//! LOAD_TARGETS=1,4 (a list), LOAD_SWEEP=1 to also measure throughput
+//! against concurrency (1..64) for (b) and the gateway with one target,
+//! written to target/load-sweep.csv for `python3 benches/plot_load.py`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -40,32 +47,50 @@ fn body() -> Bytes {
     Bytes::from(body)
 }
 
-/// A bare server: read the body, verify, answer 200 (or 401).
-async fn baseline_server() -> SocketAddr {
+/// A certificate for localhost in `dir`: (cert path, key path, client config).
+fn make_tls(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, Arc<rustls::ClientConfig>) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let client = hookrelay::tls::client_config(&[certified.cert.der().clone()]);
+    (cert, key, Arc::new(client))
+}
+
+/// Baseline (a) or (b): TLS, read the body, verify when asked, answer 200.
+async fn baseline_server(tls: Arc<rustls::ServerConfig>, verify: bool) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let verifier =
         Arc::new(Verifier::new(signature::keys_for_secret(SECRET).unwrap(), Duration::from_secs(300)));
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
-            let verifier = verifier.clone();
+            let (verifier, acceptor) = (verifier.clone(), acceptor.clone());
             tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let Ok(stream) = acceptor.accept(stream).await else { return };
                 let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                     let verifier = verifier.clone();
                     async move {
                         let (parts, body) = request.into_parts();
                         let body = body.collect().await.unwrap().to_bytes();
-                        let get = |n| {
-                            parts.headers.get(n).and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
+                        let ok = !verify || {
+                            let get = |n| {
+                                parts
+                                    .headers
+                                    .get(n)
+                                    .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
+                            };
+                            SignedHeaders::parse(
+                                get("webhook-id"),
+                                get("webhook-timestamp"),
+                                get("webhook-signature"),
+                            )
+                            .and_then(|h| verifier.verify(&h, &body, now_secs()))
+                            .is_ok()
                         };
-                        let ok = SignedHeaders::parse(
-                            get("webhook-id"),
-                            get("webhook-timestamp"),
-                            get("webhook-signature"),
-                        )
-                        .and_then(|h| verifier.verify(&h, &body, now_secs()))
-                        .is_ok();
                         let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
                         *response.status_mut() =
                             if ok { hyper::StatusCode::OK } else { hyper::StatusCode::UNAUTHORIZED };
@@ -119,33 +144,64 @@ impl LoadResult {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
     fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
         let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
         self.latencies_us[i] as f64 / 1000.0
     }
 }
 
-/// `concurrency` keep-alive connections, each sending signed requests back to
-/// back for `duration`.
-async fn load(addr: SocketAddr, path: &str, concurrency: u64, duration: Duration, tag: &str) -> LoadResult {
+/// How requests are paced.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// Back to back on each connection (throughput).
+    ClosedLoop,
+    /// This many requests per second in all, spread over the connections;
+    /// latency counts from when each request was due, so a stall is not hidden.
+    Rate(f64),
+}
+
+/// `concurrency` TLS keep-alive connections sending signed requests for `duration`.
+async fn load(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    concurrency: u64,
+    duration: Duration,
+    pace: Pace,
+    tag: &str,
+) -> LoadResult {
     let key = signature::SigningKey::from_bytes(SECRET.as_bytes());
     let body = body();
     let started = Instant::now();
     let deadline = started + duration;
     let tasks: Vec<_> = (0..concurrency)
         .map(|c| {
-            let (key, body, path, tag) = (key.clone(), body.clone(), path.to_owned(), tag.to_owned());
+            let (key, body, tag, tls) = (key.clone(), body.clone(), tag.to_owned(), tls.clone());
             tokio::spawn(async move {
-                let stream = TcpStream::connect(addr).await.unwrap();
-                stream.set_nodelay(true).unwrap();
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                tcp.set_nodelay(true).unwrap();
+                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+                let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.unwrap();
                 let (mut sender, conn) =
                     hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
                 tokio::spawn(conn);
+                let interval = match pace {
+                    Pace::ClosedLoop => None,
+                    Pace::Rate(total) => Some(Duration::from_secs_f64(concurrency as f64 / total)),
+                };
+                // Spread the connections' schedules over one interval.
+                let mut due = Instant::now()
+                    + interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / concurrency as f64));
                 let (mut latencies, mut non_2xx, mut n) = (Vec::new(), 0u64, 0u64);
                 while Instant::now() < deadline {
+                    if interval.is_some() {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
                     let id = format!("evt_{tag}_{c}_{n}");
                     let ts = now_secs().to_string();
                     let sig = signature::sign(&key, &id, &ts, &body);
-                    let request = Request::post(&path)
+                    let request = Request::post("/hooks/parallel")
                         .header("host", "localhost")
                         .header("content-type", "application/json")
                         .header("webhook-id", id)
@@ -153,13 +209,16 @@ async fn load(addr: SocketAddr, path: &str, concurrency: u64, duration: Duration
                         .header("webhook-signature", sig)
                         .body(Full::new(body.clone()))
                         .unwrap();
-                    let sent = Instant::now();
+                    let sent = if interval.is_some() { due } else { Instant::now() };
                     let response = sender.send_request(request).await.unwrap();
                     let ok = response.status().is_success();
                     let _ = response.into_body().collect().await;
                     latencies.push(sent.elapsed().as_micros() as u64);
                     non_2xx += u64::from(!ok);
                     n += 1;
+                    if let Some(interval) = interval {
+                        due += interval;
+                    }
                 }
                 (latencies, non_2xx)
             })
@@ -178,6 +237,69 @@ async fn load(addr: SocketAddr, path: &str, concurrency: u64, duration: Duration
     result
 }
 
+fn report(name: &str, r: &LoadResult) {
+    println!(
+        "{name:<40} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} requests, {} non-2xx)",
+        r.rate(),
+        r.percentile(0.50),
+        r.percentile(0.99),
+        r.requests,
+        r.non_2xx
+    );
+}
+
+/// A gateway on HTTPS with `targets` counting targets, running until dropped.
+struct RunningGateway {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    delivered: Arc<AtomicU64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), hookrelay::GatewayError>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningGateway {
+    async fn start(targets: u64, cert: &Path, key: &Path) -> Self {
+        let delivered = Arc::new(AtomicU64::new(0));
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ntls = {{ cert = {cert:?}, key = {key:?} }}\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n[journal]\npath = \"{}/journal\"\n\
+             [sources.parallel]\nsecrets = [\"{SECRET}\"]\n",
+            dir.path().display()
+        );
+        for t in 0..targets {
+            let addr = counting_target(delivered.clone()).await;
+            config.push_str(&format!(
+                "[targets.t{t}]\nsource = \"parallel\"\nurl = \"http://{addr}/\"\nsecret = \"{TARGET_SECRET}\"\nconcurrency = 16\n"
+            ));
+        }
+        let path = dir.path().join("hookrelay.toml");
+        std::fs::write(&path, config).unwrap();
+        let gateway = hookrelay::Gateway::bind(Config::load(&path).unwrap()).await.unwrap();
+        let (addr, admin) = (gateway.inbound_addr(), gateway.admin_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(gateway.run(async {
+            let _ = stopped.await;
+        }));
+        RunningGateway { addr, admin, delivered, stop: Some(stop), task: Some(task), _dir: dir }
+    }
+
+    /// Waits until `expected` deliveries arrived; the time since `since`.
+    async fn drained(&self, expected: u64, since: Instant) -> Duration {
+        while self.delivered.load(Ordering::Relaxed) < expected && since.elapsed() < Duration::from_secs(600)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        since.elapsed()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
 /// One admin API POST; the JSON answer.
 async fn admin_post(addr: SocketAddr, path: &str, body: &'static str) -> serde_json::Value {
     let stream = TcpStream::connect(addr).await.unwrap();
@@ -193,91 +315,100 @@ async fn admin_post(addr: SocketAddr, path: &str, body: &'static str) -> serde_j
     serde_json::from_slice(&body).unwrap()
 }
 
-fn report(name: &str, r: &LoadResult) {
-    println!(
-        "{name:<34} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} requests, {} non-2xx)",
-        r.rate(),
-        r.percentile(0.50),
-        r.percentile(0.99),
-        r.requests,
-        r.non_2xx
-    );
-}
-
 fn main() {
     let secs = env("LOAD_SECS", 5);
     let concurrency = env("LOAD_CONCURRENCY", 32);
-    let target_count = env("LOAD_TARGETS", 4);
+    let target_counts: Vec<u64> = std::env::var("LOAD_TARGETS")
+        .unwrap_or_else(|_| "1,4".into())
+        .split(',')
+        .filter_map(|k| k.trim().parse().ok())
+        .collect();
+    let sweep = env("LOAD_SWEEP", 0) == 1;
     let duration = Duration::from_secs(secs);
     hookrelay::tls::install_default_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        println!("load: {secs}s per run, {concurrency} connections, 1 KiB bodies, {target_count} targets, 2 cores shared by everything");
-
-        let baseline_addr = baseline_server().await;
-        let baseline = load(baseline_addr, "/hooks/parallel", concurrency, duration, "base").await;
-        report("baseline: hyper + HMAC verify", &baseline);
-
-        let delivered = Arc::new(AtomicU64::new(0));
+        println!(
+            "load: HTTPS (rustls, HTTP/1.1 keep-alive), {secs}s per run, {concurrency} connections, 1 KiB bodies; \
+             load generator, servers and targets share the 2 cores"
+        );
         let dir = tempfile::tempdir().unwrap();
-        let mut config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[journal]\npath = \"{}/journal\"\n[sources.parallel]\nsecrets = [\"{SECRET}\"]\n",
-            dir.path().display()
-        );
-        for t in 0..target_count {
-            let addr = counting_target(delivered.clone()).await;
-            config.push_str(&format!(
-                "[targets.t{t}]\nsource = \"parallel\"\nurl = \"http://{addr}/\"\nsecret = \"{TARGET_SECRET}\"\nconcurrency = 16\n"
-            ));
-        }
-        let path = dir.path().join("hookrelay.toml");
-        std::fs::write(&path, config).unwrap();
-        let gateway = hookrelay::Gateway::bind(Config::load(&path).unwrap()).await.unwrap();
-        let addr = gateway.inbound_addr();
-        let admin_addr = gateway.admin_addr();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn(gateway.run(async {
-            let _ = stopped.await;
-        }));
-        let started = Instant::now();
-        let ingest = load(addr, "/hooks/parallel", concurrency, duration, "gw").await;
-        report("gateway: durable ack + fan-out", &ingest);
-        let expected = ingest.requests * target_count;
-        while delivered.load(Ordering::Relaxed) < expected && started.elapsed() < Duration::from_secs(600) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let drain = started.elapsed();
-        let done = delivered.load(Ordering::Relaxed);
-        println!(
-            "{:<34} {:>9.0} deliveries/s  ({done} of {expected} re-signed deliveries in {:.2}s, from the first request)",
-            "gateway: delivery throughput",
-            done as f64 / drain.as_secs_f64(),
-            drain.as_secs_f64()
-        );
-        println!("ratio ingest / baseline: {:.2}", ingest.rate() / baseline.rate());
+        let (cert, key, client) = make_tls(dir.path());
+        let server_tls = hookrelay::tls::ServerTls::load(&cert, &key).unwrap().config;
 
-        // (c) Replay every delivery to t0 (already delivered there once).
-        let before = delivered.load(Ordering::Relaxed);
-        let asked = Instant::now();
-        let answer = admin_post(admin_addr, "/v1/replays", r#"{"since":"0","target":"t0","status":"delivered"}"#).await;
-        let created = asked.elapsed();
-        let matched = answer["matched"].as_u64().unwrap_or(0);
-        while delivered.load(Ordering::Relaxed) < before + matched && asked.elapsed() < Duration::from_secs(600) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let drained = asked.elapsed();
-        let replayed = delivered.load(Ordering::Relaxed) - before;
-        println!(
-            "{:<34} {:>9.0} deliveries/s  ({replayed} of {matched} replayed to one target in {:.2}s; creating the replay took {:.2}s)",
-            "gateway: replay drain",
-            replayed as f64 / drained.as_secs_f64(),
-            drained.as_secs_f64(),
-            created.as_secs_f64()
-        );
+        let bare = baseline_server(server_tls.clone(), false).await;
+        let a = load(bare, client.clone(), concurrency, duration, Pace::ClosedLoop, "a").await;
+        report("(a) baseline: hyper + rustls", &a);
+        let verifying = baseline_server(server_tls.clone(), true).await;
+        let b = load(verifying, client.clone(), concurrency, duration, Pace::ClosedLoop, "b").await;
+        report("(b) baseline: hyper + rustls + HMAC", &b);
 
-        // Latency at half the baseline rate is a separate question (issue #6):
-        // this bench drives the gateway at full speed.
-        let _ = stop.send(());
-        running.await.unwrap().unwrap();
+        for &targets in &target_counts {
+            let gateway = RunningGateway::start(targets, &cert, &key).await;
+            let started = Instant::now();
+            let ingest = load(gateway.addr, client.clone(), concurrency, duration, Pace::ClosedLoop, "gw").await;
+            report(&format!("(c) gateway, {targets} target(s): durable ingest"), &ingest);
+            let expected = ingest.requests * targets;
+            let drain = gateway.drained(expected, started).await;
+            let done = gateway.delivered.load(Ordering::Relaxed);
+            println!(
+                "{:<40} {:>8.0} deliveries/s  ({done} of {expected} re-signed deliveries in {:.2}s from the first request)",
+                format!("(c) gateway, {targets} target(s): delivery"),
+                done as f64 / drain.as_secs_f64(),
+                drain.as_secs_f64()
+            );
+            println!(
+                "    ratios: ingest / (b) {:.2}, ingest / (a) {:.2}, (b) / (a) {:.2}",
+                ingest.rate() / b.rate(),
+                ingest.rate() / a.rate(),
+                b.rate() / a.rate()
+            );
+
+            // Latency at half the rate just measured, once the backlog is gone.
+            let half = ingest.rate() / 2.0;
+            let before = gateway.delivered.load(Ordering::Relaxed);
+            let paced = load(gateway.addr, client.clone(), concurrency, duration, Pace::Rate(half), "half").await;
+            report(&format!("(c) gateway, {targets} target(s): at {half:.0} req/s"), &paced);
+            gateway.drained(before + paced.requests * targets, Instant::now()).await;
+
+            if targets > 0 {
+                // Replay everything journaled to t0, with no live traffic.
+                let before = gateway.delivered.load(Ordering::Relaxed);
+                let asked = Instant::now();
+                let answer =
+                    admin_post(gateway.admin, "/v1/replays", r#"{"since":"0","target":"t0","status":"delivered"}"#).await;
+                let created = asked.elapsed();
+                let matched = answer["matched"].as_u64().unwrap_or(0);
+                let drained = gateway.drained(before + matched, asked).await;
+                let replayed = gateway.delivered.load(Ordering::Relaxed) - before;
+                println!(
+                    "{:<40} {:>8.0} deliveries/s  ({replayed} of {matched} replayed to one target in {:.2}s; creating the replay took {:.2}s)",
+                    format!("(c) gateway, {targets} target(s): replay"),
+                    replayed as f64 / drained.as_secs_f64(),
+                    drained.as_secs_f64(),
+                    created.as_secs_f64()
+                );
+            }
+            gateway.stop().await;
+        }
+
+        if sweep {
+            let mut csv = String::from("server,concurrency,requests_per_second,p50_ms,p99_ms\n");
+            let short = Duration::from_secs(secs.min(3));
+            for c in [1, 4, 16, 32, 64] {
+                let r = load(verifying, client.clone(), c, short, Pace::ClosedLoop, "sb").await;
+                report(&format!("sweep (b), {c} connections"), &r);
+                csv.push_str(&format!("baseline (b),{c},{:.0},{:.3},{:.3}\n", r.rate(), r.percentile(0.5), r.percentile(0.99)));
+                let gateway = RunningGateway::start(1, &cert, &key).await;
+                let r = load(gateway.addr, client.clone(), c, short, Pace::ClosedLoop, "sg").await;
+                report(&format!("sweep gateway 1 target, {c} connections"), &r);
+                csv.push_str(&format!("gateway 1 target,{c},{:.0},{:.3},{:.3}\n", r.rate(), r.percentile(0.5), r.percentile(0.99)));
+                gateway.drained(r.requests, Instant::now()).await;
+                gateway.stop().await;
+            }
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/load-sweep.csv");
+            std::fs::write(&path, csv).unwrap();
+            println!("wrote {}", path.display());
+        }
     });
 }

@@ -370,6 +370,9 @@ mod tests {
         assert!(error(r#"{"ids":["nope"]}"#).starts_with("ids:"));
         assert!(error(r#"{"since":"2h","colour":"red"}"#).contains("unknown field"));
         assert!(error("not json").starts_with("request body:"));
+        // The admin_input fuzzer's crash: a huge year must be refused, not overflow.
+        let crash = r#"{"since":"202666666666666-11-28T09:0:000Z","until":"parallel","status":"fd"}"#;
+        assert!(error(crash).starts_with("since:"));
     }
 
     #[test]

@@ -34,7 +34,15 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
     let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
     let mut time_parts = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
     let (hour, minute, second) = (time_parts.next()??, time_parts.next()??, time_parts.next()??);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    // RFC 3339 years have four digits; bounding them also keeps the day
+    // arithmetic below far from overflow (a fuzzer found year 202666666666666).
+    if !(0..=9999).contains(&year)
+        || !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || !(0..=23).contains(&hour)
+        || !(0..=59).contains(&minute)
+        || !(0..=60).contains(&second)
+    {
         return None;
     }
     let millis = match fraction.len() {
@@ -95,9 +103,18 @@ mod tests {
         }
         assert_eq!(parse_rfc3339("2025-07-02T23:29:35.114Z"), Some(1_751_498_975_114));
         assert_eq!(parse_rfc3339("2025-07-02T23:29:35.1+00:00"), Some(1_751_498_975_100));
-        for bad in
-            ["", "2025-07-02", "2025-13-02T00:00:00Z", "2025-07-02T24:00:00Z", "2025-07-02T23:29:35", "x"]
-        {
+        for bad in [
+            "",
+            "2025-07-02",
+            "2025-13-02T00:00:00Z",
+            "2025-07-02T24:00:00Z",
+            "2025-07-02T23:29:35",
+            "x",
+            // Found by the admin_input fuzzer: the year overflowed the day arithmetic.
+            "202666666666666-11-28T09:0:000Z",
+            "10000-01-01T00:00:00Z",
+            "2025-07-02T-1:00:00Z",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }

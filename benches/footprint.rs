@@ -1,0 +1,111 @@
+//! Memory and disk footprint of a large journal: appends N deliveries of
+//! 1 KiB (each with one fan-out job) with 64 concurrent writers, then
+//! reports resident memory (now and peak), bytes on disk per delivery, and
+//! the same after reopening the journal — what a restarted daemon holds.
+//! sled's page cache is bounded by `journal.cache` (64 MiB here, the default).
+//!
+//! Run: `cargo bench --bench footprint` (env FOOTPRINT_DELIVERIES=1000000).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hookrelay::config::JournalConfig;
+use hookrelay::journal::{Journal, NewDelivery};
+
+const WRITERS: u64 = 64;
+
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn body() -> Vec<u8> {
+    let mut body = br#"{"type":"monitor.event.detected","data":{"monitor_id":"monitor_1","pad":""#.to_vec();
+    body.resize(1024 - 3, b'a');
+    body.extend_from_slice(br#""}}"#);
+    body
+}
+
+fn main() {
+    let deliveries: u64 =
+        std::env::var("FOOTPRINT_DELIVERIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        path: dir.path().join("journal"),
+        dedup_window: Duration::from_secs(72 * 3600),
+        retention: Duration::from_secs(30 * 86400),
+        cache: 64 << 20,
+        max_disk: None,
+    };
+    println!("footprint: {deliveries} deliveries of 1 KiB, 1 job each, journal.cache = 64 MiB");
+    println!("before: rss {:.1} MiB", mib(status_kib("VmRSS:")));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let journal = Arc::new(Journal::open(&config).unwrap());
+    let started = Instant::now();
+    let body = body();
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (journal, body) = (journal.clone(), body.clone());
+                tokio::spawn(async move {
+                    let targets = vec!["analytics".to_owned()];
+                    for n in (w..deliveries).step_by(WRITERS as usize) {
+                        let delivery = NewDelivery {
+                            received_at_ms: 1_800_000_000_000 + n,
+                            source: "parallel".into(),
+                            webhook_id: format!("whevent_{n:012}"),
+                            webhook_timestamp: "1800000000".into(),
+                            webhook_signature: "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=".into(),
+                            content_type: Some("application/json".into()),
+                            event_type: Some("monitor.event.detected".into()),
+                            monitor_id: Some("monitor_1".into()),
+                            body: body.clone(),
+                        };
+                        journal.append(delivery, &targets).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    let elapsed = started.elapsed();
+    journal.flush().unwrap();
+    let disk = journal.size_on_disk().unwrap();
+    println!(
+        "appended in {:.1}s ({:.0}/s); rss {:.1} MiB, peak {:.1} MiB; on disk {:.1} MiB = {:.2} KiB per delivery",
+        elapsed.as_secs_f64(),
+        deliveries as f64 / elapsed.as_secs_f64(),
+        mib(status_kib("VmRSS:")),
+        mib(status_kib("VmHWM:")),
+        disk as f64 / (1 << 20) as f64,
+        disk as f64 / 1024.0 / deliveries as f64
+    );
+    drop(journal);
+    drop(runtime);
+
+    // A restarted daemon: open the journal and read what a start reads.
+    let reopened = Instant::now();
+    let journal = Journal::open(&config).unwrap();
+    let pending = journal.queued("analytics").unwrap().len();
+    let rss_open = status_kib("VmRSS:");
+    // Give sled's background flusher a chance to compact, then measure again.
+    std::thread::sleep(Duration::from_secs(5));
+    journal.flush().unwrap();
+    let disk = journal.size_on_disk().unwrap();
+    println!(
+        "reopened in {:.1}s with {pending} pending jobs: rss {:.1} MiB; on disk {:.1} MiB = {:.2} KiB per delivery",
+        reopened.elapsed().as_secs_f64(),
+        mib(rss_open),
+        disk as f64 / (1 << 20) as f64,
+        disk as f64 / 1024.0 / deliveries as f64
+    );
+}
