@@ -5,7 +5,8 @@
 //! reopening the journal — what a restarted daemon holds.
 //! sled's page cache is bounded by `journal.cache` (64 MiB here, the default).
 //!
-//! Run: `cargo bench --bench footprint` (env FOOTPRINT_DELIVERIES=1000000).
+//! Run: `cargo bench --bench footprint` (env FOOTPRINT_DELIVERIES=1000000,
+//! FOOTPRINT_CACHE_MIB=64).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,15 +39,16 @@ fn body() -> Vec<u8> {
 fn main() {
     let deliveries: u64 =
         std::env::var("FOOTPRINT_DELIVERIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let cache_mib: u64 = std::env::var("FOOTPRINT_CACHE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
     let dir = tempfile::tempdir().unwrap();
     let config = JournalConfig {
         path: dir.path().join("journal"),
         dedup_window: Duration::from_secs(72 * 3600),
         retention: Duration::from_secs(30 * 86400),
-        cache: 64 << 20,
+        cache: cache_mib << 20,
         max_disk: None,
     };
-    println!("footprint: {deliveries} deliveries of 1 KiB, 1 job each, journal.cache = 64 MiB");
+    println!("footprint: {deliveries} deliveries of 1 KiB, 1 job each, journal.cache = {cache_mib} MiB");
     println!("before: rss {:.1} MiB", mib(status_kib("VmRSS:")));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let journal = Arc::new(Journal::open(&config).unwrap());
