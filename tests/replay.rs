@@ -459,3 +459,47 @@ fn gateway_journal_len(dir: &tempfile::TempDir) -> usize {
     };
     hookrelay::journal::Journal::open(&config).unwrap().len()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_replay_survives_sigkill() {
+    use common::daemon::{Daemon, write_config};
+    let consumer = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &target_table("consumer", &consumer.url(), ""));
+    let start = |config: std::path::PathBuf| tokio::task::spawn_blocking(move || Daemon::start(&config));
+    let mut daemon = start(config.clone()).await.unwrap();
+    let reply = send_plain(
+        daemon.addr,
+        signed_request("parallel", SECRET, "whevent_k", now(), event("monitor.event.detected", 1).as_bytes()),
+    )
+    .await;
+    let delivery = reply.json()["id"].as_str().unwrap().to_owned();
+    consumer.wait_for(1, WAIT).await;
+    wait_for_json(daemon.admin_addr, "/v1/targets", "delivered", |t| {
+        target_field(t, "consumer", "pending") == 0
+    })
+    .await;
+    // Paused, so the replayed job can only be pending when the process dies.
+    assert_eq!(admin_post(daemon.admin_addr, "/v1/targets/consumer/pause", json!({})).await.status, 200);
+    let started = admin_post(daemon.admin_addr, "/v1/replays", json!({"ids": [delivery]})).await;
+    assert_eq!(started.status, 201, "{}", started.text());
+    let id = started.json()["id"].as_str().unwrap().to_owned();
+    // Killed the moment the replay was answered: no clean shutdown, no final flush.
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    drop(daemon);
+
+    let daemon = start(config).await.unwrap();
+    let progress = admin_get(daemon.admin_addr, &format!("/v1/replays/{id}")).await.json();
+    assert_eq!(
+        (progress["matched"].as_u64(), progress["pending"].as_u64()),
+        (Some(1), Some(1)),
+        "{progress}"
+    );
+    assert_eq!(admin_post(daemon.admin_addr, "/v1/targets/consumer/resume", json!({})).await.status, 200);
+    let received = consumer.wait_for(2, WAIT).await;
+    assert_eq!(received[1].header("webhook-id"), "whevent_k");
+    assert_eq!(received[1].header("hookrelay-replay"), "1");
+    wait_for_json(daemon.admin_addr, &format!("/v1/replays/{id}"), "replay finished", |p| p["done"] == 1)
+        .await;
+}
