@@ -19,6 +19,9 @@
 //! - [`replay`]: which (delivery, target) pairs a replay selects; requeues them.
 //! - `server`: accept loop, TLS, HTTP/1.1 and h2, graceful shutdown.
 //! - [`tls`]: PEM files → rustls configuration (ring provider).
+//! - [`systemd`]: sd_notify, the watchdog interval, socket-activated listeners.
+//! - [`reload`]: SIGHUP — re-read the config and swap what can change while
+//!   serving (each part through a `live::Live` snapshot).
 //! - [`admin`] and [`metrics`]: the admin listener (`/healthz`, `/readyz`,
 //!   `/metrics`, the `/v1` operator API) and the counters it exposes.
 //! - [`cli`]: the `hookrelay` command line; `main.rs` only calls it.
@@ -26,8 +29,10 @@
 //!   receiver) and `hookrelay send-test` (a signed sample event).
 //!
 //! [`Gateway`] wires them: `Gateway::bind(config)` opens the journal and binds
-//! the listener (port 0 works, for tests), `run(shutdown)` serves and delivers
-//! until the shutdown future resolves, drains both, and flushes the journal.
+//! the listeners (port 0 works, for tests; `with_listeners` takes sockets from
+//! systemd), `run(shutdown)` serves and delivers until the shutdown future
+//! resolves, reloading when asked through `reload_handle()`, then drains
+//! both and flushes the journal.
 
 #![forbid(unsafe_code)]
 
