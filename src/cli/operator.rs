@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 
 use super::{ANSWER_TIMEOUT, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, http_call};
 
-/// Starting a replay writes every selected job before the API answers:
-/// a large one takes a while.
-const REPLAY_START_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Starting a replay writes every selected job, and a purge walks the
+/// journal, before the API answers: a large one takes a while.
+const LONG_CALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Args, Debug)]
 pub(super) struct DeliveriesArgs {
@@ -136,7 +136,7 @@ pub(super) fn targets(args: TargetsArgs) -> u8 {
         Some(TargetsAction::Pause { name }) => (hyper::Method::POST, format!("/v1/targets/{name}/pause")),
         Some(TargetsAction::Resume { name }) => (hyper::Method::POST, format!("/v1/targets/{name}/resume")),
     };
-    let body = match admin_call(&args.admin, method, &path, None) {
+    let body = match admin_call(&args.admin, method, &path, None, ANSWER_TIMEOUT) {
         Ok(body) => body,
         Err(code) => return code,
     };
@@ -176,7 +176,7 @@ pub(super) fn deliveries(args: DeliveriesArgs) -> u8 {
             format!("/v1/deliveries?{}", params.join("&"))
         }
     };
-    let body = match admin_call(&args.admin, hyper::Method::GET, &path, None) {
+    let body = match admin_call(&args.admin, hyper::Method::GET, &path, None, ANSWER_TIMEOUT) {
         Ok(body) => body,
         Err(code) => return code,
     };
@@ -268,8 +268,8 @@ fn admin_call(
     method: hyper::Method,
     path: &str,
     body: Option<serde_json::Value>,
+    timeout: Duration,
 ) -> Result<serde_json::Value, u8> {
-    let timeout = if path == "/v1/replays" && body.is_some() { REPLAY_START_TIMEOUT } else { ANSWER_TIMEOUT };
     let token = match &args.token_file {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
@@ -313,7 +313,13 @@ fn admin_call(
 
 fn purge(admin: &AdminArgs, status: &str, until: &str, source: Option<&str>, dry_run: bool) -> u8 {
     let request = json!({ "status": status, "until": until, "source": source, "dry_run": dry_run });
-    let body = match admin_call(admin, hyper::Method::POST, "/v1/deliveries/purge", Some(request)) {
+    let body = match admin_call(
+        admin,
+        hyper::Method::POST,
+        "/v1/deliveries/purge",
+        Some(request),
+        LONG_CALL_TIMEOUT,
+    ) {
         Ok(body) => body,
         Err(code) => return code,
     };
@@ -359,10 +365,11 @@ pub(super) fn replay(args: ReplayArgs) -> u8 {
         eprintln!("hookrelay: give --id, or --since (\"0\" replays the whole journal)");
         return EXIT_USAGE;
     }
-    let started = match admin_call(&args.admin, hyper::Method::POST, "/v1/replays", Some(request)) {
-        Ok(body) => body,
-        Err(code) => return code,
-    };
+    let started =
+        match admin_call(&args.admin, hyper::Method::POST, "/v1/replays", Some(request), LONG_CALL_TIMEOUT) {
+            Ok(body) => body,
+            Err(code) => return code,
+        };
     let matched = started["matched"].as_u64().unwrap_or(0);
     let skipped = started["skipped_pending"].as_u64().unwrap_or(0);
     let skipped_note = if skipped > 0 {
@@ -420,7 +427,8 @@ fn follow(admin: &AdminArgs, id: &str) -> Result<Value, u8> {
     let terminal = std::io::stderr().is_terminal();
     let mut last_line = Instant::now();
     loop {
-        let progress = admin_call(admin, hyper::Method::GET, &format!("/v1/replays/{id}"), None)?;
+        let progress =
+            admin_call(admin, hyper::Method::GET, &format!("/v1/replays/{id}"), None, ANSWER_TIMEOUT)?;
         let finished = progress["finished"].as_bool().unwrap_or(true);
         let line = progress_line(&progress);
         if terminal {

@@ -413,7 +413,7 @@ fn index_dead_jobs(db: &sled::Db, tree: &sled::Tree) -> Result<(), JournalError>
         return Ok(());
     }
     let mut batch = sled::Batch::default();
-    for entry in tree.scan_prefix(keys::JOBS) {
+    for entry in tree.scan_prefix(keys::JOB) {
         let (key, value) = entry?;
         let job = decode_job(&key, &value)?;
         if job.state == JobState::Dead {
@@ -446,10 +446,9 @@ mod keys {
     pub const DEAD: &[u8] = b"K";
     /// Present once the `K` index covers every dead job.
     pub const DEAD_INDEX_MARKER: &[u8] = b"M:dead-index";
-    pub const JOBS: &[u8] = b"J";
+    pub const JOB: &[u8] = b"J";
     pub const REPLAY: &[u8] = b"R";
     const REPLAY_PAIR: &[u8] = b"X";
-    const JOB: u8 = b'J';
     const QUEUE: u8 = b'Q';
     const PAUSED: &[u8] = b"P";
 
@@ -498,7 +497,7 @@ mod keys {
     }
 
     pub fn job_prefix(delivery: DeliveryId) -> Vec<u8> {
-        [&[JOB][..], &delivery.to_key()].concat()
+        [JOB, &delivery.to_key()].concat()
     }
 
     pub fn job(delivery: DeliveryId, target: &str) -> Vec<u8> {
