@@ -88,6 +88,12 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 /// between watchdog pings, which come at half `WATCHDOG_USEC`).
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How often the journal's health is looked at, and how a reopen backs off
+/// while the storage keeps failing.
+const JOURNAL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+const REOPEN_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 /// A gateway whose journal is open and whose listeners are bound.
 pub struct Gateway {
     config: Config,
@@ -199,6 +205,7 @@ impl Gateway {
             shutdown_grace: config.server.shutdown_grace,
         };
         let pruner = tokio::spawn(prune_periodically(journal.clone(), config.journal.retention));
+        let doctor = tokio::spawn(recover_journal(journal.clone(), dispatcher.status()));
         let addr = listener
             .local_addr()
             .map_err(|source| GatewayError::Bind { addr: config.server.listen, source })?;
@@ -298,6 +305,7 @@ impl Gateway {
         };
         tokio::join!(work, administering);
         pruner.abort();
+        doctor.abort();
         let flushed =
             tokio::task::spawn_blocking(move || journal.flush()).await.expect("journal flush does not panic");
         flushed.map_err(GatewayError::Flush)?;
@@ -338,6 +346,32 @@ async fn heartbeat(
             }
         }
         notifier.status(&status());
+    }
+}
+
+/// After a storage failure (disk full, file-size limit, I/O error) sled
+/// refuses writes until the journal is reopened: try that, backing off while
+/// it keeps failing, then let the lanes reload their queues from it.
+async fn recover_journal(journal: Arc<Journal>, lanes: delivery::LaneStatus) {
+    let mut backoff = REOPEN_BACKOFF_FIRST;
+    loop {
+        tokio::time::sleep(if journal.is_writable() { JOURNAL_CHECK_INTERVAL } else { backoff }).await;
+        if journal.is_writable() {
+            backoff = REOPEN_BACKOFF_FIRST;
+            continue;
+        }
+        let (journal, lanes) = (journal.clone(), lanes.clone());
+        match tokio::task::spawn_blocking(move || journal.reopen().and_then(|()| lanes.resync())).await {
+            Ok(Ok(())) => {
+                tracing::info!("journal reopened after a storage failure; taking writes again");
+                backoff = REOPEN_BACKOFF_FIRST;
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, retry_in = ?backoff, "journal still refuses writes");
+                backoff = (backoff * 2).min(REOPEN_BACKOFF_MAX);
+            }
+            Err(_) => return,
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! The admin HTTP listener (`[admin] listen`, loopback by default), apart
 //! from the inbound one so it can stay private:
 //! - `GET /healthz`: 200 while the process runs.
-//! - `GET /readyz`: 200 once listeners and journal are up, 503 from the
-//!   moment shutdown begins.
+//! - `GET /readyz`: 200 once listeners and journal are up; 503 from the
+//!   moment shutdown begins, and while the journal refuses writes.
 //! - `GET /metrics`: Prometheus text format (see `metrics`).
 //! - `GET /v1/deliveries` (filters, cursor) and `GET /v1/deliveries/{id}`.
 //! - `POST /v1/deliveries/purge`: drop dead deliveries for good.
@@ -70,8 +70,13 @@ impl Admin {
         }
         match path {
             "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/readyz" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
-            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            "/readyz" if !self.ready.load(Ordering::Acquire) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+            "/readyz" if !self.journal.is_writable() => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: the journal refuses writes\n")
+            }
+            "/readyz" => text(StatusCode::OK, "ready\n"),
             "/metrics" => {
                 let now_ms = crate::time::now_ms();
                 let body = self.metrics.render(&self.lanes.gauges(now_ms), self.journal.size_on_disk().ok());

@@ -193,6 +193,17 @@ fn serve(path: &Path) -> u8 {
                 return EXIT_FAILURE;
             }
         };
+        // SIGXFSZ (a file outgrew RLIMIT_FSIZE, e.g. systemd's LimitFSIZE=)
+        // would kill the process; handled, the write fails with EFBIG instead
+        // and the journal answers 503 until it can write again.
+        let _file_size_limit =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ)) {
+                Ok(signals) => signals,
+                Err(err) => {
+                    eprintln!("hookrelay: cannot handle SIGXFSZ: {err}");
+                    return EXIT_FAILURE;
+                }
+            };
         let gateway = match Gateway::with_listeners(config, inbound, admin).await {
             Ok(gateway) => gateway,
             Err(err) => {
@@ -211,6 +222,9 @@ fn serve(path: &Path) -> u8 {
         }
     })
 }
+
+/// "File size limit exceeded" (Linux, every architecture hookrelay builds for).
+const SIGXFSZ: i32 = 25;
 
 /// Listeners passed by systemd socket activation, as tokio listeners.
 fn adopt_listeners(

@@ -3,6 +3,7 @@
 //! breaker, a concurrency permit and the rate limiter, sends, and records the
 //! outcome in the journal.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use super::outbound::{self, AttemptInfo, HttpClient, Signer};
 use super::policy::{self, AttemptOutcome, Decision};
 use super::queue::Next;
 use crate::config::{RateLimit, RetryConfig, TargetConfig};
-use crate::journal::{Attempt, Journal, QueueEntry};
+use crate::journal::{Attempt, DeliveryId, Journal, QueueEntry};
 use crate::live::Live;
 use crate::metrics::{AttemptResult, Metrics, TargetGauges};
 use crate::time::now_ms;
@@ -25,6 +26,9 @@ use rustls_pki_types::CertificateDer;
 
 /// How long an idle lane sleeps when nothing wakes it (a safety net only).
 const IDLE_RECHECK: Duration = Duration::from_secs(60);
+
+/// How often a lane looks again while the journal refuses writes.
+const JOURNAL_RECHECK_MS: u64 = 1_000;
 
 /// What a target's config says about sending; swapped whole by a reload.
 /// An attempt uses the snapshot it started with.
@@ -81,8 +85,8 @@ pub(crate) struct Lane {
     pub(super) inbox: Arc<Inbox>,
     journal: Arc<Journal>,
     metrics: Arc<Metrics>,
-    /// Attempts started and not yet recorded.
-    in_flight: std::sync::atomic::AtomicUsize,
+    /// Deliveries whose attempt started and is not yet recorded.
+    in_flight: Mutex<HashSet<DeliveryId>>,
 }
 
 impl Lane {
@@ -100,7 +104,7 @@ impl Lane {
             inbox,
             journal,
             metrics,
-            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            in_flight: Mutex::new(HashSet::new()),
         }
     }
 
@@ -175,7 +179,7 @@ impl Lane {
             "pending": gauges.pending,
             "replay_pending": self.inbox.queue.lock().expect("not poisoned").replays(),
             "dead": gauges.dead,
-            "in_flight": self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+            "in_flight": self.in_flight.lock().expect("not poisoned").len(),
             "oldest_pending_age_seconds": gauges.oldest_pending_age.map(|age| age.as_secs_f64()),
             "rate_limit": settings.rate.map(|r| serde_json::json!({"per_second": r.per_second.get(), "burst": r.burst.get()})),
             "concurrency": settings.concurrency,
@@ -196,7 +200,7 @@ impl Lane {
     /// Pending jobs (queued and in flight), the oldest one's age, the breaker.
     pub(crate) fn gauges(&self, now_ms: u64) -> TargetGauges {
         let queue = self.inbox.queue.lock().expect("not poisoned");
-        let in_flight = self.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+        let in_flight = self.in_flight.lock().expect("not poisoned").len();
         TargetGauges {
             pending: queue.len() + in_flight,
             oldest_pending_age: queue
@@ -205,6 +209,26 @@ impl Lane {
             breaker_open: !matches!(self.breaker.lock().expect("not poisoned").state(), BreakerState::Closed),
             dead: self.journal.dead_count(&self.name),
         }
+    }
+
+    /// Rebuilds the in-memory queue from the journal's queue index, after a
+    /// reopen lost unflushed outcomes: the index is the truth. Jobs in flight
+    /// are left out; their attempts requeue them (or not) when recorded.
+    pub(crate) fn resync(&self) -> Result<(), crate::journal::JournalError> {
+        let mut queue = self.inbox.queue.lock().expect("not poisoned");
+        // Under the queue lock: an attempt leaves the in-flight set only
+        // after its retry is pushed, and pushing waits for this lock.
+        let in_flight = self.in_flight.lock().expect("not poisoned").clone();
+        let mut rebuilt = super::queue::LaneQueue::default();
+        for entry in self.journal.queued(&self.name)? {
+            if !in_flight.contains(&entry.delivery) {
+                rebuilt.push(entry);
+            }
+        }
+        *queue = rebuilt;
+        drop(queue);
+        self.inbox.bell.notify_one();
+        Ok(())
     }
 
     pub(crate) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, grace: Duration) {
@@ -224,7 +248,6 @@ impl Lane {
                 }
             }
             let lane = self.clone();
-            self.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             attempts.spawn(async move {
                 lane.attempt(entry).await;
                 drop(permit);
@@ -253,13 +276,27 @@ impl Lane {
             let paused = self.inbox.paused.load(std::sync::atomic::Ordering::Acquire) || self.is_retired();
             let wait_until = if paused {
                 None // resume (or a reload that brings the target back) rings the bell
+            } else if !self.journal.is_writable() {
+                // An outcome could not be recorded: sending now would only
+                // repeat it later. The reopen's resync rings the bell.
+                Some(now + JOURNAL_RECHECK_MS)
             } else {
                 let mut queue = self.inbox.queue.lock().expect("not poisoned");
-                match queue.next(now) {
+                // Into the in-flight set under the queue lock, so a resync
+                // sees every job in one place or the other.
+                let next = queue.next(now);
+                let mut take = |class| {
+                    let entry = queue.take(class);
+                    if let Some(entry) = &entry {
+                        self.in_flight.lock().expect("not poisoned").insert(entry.delivery);
+                    }
+                    entry
+                };
+                match next {
                     Next::Ready(class) => match self.breaker.lock().expect("not poisoned").admit(now) {
-                        Admission::Send => return queue.take(class),
+                        Admission::Send => return take(class),
                         Admission::Probe => {
-                            let probe = queue.take(class);
+                            let probe = take(class);
                             if let Some(probe) = &probe {
                                 tracing::info!(target_name = %self.name, delivery_id = %probe.delivery, "probing paused target");
                             }
@@ -283,8 +320,9 @@ impl Lane {
     }
 
     async fn attempt(&self, entry: QueueEntry) {
-        // Leaves the in-flight count on every path out of here.
-        let in_flight = InFlight(&self.in_flight);
+        // Leaves the in-flight set on every path out of here, after a retry
+        // is back in the queue (see `resync`).
+        let in_flight = InFlight(&self.in_flight, entry.delivery);
         let settings = self.settings.get();
         let started_ms = now_ms();
         let started = Instant::now();
@@ -391,12 +429,12 @@ impl Lane {
     }
 }
 
-/// Decrements the lane's in-flight count when dropped.
-struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+/// Takes a delivery out of the lane's in-flight set when dropped.
+struct InFlight<'a>(&'a Mutex<HashSet<DeliveryId>>, DeliveryId);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.lock().expect("not poisoned").remove(&self.1);
     }
 }
 

@@ -143,6 +143,14 @@ impl LaneStatus {
         }
     }
 
+    /// Rebuilds every lane's queue from the journal (after a reopen).
+    pub fn resync(&self) -> Result<(), JournalError> {
+        for lane in self.0.all() {
+            lane.resync()?;
+        }
+        Ok(())
+    }
+
     /// Pauses or resumes a target; `Ok(None)` when there is no such target.
     pub fn set_paused(
         &self,

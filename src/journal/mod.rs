@@ -26,6 +26,13 @@
 //! [`Journal::append`] hands the delivery to the writer thread (see `writer`),
 //! which writes it with its fan-out jobs and answers only after the flush that
 //! covers them: an acknowledged delivery and its jobs survive a crash.
+//!
+//! A storage failure (disk full, file-size limit, I/O error) makes sled refuse
+//! every later write until the database is reopened. The journal notes the
+//! failure ([`Journal::is_writable`] turns false: ingress answers 503, lanes
+//! stop taking jobs) and [`Journal::reopen`] replaces the open database with a
+//! fresh one holding exactly what was flushed; nothing acknowledged is lost,
+//! and the lanes reload their queues from it.
 
 mod codec;
 mod job;
@@ -35,9 +42,10 @@ mod retention;
 mod writer;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 pub use codec::DecodeError;
 pub use job::{Attempt, Job, JobState};
@@ -89,9 +97,14 @@ pub struct Appended {
 }
 
 pub struct Journal {
-    db: sled::Db,
-    tree: sled::Tree,
-    writer: Writer,
+    /// `None` only while [`Journal::reopen`] swaps it.
+    store: RwLock<Option<Arc<Store>>>,
+    /// Set by the first failed write; cleared by a successful reopen.
+    failed: Arc<AtomicBool>,
+    /// Bumped by every successful reopen.
+    generation: AtomicU64,
+    path: PathBuf,
+    cache: u64,
     dedup_window_ms: u64,
     quota: Option<Quota>,
     /// Dead jobs per target, mirroring the `K` index. Signed and never
@@ -112,43 +125,142 @@ struct Quota {
 
 const QUOTA_REFRESH_MS: u64 = 1_000;
 
+/// How long [`Journal::reopen`] waits for calls in progress to let go.
+const REOPEN_WAIT: Duration = Duration::from_secs(10);
+
+/// The open database and its writer thread.
+struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+    writer: Writer,
+}
+
+impl Store {
+    fn open(
+        path: &std::path::Path,
+        cache: u64,
+        dedup_window_ms: u64,
+        failed: Arc<AtomicBool>,
+    ) -> Result<Store, JournalError> {
+        let db = sled::Config::new().path(path).cache_capacity(cache).open()?;
+        let tree = db.open_tree("journal")?;
+        let writer = Writer::start(db.clone(), tree.clone(), dedup_window_ms, failed)
+            .map_err(|err| JournalError::Storage(format!("cannot start the journal writer: {err}")))?;
+        Ok(Store { db, tree, writer })
+    }
+}
+
 impl Journal {
     /// Opens (or creates) the journal directory.
     pub fn open(config: &JournalConfig) -> Result<Journal, JournalError> {
-        let db = sled::Config::new().path(&config.path).cache_capacity(config.cache).open()?;
-        Journal::from_db(db, config.dedup_window, config.max_disk)
-    }
-
-    fn from_db(db: sled::Db, dedup_window: Duration, max_disk: Option<u64>) -> Result<Journal, JournalError> {
-        let tree = db.open_tree("journal")?;
-        let dedup_window_ms = u64::try_from(dedup_window.as_millis()).unwrap_or(u64::MAX);
-        let writer = Writer::start(db.clone(), tree.clone(), dedup_window_ms)
-            .map_err(|err| JournalError::Storage(format!("cannot start the journal writer: {err}")))?;
-        let quota = match max_disk {
+        let dedup_window_ms = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
+        let failed = Arc::new(AtomicBool::new(false));
+        let store = Store::open(&config.path, config.cache, dedup_window_ms, failed.clone())?;
+        let quota = match config.max_disk {
             None => None,
             Some(limit) => Some(Quota {
                 limit,
-                size: AtomicU64::new(db.size_on_disk()?),
+                size: AtomicU64::new(store.db.size_on_disk()?),
                 refreshed_at_ms: AtomicU64::new(0),
             }),
         };
-        index_dead_jobs(&db, &tree)?;
+        index_dead_jobs(&store.db, &store.tree)?;
+        let journal = Journal {
+            store: RwLock::new(Some(Arc::new(store))),
+            failed,
+            generation: AtomicU64::new(0),
+            path: config.path.clone(),
+            cache: config.cache,
+            dedup_window_ms,
+            quota,
+            dead: Mutex::new(HashMap::new()),
+            maintenance: Mutex::new(()),
+        };
+        journal.count_dead_jobs()?;
+        Ok(journal)
+    }
+
+    /// Recounts the dead-jobs gauge from the `K` index.
+    fn count_dead_jobs(&self) -> Result<(), JournalError> {
         let mut dead = HashMap::<String, i64>::new();
-        for entry in tree.scan_prefix(keys::DEAD) {
+        for entry in self.tree()?.scan_prefix(keys::DEAD) {
             let (key, _) = entry?;
             if let Some(target) = keys::dead_target(&key) {
                 *dead.entry(target.to_owned()).or_default() += 1;
             }
         }
-        Ok(Journal {
-            db,
-            tree,
-            writer,
-            dedup_window_ms,
-            quota,
-            dead: Mutex::new(dead),
-            maintenance: Mutex::new(()),
+        *self.dead.lock().expect("not poisoned") = dead;
+        Ok(())
+    }
+
+    fn store(&self) -> Result<Arc<Store>, JournalError> {
+        self.store.read().expect("not poisoned").clone().ok_or_else(|| {
+            JournalError::Storage("the journal is being reopened after a storage failure".to_owned())
         })
+    }
+
+    fn tree(&self) -> Result<sled::Tree, JournalError> {
+        Ok(self.store()?.tree.clone())
+    }
+
+    fn db(&self) -> Result<sled::Db, JournalError> {
+        Ok(self.store()?.db.clone())
+    }
+
+    /// Passes a write's result on, noting an I/O failure: from then on sled
+    /// refuses every write until the journal is reopened.
+    fn wrote<T>(&self, result: sled::Result<T>) -> Result<T, JournalError> {
+        result.map_err(|err| {
+            if matches!(err, sled::Error::Io(_)) && !self.failed.swap(true, Ordering::AcqRel) {
+                tracing::error!(error = %err, "journal write failed; refusing writes until the journal is reopened");
+            }
+            err.into()
+        })
+    }
+
+    /// False after a storage failure, until a [`Journal::reopen`] succeeds.
+    pub fn is_writable(&self) -> bool {
+        !self.failed.load(Ordering::Acquire)
+    }
+
+    /// How many times the journal was reopened: lanes compare it to know
+    /// their in-memory queues may be stale.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Closes the database and opens it again after a storage failure (sled
+    /// refuses writes until then), then proves a write and a flush work.
+    /// What was flushed before the failure is all there; unflushed attempt
+    /// outcomes are gone, so those attempts will be repeated (at least once).
+    /// Blocks; on error, call again later.
+    pub fn reopen(&self) -> Result<(), JournalError> {
+        let old = self.store.write().expect("not poisoned").take();
+        if let Some(old) = old {
+            // Calls that took the store before the swap finish first: sled
+            // keeps its directory locked while any handle lives.
+            let deadline = Instant::now() + REOPEN_WAIT;
+            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if Arc::strong_count(&old) > 1 {
+                *self.store.write().expect("not poisoned") = Some(old);
+                return Err(JournalError::Storage("the journal is still in use; reopen later".to_owned()));
+            }
+            drop(old); // joins the writer thread and closes sled
+        }
+        let store = Store::open(&self.path, self.cache, self.dedup_window_ms, self.failed.clone())?;
+        let probe = store
+            .tree
+            .insert(keys::REOPEN_PROBE, &crate::time::now_ms().to_be_bytes())
+            .and_then(|_| store.db.flush());
+        // Readable even when not yet writable: listings and pings keep working.
+        *self.store.write().expect("not poisoned") = Some(Arc::new(store));
+        probe?;
+        self.count_dead_jobs()?;
+        self.failed.store(false, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Journals a delivery and one pending job per target in `targets`,
@@ -157,7 +269,7 @@ impl Journal {
     /// after a flush too: its original may have been written in the same group.
     pub async fn append(&self, new: NewDelivery, targets: &[String]) -> Result<Appended, JournalError> {
         self.check_quota(new.received_at_ms)?;
-        self.writer.append(new, targets.to_vec()).await
+        self.store()?.writer.append(new, targets.to_vec()).await
     }
 
     fn check_quota(&self, now_ms: u64) -> Result<(), JournalError> {
@@ -169,7 +281,7 @@ impl Journal {
                 .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            quota.size.store(self.db.size_on_disk()?, Ordering::Relaxed);
+            quota.size.store(self.db()?.size_on_disk()?, Ordering::Relaxed);
         }
         let size = quota.size.load(Ordering::Relaxed);
         if size >= quota.limit {
@@ -181,7 +293,7 @@ impl Journal {
     /// Every queued (pending) job of `target`, fresh ones in arrival order,
     /// then retries by due time. Read once per lane at start.
     pub fn queued(&self, target: &str) -> Result<Vec<QueueEntry>, JournalError> {
-        self.tree
+        self.tree()?
             .scan_prefix(keys::queue_target_prefix(target))
             .map(|entry| {
                 let (key, _) = entry?;
@@ -205,17 +317,17 @@ impl Journal {
 
     /// How many jobs of `target` are pending (fresh, retries and replays).
     pub fn pending_count(&self, target: &str) -> usize {
-        self.tree.scan_prefix(keys::queue_target_prefix(target)).count()
+        self.tree().map_or(0, |tree| tree.scan_prefix(keys::queue_target_prefix(target)).count())
     }
 
     pub fn job(&self, delivery: DeliveryId, target: &str) -> Result<Option<Job>, JournalError> {
         let key = keys::job(delivery, target);
-        self.tree.get(&key)?.map(|bytes| decode_job(&key, &bytes)).transpose()
+        self.tree()?.get(&key)?.map(|bytes| decode_job(&key, &bytes)).transpose()
     }
 
     /// Every job of one delivery.
     pub fn jobs_of(&self, delivery: DeliveryId) -> Result<Vec<Job>, JournalError> {
-        self.tree
+        self.tree()?
             .scan_prefix(keys::job_prefix(delivery))
             .map(|entry| {
                 let (key, value) = entry?;
@@ -240,8 +352,9 @@ impl Journal {
         // Only this target's lane touches this job, one attempt at a time, so
         // read-modify-write needs no transaction; the batch makes job and
         // queue change together.
+        let tree = self.tree()?;
         let key = keys::job(entry.delivery, target);
-        let bytes = self.tree.get(&key)?.ok_or_else(|| JournalError::Corrupt {
+        let bytes = tree.get(&key)?.ok_or_else(|| JournalError::Corrupt {
             key: format!("job {} → {target}", entry.delivery),
             error: DecodeError::Truncated,
         })?;
@@ -272,7 +385,7 @@ impl Journal {
             }
         };
         batch.insert(key, job.encode());
-        self.tree.apply_batch(batch)?;
+        self.wrote(tree.apply_batch(batch))?;
         if decision == Decision::Dead {
             self.count_dead(target, 1);
         }
@@ -282,30 +395,32 @@ impl Journal {
     /// Records that an operator paused (or resumed) a target; flushed at once,
     /// so a pause survives a restart.
     pub fn set_paused(&self, target: &str, paused: bool) -> Result<(), JournalError> {
+        let store = self.store()?;
         let key = keys::paused(target);
         if paused {
-            self.tree.insert(key, &[1u8])?;
+            self.wrote(store.tree.insert(key, &[1u8]))?;
         } else {
-            self.tree.remove(key)?;
+            self.wrote(store.tree.remove(key))?;
         }
-        self.db.flush()?;
+        self.wrote(store.db.flush())?;
         Ok(())
     }
 
     pub fn is_paused(&self, target: &str) -> Result<bool, JournalError> {
-        Ok(self.tree.contains_key(keys::paused(target))?)
+        Ok(self.tree()?.contains_key(keys::paused(target))?)
     }
 
     /// Drops dedup entries older than the window, so the index stays bounded.
     /// Returns how many were removed.
     pub fn prune_dedup(&self, now_ms: u64) -> Result<usize, JournalError> {
         let mut removed = 0;
-        for entry in self.tree.scan_prefix(keys::DEDUP) {
+        let tree = self.tree()?;
+        for entry in tree.scan_prefix(keys::DEDUP) {
             let (key, value) = entry?;
             let expired = DeliveryId::from_key(&value)
                 .is_none_or(|id| now_ms.saturating_sub(id.received_at_ms) >= self.dedup_window_ms);
             // Compare-and-swap: a fresh entry written meanwhile is kept.
-            if expired && self.tree.compare_and_swap(&key, Some(&value), None::<&[u8]>)?.is_ok() {
+            if expired && self.wrote(tree.compare_and_swap(&key, Some(&value), None::<&[u8]>))?.is_ok() {
                 removed += 1;
             }
         }
@@ -313,15 +428,12 @@ impl Journal {
     }
 
     pub fn get(&self, id: DeliveryId) -> Result<Option<DeliveryRecord>, JournalError> {
-        self.tree.get(keys::delivery(id))?.map(|bytes| decode(&id.to_key(), &bytes)).transpose()
+        self.tree()?.get(keys::delivery(id))?.map(|bytes| decode(&id.to_key(), &bytes)).transpose()
     }
 
     /// Every delivery, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = Result<DeliveryRecord, JournalError>> + '_ {
-        self.tree.scan_prefix(keys::DELIVERY).map(|entry| {
-            let (key, value) = entry?;
-            decode(&key[1..], &value)
-        })
+        self.deliveries_from(DeliveryId { received_at_ms: 0, seq: 0 })
     }
 
     /// Deliveries from `start` on (inclusive), oldest first: the time index.
@@ -329,43 +441,49 @@ impl Journal {
         &self,
         start: DeliveryId,
     ) -> impl Iterator<Item = Result<DeliveryRecord, JournalError>> + '_ {
-        self.tree
-            .range(keys::delivery(start)..)
-            .take_while(|entry| entry.as_ref().map_or(true, |(key, _)| key.starts_with(keys::DELIVERY)))
-            .map(|entry| {
-                let (key, value) = entry?;
-                decode(&key[1..], &value)
-            })
+        let (tree, unavailable) = match self.tree() {
+            Ok(tree) => (Some(tree), None),
+            Err(err) => (None, Some(Err(err))),
+        };
+        unavailable.into_iter().chain(
+            tree.into_iter()
+                .flat_map(move |tree| tree.range(keys::delivery(start)..))
+                .take_while(|entry| entry.as_ref().map_or(true, |(key, _)| key.starts_with(keys::DELIVERY)))
+                .map(|entry| {
+                    let (key, value) = entry?;
+                    decode(&key[1..], &value)
+                }),
+        )
     }
 
     /// How many deliveries the journal holds (walks them: for tests and tools).
     pub fn len(&self) -> usize {
-        self.tree.scan_prefix(keys::DELIVERY).count()
+        self.tree().map_or(0, |tree| tree.scan_prefix(keys::DELIVERY).count())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tree.scan_prefix(keys::DELIVERY).next().is_none()
+        self.len() == 0
     }
 
     /// Flushes everything to disk now (used at shutdown).
     pub fn flush(&self) -> Result<(), JournalError> {
-        self.db.flush()?;
+        self.wrote(self.db()?.flush())?;
         Ok(())
     }
 
     /// Resolves once the writer thread has caught up with every append
     /// queued before the call (a liveness check for the watchdog).
     pub async fn ping(&self) -> Result<(), JournalError> {
-        self.writer.ping().await
+        self.store()?.writer.ping().await
     }
 
-    /// Group-commit flushes run so far.
+    /// Group-commit flushes run so far (by the current writer thread).
     pub fn flush_count(&self) -> u64 {
-        self.writer.flushes()
+        self.store().map_or(0, |store| store.writer.flushes())
     }
 
     pub fn size_on_disk(&self) -> Result<u64, JournalError> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.db()?.size_on_disk()?)
     }
 }
 
@@ -446,6 +564,8 @@ mod keys {
     pub const DEAD: &[u8] = b"K";
     /// Present once the `K` index covers every dead job.
     pub const DEAD_INDEX_MARKER: &[u8] = b"M:dead-index";
+    /// Written and flushed by a reopen, to prove the journal takes writes.
+    pub const REOPEN_PROBE: &[u8] = b"M:reopen-probe";
     pub const JOB: &[u8] = b"J";
     pub const REPLAY: &[u8] = b"R";
     const REPLAY_PAIR: &[u8] = b"X";

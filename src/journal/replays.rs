@@ -83,7 +83,7 @@ impl<'a> Batch<'a> {
         hand_over: &mut impl FnMut(Vec<(String, QueueEntry)>),
     ) -> Result<(), JournalError> {
         self.writes.insert(keys::replay(summary.id.0), encode_summary(summary));
-        self.journal.tree.apply_batch(self.writes)?;
+        self.journal.wrote(self.journal.tree()?.apply_batch(self.writes))?;
         for target in self.revived {
             self.journal.count_dead(&target, -1);
         }
@@ -145,9 +145,9 @@ impl Journal {
         I: IntoIterator<Item = Result<(DeliveryId, String), JournalError>>,
     {
         let _maintenance = self.maintenance.lock().expect("not poisoned");
-        let id = ReplayId(self.db.generate_id()?);
+        let id = ReplayId(self.wrote(self.db()?.generate_id())?);
         let mut summary = ReplaySummary { id, created_at_ms: now_ms, selection, matched: 0, skipped: 0 };
-        self.tree.insert(keys::replay(id.0), encode_summary(&summary))?;
+        self.wrote(self.tree()?.insert(keys::replay(id.0), encode_summary(&summary)))?;
         let mut batch = Batch::new(self);
         for pair in pairs {
             let (delivery, target) = pair?;
@@ -187,17 +187,17 @@ impl Journal {
             }
         }
         batch.commit(&summary, &mut hand_over)?;
-        self.db.flush()?;
+        self.wrote(self.db()?.flush())?;
         Ok(ReplayStarted { id, matched: summary.matched, skipped: summary.skipped })
     }
 
     /// A replay and where its pairs stand, read from their jobs; `Ok(None)`
     /// for an unknown id. Walks the replay's pairs.
     pub fn replay_progress(&self, id: ReplayId) -> Result<Option<ReplayProgress>, JournalError> {
-        let Some(bytes) = self.tree.get(keys::replay(id.0))? else { return Ok(None) };
+        let Some(bytes) = self.tree()?.get(keys::replay(id.0))? else { return Ok(None) };
         let summary = decode_summary(id, &bytes)?;
         let mut progress = ReplayProgress { summary, pending: 0, done: 0, failed: 0, superseded: 0 };
-        for entry in self.tree.scan_prefix(keys::replay_pairs(id.0)) {
+        for entry in self.tree()?.scan_prefix(keys::replay_pairs(id.0)) {
             let (key, _) = entry?;
             let Some((delivery, target)) = keys::parse_replay_pair(&key) else {
                 return Err(JournalError::Corrupt {
@@ -219,7 +219,7 @@ impl Journal {
 
     /// Every replay, newest first, at most `limit`.
     pub fn replays(&self, limit: usize) -> Result<Vec<ReplaySummary>, JournalError> {
-        self.tree
+        self.tree()?
             .scan_prefix(keys::REPLAY)
             .rev()
             .take(limit)
@@ -238,18 +238,18 @@ impl Journal {
     /// Removes a finished replay's record and pair list (its jobs stay),
     /// the record first so a half-removed replay is never listed.
     pub(super) fn forget_replay(&self, id: ReplayId) -> Result<(), JournalError> {
-        self.tree.remove(keys::replay(id.0))?;
+        self.wrote(self.tree()?.remove(keys::replay(id.0)))?;
         loop {
             let mut batch = sled::Batch::default();
             let mut removed = 0;
-            for entry in self.tree.scan_prefix(keys::replay_pairs(id.0)).take(CHUNK) {
+            for entry in self.tree()?.scan_prefix(keys::replay_pairs(id.0)).take(CHUNK) {
                 batch.remove(entry?.0);
                 removed += 1;
             }
             if removed == 0 {
                 return Ok(());
             }
-            self.tree.apply_batch(batch)?;
+            self.wrote(self.tree()?.apply_batch(batch))?;
         }
     }
 }

@@ -81,7 +81,7 @@ impl Journal {
             let mut batch = sled::Batch::default();
             let mut dead_removed: Vec<String> = Vec::new();
             let mut next = None;
-            for (examined, entry) in self.tree.range(keys::delivery(start)..).enumerate() {
+            for (examined, entry) in self.tree()?.range(keys::delivery(start)..).enumerate() {
                 let (key, value) = entry?;
                 let Some(id) = key.strip_prefix(keys::DELIVERY).and_then(DeliveryId::from_key) else { break };
                 if id.received_at_ms >= cutoff_ms {
@@ -112,7 +112,7 @@ impl Journal {
                 }
             }
             if !dry_run {
-                self.tree.apply_batch(batch)?;
+                self.wrote(self.tree()?.apply_batch(batch))?;
                 for target in dead_removed {
                     self.count_dead(&target, -1);
                 }
@@ -123,7 +123,7 @@ impl Journal {
             }
         }
         if !dry_run && swept.deliveries > 0 {
-            self.db.flush()?;
+            self.wrote(self.db()?.flush())?;
         }
         Ok(swept)
     }

@@ -390,8 +390,8 @@ async fn dead_jobs_of_a_journal_from_before_the_dead_index_are_counted() {
         let id = journal.append(delivery("evt_old", 1_000), &["a".to_owned()]).await.unwrap().id;
         settle(&journal, id, "a", Decision::Dead);
         // What an older version left: the dead job, no index entry, no marker.
-        journal.tree.remove(keys::dead("a", id)).unwrap();
-        journal.tree.remove(keys::DEAD_INDEX_MARKER).unwrap();
+        journal.tree().unwrap().remove(keys::dead("a", id)).unwrap();
+        journal.tree().unwrap().remove(keys::DEAD_INDEX_MARKER).unwrap();
         journal.flush().unwrap();
     }
     let journal = Journal::open(&config(dir.path())).unwrap();

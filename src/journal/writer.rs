@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use tokio::sync::oneshot;
@@ -46,7 +46,13 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn start(db: sled::Db, tree: sled::Tree, dedup_window_ms: u64) -> std::io::Result<Self> {
+    /// `failed` is set when a group cannot be written (see `Journal::reopen`).
+    pub(crate) fn start(
+        db: sled::Db,
+        tree: sled::Tree,
+        dedup_window_ms: u64,
+        failed: Arc<AtomicBool>,
+    ) -> std::io::Result<Self> {
         let (queue, requests) = mpsc::channel::<Request>();
         let flushes = Arc::new(AtomicU64::new(0));
         let counter = flushes.clone();
@@ -62,7 +68,13 @@ impl Writer {
                     }
                 }
                 if !group.is_empty() {
-                    write_group(&db, &tree, dedup_window_ms, group);
+                    if !write_group(&db, &tree, dedup_window_ms, group)
+                        && !failed.swap(true, Ordering::AcqRel)
+                    {
+                        tracing::error!(
+                            "journal write failed; refusing writes until the journal is reopened"
+                        );
+                    }
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
                 for ping in pings {
@@ -112,7 +124,9 @@ impl Drop for Writer {
     }
 }
 
-fn write_group(db: &sled::Db, tree: &sled::Tree, dedup_window_ms: u64, group: Vec<Append>) {
+/// Writes and flushes one group and answers its callers; false when the
+/// write or the flush failed (every caller got the error).
+fn write_group(db: &sled::Db, tree: &sled::Tree, dedup_window_ms: u64, group: Vec<Append>) -> bool {
     let mut batch = sled::Batch::default();
     // Dedup keys written by this group: a duplicate within the group points
     // at the first one.
@@ -130,6 +144,7 @@ fn write_group(db: &sled::Db, tree: &sled::Tree, dedup_window_ms: u64, group: Ve
         // A caller whose request was cancelled is gone; fine.
         let _ = reply.send(answer);
     }
+    written.is_ok()
 }
 
 /// Adds one append's writes to the group's batch, or finds its original.

@@ -1,0 +1,563 @@
+//! The reliability suite (RELIABILITY.md): the real binary attacked the way
+//! production will — SIGKILL under load, target outages, overload, a disk
+//! that stops taking writes, hostile clients — with the invariant that no
+//! acknowledged webhook is lost. Every scenario prints its figures.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::daemon::{BIN, Daemon, write_config};
+use common::target::{Received, TestTarget};
+use common::*;
+use hookrelay::config::Config;
+use hookrelay::journal::Journal;
+
+const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC1yZWxpYWJpbGl0eQ==";
+
+/// A realistic Parallel event, `pad` bytes longer: a `task_run.status` for
+/// every fifth `n`, a `monitor.event.detected` otherwise; team "research"
+/// for even `n`.
+fn event(n: usize, pad: usize) -> String {
+    let kind = if n % 5 == 0 { "task_run.status" } else { "monitor.event.detected" };
+    format!(
+        r#"{{"type":"{kind}","timestamp":"2025-07-02T23:29:35.114Z","data":{{"monitor_id":"monitor_{}","event":{{"event_group_id":"mevtgrp_{n:06}"}},"metadata":{{"team":"{}"}},"pad":"{}"}}}}"#,
+        n % 7,
+        if n % 2 == 0 { "research" } else { "sales" },
+        "x".repeat(pad)
+    )
+}
+
+/// Sends one signed webhook on a fresh connection; `None` when the
+/// connection failed (the gateway is down, or closed it).
+async fn try_send(addr: SocketAddr, id: &str, body: &str) -> Option<Reply> {
+    let request = signed_request("parallel", SECRET, id, now(), body.as_bytes());
+    let send = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.ok()?;
+        tokio::spawn(connection);
+        let response = sender.send_request(request).await.ok()?;
+        let (parts, body) = response.into_parts();
+        let body = http_body_util::BodyExt::collect(body).await.ok()?.to_bytes();
+        Some(Reply { status: parts.status.as_u16(), headers: parts.headers, body })
+    };
+    tokio::time::timeout(Duration::from_secs(30), send).await.ok().flatten()
+}
+
+/// Each webhook-id and how often it arrived.
+fn arrivals(received: &[Received]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for r in received {
+        *counts.entry(r.header("webhook-id").to_owned()).or_default() += 1;
+    }
+    counts
+}
+
+/// Every request a target got carries a valid signature (its secret) over a
+/// body that was really sent under that webhook-id.
+fn assert_authentic(name: &str, received: &[Received], sent: &BTreeMap<String, String>) {
+    for r in received {
+        let id = r.header("webhook-id");
+        assert!(
+            matches!(r.verified, Some(Ok(()))),
+            "{name}: {id} arrived with a bad signature: {:?}",
+            r.verified
+        );
+        let body = sent.get(id).unwrap_or_else(|| panic!("{name}: {id} was never sent"));
+        assert_eq!(r.body, body.as_bytes(), "{name}: {id} arrived with a body that was never sent");
+    }
+}
+
+/// Which of the crash test's targets a webhook `n` matches.
+fn matches(target: &str, n: usize) -> bool {
+    match target {
+        "monitors" => n % 5 != 0,
+        "research" => n % 2 == 0,
+        _ => true,
+    }
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A small xorshift generator: the kill points, reproducible from the
+/// printed seed (RELIABILITY_SEED).
+struct Rng(u64);
+
+impl Rng {
+    fn from_env() -> Self {
+        let seed = std::env::var("RELIABILITY_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+        });
+        println!("seed: RELIABILITY_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+}
+
+/// Percentile (0..=1) of durations in milliseconds.
+fn percentile_ms(mut values: Vec<Duration>, p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort();
+    let index = ((values.len() - 1) as f64 * p).round() as usize;
+    values[index].as_secs_f64() * 1000.0
+}
+
+/// Peak resident memory of a process (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+fn target_table(name: &str, target: &TestTarget, extra: &str) -> String {
+    format!(
+        "[targets.{name}]\nsource = \"parallel\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\n{extra}\n",
+        target.url()
+    )
+}
+
+/// Reopens a stopped gateway's journal and checks that every acknowledged
+/// webhook is there with its exact bytes.
+fn assert_journaled(config_path: &Path, acked: &BTreeMap<String, String>) {
+    let config = Config::load(config_path).unwrap();
+    let journal = Journal::open(&config.journal).unwrap();
+    let mut found = BTreeMap::new();
+    for record in journal.iter() {
+        let record = record.unwrap();
+        found.insert(record.webhook_id.clone(), record.body.clone());
+    }
+    for (id, body) in acked {
+        let stored =
+            found.get(id).unwrap_or_else(|| panic!("{id} was acknowledged but is not in the journal"));
+        assert_eq!(stored, body.as_bytes(), "{id}: journaled bytes differ");
+    }
+}
+
+// ---------------------------------------------------------------- disk trouble
+
+/// The journal's file may not grow past RLIMIT_FSIZE (the way a full disk or
+/// a quota stops writes): ingress answers 503 with Retry-After and never a
+/// 2xx for what it could not write; /readyz says so; when the limit is lifted
+/// (space returns) the gateway reopens its journal by itself and takes
+/// webhooks again, and everything acknowledged is delivered and on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_refuses_writes_gets_503_and_recovers_when_space_returns() {
+    const LIMIT: u64 = 1536 * 1024;
+    let target = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), &target_table("consumer", &target, ""));
+    // Soft limit only: lifting it again needs no privilege, like freeing space.
+    let mut command = Command::new("prlimit");
+    command
+        .arg(format!("--fsize={LIMIT}:unlimited"))
+        .arg("--")
+        .arg(BIN)
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&config_path);
+    let mut daemon = Daemon::spawn(command);
+    let pid = daemon.child.id();
+
+    let mut acked = BTreeMap::new();
+    let mut sent = BTreeMap::new();
+    let mut refused = 0;
+    let mut n = 0;
+    // Fill the file until the journal refuses, then a few more.
+    while refused < 20 {
+        n += 1;
+        assert!(n < 5_000, "the journal never refused a write");
+        let (id, body) = (format!("whevent_disk_{n:05}"), event(n, 3000));
+        let reply = try_send(daemon.addr, &id, &body).await.expect("the gateway stays up");
+        sent.insert(id.clone(), body.clone());
+        match reply.status {
+            200 => {
+                assert_eq!(refused, 0, "a 200 after the journal refused: {}", reply.text());
+                acked.insert(id, body);
+            }
+            503 => {
+                assert_eq!(reply.error_code(), "journal_unavailable");
+                assert_eq!(reply.headers["retry-after"], "5");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", reply.text()),
+        }
+    }
+    let ready = admin_get(daemon.admin_addr, "/readyz").await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert!(ready.text().contains("journal refuses writes"));
+    daemon.wait_for_log("refusing writes until the journal is reopened", Duration::from_secs(5));
+    println!("disk: {} accepted, then 503 with Retry-After at the {LIMIT}-byte file limit", acked.len());
+
+    // Space returns.
+    let lifted = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--fsize=unlimited:unlimited"])
+        .status()
+        .unwrap();
+    assert!(lifted.success());
+    let recovered_at = Instant::now();
+    let mut recovered = false;
+    while recovered_at.elapsed() < Duration::from_secs(60) {
+        n += 1;
+        let (id, body) = (format!("whevent_disk_{n:05}"), event(n, 3000));
+        let reply = try_send(daemon.addr, &id, &body).await.expect("the gateway stays up");
+        sent.insert(id.clone(), body.clone());
+        if reply.status == 200 {
+            acked.insert(id, body);
+            recovered = true;
+            break;
+        }
+        assert_eq!(reply.status, 503);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(recovered, "no 200 within 60 s of space returning; logs:\n{}", daemon.logs());
+    println!("disk: writes again {:.1}s after space returned", recovered_at.elapsed().as_secs_f64());
+    assert_eq!(admin_get(daemon.admin_addr, "/readyz").await.status, 200);
+    for _ in 0..50 {
+        n += 1;
+        let (id, body) = (format!("whevent_disk_{n:05}"), event(n, 3000));
+        let reply = try_send(daemon.addr, &id, &body).await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        sent.insert(id.clone(), body.clone());
+        acked.insert(id, body);
+    }
+
+    // Every acknowledged webhook reaches the consumer, including those whose
+    // outcomes could not be recorded while the disk was full.
+    let received = target
+        .wait_until(Duration::from_secs(60), |received| {
+            let got = arrivals(received);
+            acked.keys().all(|id| got.contains_key(id))
+        })
+        .await;
+    assert_authentic("consumer", &received, &sent);
+    let extra = received.len() - acked.len();
+    println!("disk: {} acknowledged, all delivered ({extra} repeated deliveries)", acked.len());
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    assert_journaled(&config_path, &acked);
+    assert!(daemon.logs().contains("journal reopened after a storage failure"));
+    assert!(!daemon.logs().contains("panicked"));
+}
+
+// ------------------------------------------------------------- crash under load
+
+/// N signed webhooks at concurrency C while the gateway is SIGKILLed at
+/// random points, several rounds, each restart on the same journal; the
+/// sender resends whatever got no answer (as Parallel does). Invariant:
+/// every webhook that got a 200 reaches every matching target at least
+/// once, with a valid signature over bytes that were really sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_acknowledged_webhook() {
+    let n = env_or("RELIABILITY_N", 2_000);
+    let concurrency = env_or("RELIABILITY_CONCURRENCY", 32);
+    let kills = env_or("RELIABILITY_KILLS", 4);
+    let mut rng = Rng::from_env();
+    let names = ["all", "monitors", "research"];
+    let mut targets = BTreeMap::new();
+    let mut tables = String::new();
+    for name in names {
+        let target = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+        // A little slow, so attempts are in flight when the kill comes.
+        target.answer_with(|_| Some(common::target::Answer::Slow(Duration::from_millis(2), 200)));
+        let filter = match name {
+            "monitors" => "events = [\"monitor.*\"]",
+            "research" => "match = { \"/data/metadata/team\" = \"research\" }",
+            _ => "",
+        };
+        tables.push_str(&target_table(name, &target, &format!("concurrency = 8\n{filter}")));
+        targets.insert(name, target);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), &tables);
+    let sent: BTreeMap<String, String> =
+        (0..n).map(|i| (format!("whevent_crash_{i:06}"), event(i, 200))).collect();
+    let index_of = |id: &str| id.rsplit('_').next().unwrap().parse::<usize>().unwrap();
+    let mut unacked: Vec<String> = sent.keys().cloned().collect();
+    let mut acked = BTreeMap::new();
+
+    for round in 0..=kills {
+        let daemon = Daemon::start(&config_path);
+        let addr = daemon.addr;
+        let queue = Arc::new(std::sync::Mutex::new(unacked.clone()));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let senders: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (queue, tx, sent) = (queue.clone(), tx.clone(), sent.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let Some(id) = queue.lock().unwrap().pop() else { return };
+                        match try_send(addr, &id, &sent[&id]).await {
+                            Some(reply) => {
+                                assert_eq!(reply.status, 200, "{id}: {}", reply.text());
+                                let _ = tx.send(id);
+                            }
+                            None => return, // the gateway is gone: resend next round
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let mut daemon = daemon;
+        if round < kills {
+            // Somewhere inside the load: appends being group-committed, fan-out in flight.
+            tokio::time::sleep(Duration::from_millis(50 + rng.below(500))).await;
+            daemon.child.kill().unwrap();
+            daemon.child.wait().unwrap();
+        }
+        for sender in senders {
+            sender.await.unwrap();
+        }
+        let mut this_round = 0;
+        while let Ok(id) = rx.try_recv() {
+            acked.insert(id.clone(), sent[&id].clone());
+            this_round += 1;
+        }
+        unacked.retain(|id| !acked.contains_key(id));
+        println!("crash: round {round}: {this_round} acknowledged, {} to resend", unacked.len());
+        if round == kills {
+            assert!(unacked.is_empty(), "with no kill every webhook is acknowledged");
+            // Everything acknowledged arrives at every matching target.
+            for (name, target) in &targets {
+                let expected: BTreeSet<&String> =
+                    acked.keys().filter(|id| matches(name, index_of(id))).collect();
+                let received = target
+                    .wait_until(Duration::from_secs(120), |received| {
+                        let got = arrivals(received);
+                        expected.iter().all(|id| got.contains_key(id.as_str()))
+                    })
+                    .await;
+                assert_authentic(name, &received, &sent);
+                let got = arrivals(&received);
+                assert!(
+                    got.keys().all(|id| matches(name, index_of(id))),
+                    "{name} got a webhook its filter excludes"
+                );
+                let repeats: usize = got.values().map(|count| count - 1).sum();
+                println!(
+                    "crash: target {name}: {} expected, {} delivered, {repeats} repeated (same webhook-id)",
+                    expected.len(),
+                    got.len()
+                );
+                assert_eq!(got.len(), expected.len());
+            }
+            daemon.signal("TERM");
+            assert!(daemon.wait().success());
+        }
+    }
+    println!("crash: {kills} SIGKILLs, {} acknowledged of {n} sent, none lost", acked.len());
+    assert_journaled(&config_path, &acked);
+}
+
+// ---------------------------------------------------------------- target outage
+
+/// Four targets: one healthy, one refusing connections, one answering 503
+/// with Retry-After, one too slow for its timeout. The healthy one gets
+/// everything while the others are down; after they recover, retries and
+/// a replay of what went dead deliver the rest; nothing dead is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_outages_stay_isolated_and_everything_arrives_after_recovery() {
+    use common::target::Answer;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const N: usize = 200;
+    let healthy = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let refused_at = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let down = Arc::new(AtomicBool::new(true));
+    let unavailable = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let flag = down.clone();
+    unavailable.answer_with(move |_| flag.load(Ordering::Relaxed).then_some(Answer::RetryAfter(503, "1")));
+    let slow = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let flag = down.clone();
+    slow.answer_with(move |_| {
+        flag.load(Ordering::Relaxed).then_some(Answer::Slow(Duration::from_secs(2), 200))
+    });
+    // Few attempts, so some jobs go dead during the outage and need the replay.
+    let retry = "retry = { initial = \"200ms\", max_delay = \"1s\", max_attempts = 3, max_age = \"1h\" }\n\
+                 breaker = { failures = 1000 }";
+    let tables = [
+        target_table("healthy", &healthy, ""),
+        format!(
+            "[targets.refused]\nsource = \"parallel\"\nurl = \"http://{refused_at}/hook\"\nsecret = \"{TARGET_SECRET}\"\n{retry}\n"
+        ),
+        target_table("unavailable", &unavailable, retry),
+        target_table("slow", &slow, &format!("timeout = \"300ms\"\n{retry}")),
+    ]
+    .concat();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&write_config(dir.path(), &tables));
+
+    let mut sent = BTreeMap::new();
+    let mut sent_at = BTreeMap::new();
+    for i in 0..N {
+        let (id, body) = (format!("whevent_outage_{i:04}"), event(i, 100));
+        sent_at.insert(id.clone(), Instant::now());
+        assert_eq!(try_send(daemon.addr, &id, &body).await.unwrap().status, 200);
+        sent.insert(id, body);
+    }
+    let received = healthy.wait_for(N, Duration::from_secs(30)).await;
+    let latencies: Vec<Duration> =
+        received.iter().map(|r| r.at.duration_since(sent_at[r.header("webhook-id")])).collect();
+    assert!(down.load(Ordering::Relaxed), "the healthy target did not wait for the others");
+    println!(
+        "outage: healthy target got all {N} during the outage; latency p50 {:.1} ms, p99 {:.1} ms",
+        percentile_ms(latencies.clone(), 0.5),
+        percentile_ms(latencies, 0.99)
+    );
+
+    // Let some jobs spend their attempts, then recover everything.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let targets = admin_get(daemon.admin_addr, "/v1/targets").await.json();
+    let dead_during: u64 =
+        targets["targets"].as_array().unwrap().iter().map(|t| t["dead"].as_u64().unwrap()).sum();
+    println!("outage: {dead_during} jobs dead during the outage (kept for replay)");
+    assert!(dead_during > 0, "the outage outlasted some retry budgets: {targets}");
+    let refused = TestTarget::start_on(refused_at, Some(TARGET_SECRET)).await;
+    down.store(false, Ordering::Relaxed);
+    // Whatever is still retrying finishes by itself; the dead ones by replay.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let replay =
+        admin_post(daemon.admin_addr, "/v1/replays", serde_json::json!({"since": "0", "status": "dead"}))
+            .await;
+    assert_eq!(replay.status, 201, "{}", replay.text());
+    for (name, target) in
+        [("refused", &refused), ("unavailable", &unavailable), ("slow", &slow), ("healthy", &healthy)]
+    {
+        let received = target
+            .wait_until(Duration::from_secs(60), |received| {
+                let got = arrivals(received);
+                sent.keys().all(|id| got.contains_key(id))
+            })
+            .await;
+        assert_authentic(name, &received, &sent);
+        println!("outage: target {name}: all {N} delivered ({} requests)", received.len());
+    }
+    // Nothing left dead or pending.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let targets = admin_get(daemon.admin_addr, "/v1/targets").await.json();
+        let left: u64 = targets["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["dead"].as_u64().unwrap() + t["pending"].as_u64().unwrap())
+            .sum();
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "jobs left after recovery: {targets}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(healthy.received().len(), N, "the healthy target got each webhook once");
+}
+
+// --------------------------------------------------------------------- overload
+
+/// 10× the source's rate limit: the excess is refused with 429 and
+/// Retry-After, everything accepted is delivered, the target's own rate
+/// limit holds at every moment (from its receive times) and memory stays
+/// bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_times_the_rate_limit_is_refused_cleanly_and_the_rest_delivered() {
+    const SOURCE_RATE: u64 = 40;
+    const SECONDS: u64 = 3;
+    const TARGET_RATE: f64 = 25.0;
+    const TARGET_BURST: f64 = 5.0;
+    let target = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(
+        dir.path(),
+        &format!(
+            "rate_limit = {{ per_second = {SOURCE_RATE}, burst = 10 }}\n{}",
+            target_table("t", &target, "rate_limit = { per_second = 25, burst = 5 }")
+        ),
+    );
+    let daemon = Daemon::start(&config_path);
+    let addr = daemon.addr;
+
+    // Open loop at 10× the limit: each request leaves at its time, whatever
+    // happened to the previous ones.
+    let total = SOURCE_RATE * 10 * SECONDS;
+    let interval = Duration::from_secs(SECONDS).div_f64(total as f64);
+    let started = tokio::time::Instant::now();
+    let tasks: Vec<_> = (0..total as usize)
+        .map(|i| {
+            let body = event(i, 500);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(started + interval * i as u32).await;
+                let id = format!("whevent_flood_{i:05}");
+                let reply = try_send(addr, &id, &body).await.expect("answered");
+                (id, body, reply)
+            })
+        })
+        .collect();
+    let mut accepted = BTreeMap::new();
+    let mut limited = 0;
+    for task in tasks {
+        let (id, body, reply) = task.await.unwrap();
+        match reply.status {
+            200 => {
+                accepted.insert(id, body);
+            }
+            429 => {
+                assert_eq!(reply.error_code(), "rate_limited");
+                let after: u64 = reply.headers["retry-after"].to_str().unwrap().parse().unwrap();
+                assert!(after >= 1);
+                limited += 1;
+            }
+            other => panic!("unexpected {other}: {}", reply.text()),
+        }
+    }
+    println!(
+        "overload: {total} sent in {SECONDS}s (10× {SOURCE_RATE}/s): {} accepted, {limited} refused with 429",
+        accepted.len()
+    );
+    assert!(limited as u64 > total / 2, "most of a 10× flood is refused");
+    assert!(!accepted.is_empty());
+
+    let received = target
+        .wait_until(Duration::from_secs(60), |received| {
+            let got = arrivals(received);
+            accepted.keys().all(|id| got.contains_key(id))
+        })
+        .await;
+    assert_authentic("t", &received, &accepted);
+    // In any stretch of time, at most burst + rate × its length (+1 for the
+    // edge of the bucket's tick).
+    let times: Vec<Instant> = received.iter().map(|r| r.at).collect();
+    let mut worst = 0.0f64;
+    for i in 0..times.len() {
+        for j in i..times.len() {
+            let span = times[j].duration_since(times[i]).as_secs_f64();
+            let allowed = TARGET_BURST + TARGET_RATE * span + 1.0;
+            let count = (j - i + 1) as f64;
+            worst = worst.max(count / allowed);
+            assert!(count <= allowed, "{count} requests in {span:.3}s exceed the target's rate limit");
+        }
+    }
+    let peak = peak_rss_kib(daemon.child.id());
+    println!(
+        "overload: all {} accepted delivered at ≤ {TARGET_RATE}/s (worst window at {:.0}% of the limit); peak RSS {} MiB",
+        accepted.len(),
+        worst * 100.0,
+        peak / 1024
+    );
+    assert!(peak < 256 * 1024, "peak RSS {peak} KiB");
+}
