@@ -203,6 +203,7 @@ impl Gateway {
         let limits = server::ConnectionLimits {
             header_timeout: config.server.header_timeout,
             shutdown_grace: config.server.shutdown_grace,
+            max_connections: config.server.max_connections,
         };
         let pruner = tokio::spawn(prune_periodically(journal.clone(), config.journal.retention));
         let doctor = tokio::spawn(recover_journal(journal.clone(), dispatcher.status()));
@@ -296,7 +297,7 @@ impl Gateway {
         // The admin listener stays up while the rest drains, answering
         // /readyz with 503; it stops when they are done.
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-        let administering = admin::serve(admin_listener, admin, async move {
+        let administering = admin::serve(admin_listener, admin, limits.header_timeout, async move {
             let _ = drained_rx.await;
         });
         let work = async move {

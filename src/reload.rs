@@ -33,6 +33,7 @@ pub(crate) struct StartupKeys {
     tls: bool,
     header_timeout: Duration,
     shutdown_grace: Duration,
+    max_connections: usize,
     admin_listen: std::net::SocketAddr,
     journal_path: PathBuf,
     dedup_window: Duration,
@@ -48,6 +49,7 @@ impl StartupKeys {
             tls: config.server.tls.is_some(),
             header_timeout: config.server.header_timeout,
             shutdown_grace: config.server.shutdown_grace,
+            max_connections: config.server.max_connections,
             admin_listen: config.admin.listen,
             journal_path: config.journal.path.clone(),
             dedup_window: config.journal.dedup_window,
@@ -69,6 +71,7 @@ impl StartupKeys {
         check("server.tls (on or off)", self.tls != new.tls);
         check("server.header_timeout", self.header_timeout != new.header_timeout);
         check("server.shutdown_grace", self.shutdown_grace != new.shutdown_grace);
+        check("server.max_connections", self.max_connections != new.max_connections);
         check("admin.listen", self.admin_listen != new.admin_listen);
         check("journal.path", self.journal_path != new.journal_path);
         check("journal.dedup_window", self.dedup_window != new.dedup_window);

@@ -561,3 +561,459 @@ async fn ten_times_the_rate_limit_is_refused_cleanly_and_the_rest_delivered() {
     );
     assert!(peak < 256 * 1024, "peak RSS {peak} KiB");
 }
+
+// ---------------------------------------------------------------- hostile input
+
+const ADMIN_TOKEN: &str = "admin-token-reliability-3f9c2a";
+
+/// A gateway over TLS with tight limits, an admin token and one target.
+fn hostile_config(dir: &Path) -> (std::path::PathBuf, Arc<rustls::ClientConfig>) {
+    let (cert, key, client) = make_tls(dir);
+    let path = dir.join("hookrelay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ntls = {{ cert = {cert:?}, key = {key:?} }}\n\
+             max_body = \"64KiB\"\nheader_timeout = \"1s\"\nbody_timeout = \"1s\"\nmax_connections = 64\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{ADMIN_TOKEN}\"\n\
+             [journal]\npath = \"journal\"\n\
+             [sources.parallel]\nsecrets = [\"{SECRET}\"]\n"
+        ),
+    )
+    .unwrap();
+    (path, client)
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn tls_connect(addr: SocketAddr, client: &Arc<rustls::ClientConfig>, alpn: &[u8]) -> Tls {
+    let mut config = (**client).clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap()
+}
+
+/// Writes `bytes` (ignoring a peer that already hung up), then reads until
+/// a whole HTTP/1.1 response has arrived, the peer closes the connection, or
+/// `within` passes; returns what arrived and whether the connection ended.
+async fn exchange(
+    stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+    bytes: &[u8],
+    within: Duration,
+) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.write_all(bytes).await;
+    let _ = stream.flush().await;
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n")
+            && head.starts_with("HTTP/1.1 ")
+            && head
+                .lines()
+                .find_map(|line| {
+                    line.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned)
+                })
+                .and_then(|len| len.trim().parse::<usize>().ok())
+                .is_some_and(|len| body.len() >= len)
+        {
+            return (text, false);
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (text, true),
+            Ok(Ok(n)) => received.extend_from_slice(&chunk[..n]),
+            Err(_) => return (text, false),
+        }
+    }
+}
+
+/// The status of the first HTTP/1.1 response in `text`, if any.
+fn status_of(text: &str) -> Option<u16> {
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// One well-formed signed webhook over TLS still gets its 200.
+async fn assert_served(addr: SocketAddr, client: &Arc<rustls::ClientConfig>, id: &str) {
+    let body = event(1, 10);
+    let request = signed_request("parallel", SECRET, id, now(), body.as_bytes());
+    let tls = tls_connect(addr, client, b"http/1.1").await;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(connection);
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .unwrap_or_else(|_| panic!("{id}: a well-behaved client was not served within 10 s"))
+        .unwrap();
+    assert_eq!(response.status(), 200, "{id}");
+}
+
+/// A raw HTTP/1.1 POST head to the webhook path with these extra lines.
+fn raw_post(path: &str, lines: &str, body: &[u8]) -> Vec<u8> {
+    let mut bytes = format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n{lines}content-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// One HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut frame = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Every kind of hostile client the issue lists, against the inbound TLS
+/// listener (HTTP/1.1 and h2) and the admin listener. Each gets a clear 4xx
+/// or a closed connection; between attacks a well-behaved client is served;
+/// at the end the process is alive, never panicked and its memory bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_get_4xx_or_a_closed_connection_and_others_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (config_path, client) = hostile_config(dir.path());
+    let mut daemon = Daemon::start(&config_path);
+    let (addr, admin) = (daemon.addr, daemon.admin_addr);
+    let signed = |id: &str, ts: &str, body: &[u8]| {
+        let key = hookrelay::signature::signing_key_for_secret(SECRET).unwrap();
+        let signature = hookrelay::signature::sign(&key, id, ts, body);
+        format!("webhook-id: {id}\r\nwebhook-timestamp: {ts}\r\nwebhook-signature: {signature}\r\n")
+    };
+    let mut findings = Vec::new();
+    let mut check = |name: &str, outcome: String| {
+        println!("hostile: {name}: {outcome}");
+        findings.push(name.to_owned());
+    };
+
+    // Slowloris: 40 TLS connections trickling a head, one line at a time.
+    let mut trickles = Vec::new();
+    for _ in 0..40 {
+        let mut tls = tls_connect(addr, &client, b"http/1.1").await;
+        tls.write_all(b"POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\n").await.unwrap();
+        trickles.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                if tls.write_all(b"x-slow: 1\r\n").await.is_err() || tls.flush().await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            exchange(&mut tls, b"", Duration::from_secs(10)).await
+        }));
+    }
+    assert_served(addr, &client, "whevent_hostile_during_slowloris").await;
+    for trickle in trickles {
+        let (answer, closed) = trickle.await.unwrap();
+        assert!(status_of(&answer) == Some(408) || (answer.is_empty() && closed), "not cut off: {answer}");
+    }
+    check("slowloris (40 trickled heads)", "408 / closed at header_timeout; others served meanwhile".into());
+
+    // More idle connections than `max_connections`: they wait, are closed
+    // at header_timeout, and a real client still gets in.
+    let mut idle = Vec::new();
+    for _ in 0..150 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    daemon.wait_for_log("every connection slot is taken", Duration::from_secs(10));
+    assert_served(addr, &client, "whevent_hostile_past_max_connections").await;
+    drop(idle);
+    check("150 idle connections, max_connections = 64", "closed at header_timeout; others served".into());
+
+    // Bodies over max_body, declared and streamed.
+    let mut tls = tls_connect(addr, &client, b"http/1.1").await;
+    let lines = signed("whevent_hostile_big", &now().to_string(), b"{}");
+    let head = format!(
+        "POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\n{lines}content-length: 10000000000\r\n\r\n"
+    );
+    let (answer, _) = exchange(&mut tls, head.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status_of(&answer), Some(413), "{answer}");
+    let mut tls = tls_connect(addr, &client, b"http/1.1").await;
+    let mut chunked = format!(
+        "POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\n{lines}transfer-encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for _ in 0..40 {
+        chunked.extend_from_slice(format!("{:x}\r\n{}\r\n", 4096, "a".repeat(4096)).as_bytes());
+    }
+    let (answer, _) = exchange(&mut tls, &chunked, Duration::from_secs(5)).await;
+    assert_eq!(status_of(&answer), Some(413), "{answer}");
+    check("bodies over max_body (declared 10 GB, chunked 160 KiB)", "413".into());
+
+    // Invalid UTF-8 in a header and in an unsigned body; a signed non-JSON body.
+    let mut bad = b"POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\nwebhook-id: \xff\xfe\r\nwebhook-timestamp: 1\r\nwebhook-signature: v1,AA==\r\ncontent-length: 2\r\n\r\n{}".to_vec();
+    let mut tls = tls_connect(addr, &client, b"http/1.1").await;
+    let (answer, _) = exchange(&mut tls, &bad, Duration::from_secs(5)).await;
+    assert_eq!(status_of(&answer), Some(400), "{answer}");
+    bad = raw_post(
+        "/hooks/parallel",
+        &signed("whevent_hostile_utf8", &now().to_string(), b"{}"),
+        b"\xff\xfe\xfd\x00",
+    );
+    let mut tls = tls_connect(addr, &client, b"http/1.1").await;
+    let (answer, _) = exchange(&mut tls, &bad, Duration::from_secs(5)).await;
+    assert_eq!(status_of(&answer), Some(401), "a body that is not what was signed: {answer}");
+    check("invalid UTF-8 (header, body)", "400, 401".into());
+
+    // 10,000 signature entries: all compared, none matches.
+    let entries = vec!["v1,AAAAAAAA"; 10_000].join(" ");
+    let lines = format!(
+        "webhook-id: whevent_many\r\nwebhook-timestamp: {}\r\nwebhook-signature: {entries}\r\n",
+        now()
+    );
+    let mut tls = tls_connect(addr, &client, b"http/1.1").await;
+    let started = Instant::now();
+    let (answer, _) =
+        exchange(&mut tls, &raw_post("/hooks/parallel", &lines, b"{}"), Duration::from_secs(5)).await;
+    assert!(matches!(status_of(&answer), Some(401 | 431)), "{answer}");
+    check(
+        "10,000 signature entries",
+        format!("{:?} in {:.0} ms", status_of(&answer), started.elapsed().as_secs_f64() * 1e3),
+    );
+
+    // Enormous header counts and sizes.
+    let many: String = (0..10_000).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let mut tls = tls_connect(addr, &client, b"http/1.1").await;
+    let (answer, closed) =
+        exchange(&mut tls, &raw_post("/hooks/parallel", &many, b"{}"), Duration::from_secs(5)).await;
+    assert!(status_of(&answer) == Some(431) || (answer.is_empty() && closed), "{answer}");
+    let huge = format!("x-huge: {}\r\n", "h".repeat(1 << 20));
+    let mut tls = tls_connect(addr, &client, b"http/1.1").await;
+    let (answer, closed) =
+        exchange(&mut tls, &raw_post("/hooks/parallel", &huge, b"{}"), Duration::from_secs(5)).await;
+    assert!(status_of(&answer) == Some(431) || (answer.is_empty() && closed), "{answer}");
+    check("10,000 headers; one 1 MiB header", "431 or closed".into());
+
+    // Timestamps at and past the i64 limits.
+    for ts in [i64::MAX.to_string(), i64::MIN.to_string(), "99999999999999999999999".into(), "-0".into()] {
+        let lines = signed("whevent_hostile_ts", &ts, b"{}");
+        let mut tls = tls_connect(addr, &client, b"http/1.1").await;
+        let (answer, _) =
+            exchange(&mut tls, &raw_post("/hooks/parallel", &lines, b"{}"), Duration::from_secs(5)).await;
+        assert!(matches!(status_of(&answer), Some(400 | 401)), "timestamp {ts}: {answer}");
+    }
+    check("timestamps i64::MAX, i64::MIN, 10^23, -0", "400 / 401".into());
+
+    // TLS garbage, and plain HTTP on the TLS port.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let garbage: Vec<u8> = (0..16_384u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let (answer, closed) = exchange(&mut tcp, &garbage, Duration::from_secs(5)).await;
+    assert!(closed && !answer.contains("HTTP/1.1 2"), "{answer}");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (answer, closed) =
+        exchange(&mut tcp, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(closed && !answer.contains("HTTP/1.1 2"), "{answer}");
+    check("TLS garbage; plain HTTP on the TLS port", "connection closed".into());
+
+    // HTTP/2: a thousand concurrent streams on one connection...
+    let tls = tls_connect(addr, &client, b"h2").await;
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let streams: Vec<_> = (0..1_000)
+        .map(|_| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move {
+                let request = request("parallel", &[], b"{}");
+                sender.send_request(request).await.map(|r| r.status().as_u16()).unwrap_or(0)
+            })
+        })
+        .collect();
+    let mut unsigned = 0;
+    for stream in streams {
+        if stream.await.unwrap() == 400 {
+            unsigned += 1;
+        }
+    }
+    assert!(unsigned > 0);
+    // ...and a rapid-reset flood: open a stream and cancel it, 10,000 times.
+    let mut tls = tls_connect(addr, &client, b"h2").await;
+    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    flood.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
+    let mut headers = vec![0x83, 0x87, 0x84, 0x01, 0x09]; // POST, https, /, :authority
+    headers.extend_from_slice(b"localhost");
+    for stream in (1..20_000u32).step_by(2) {
+        flood.extend(h2_frame(0x1, 0x4, stream, &headers)); // HEADERS, END_HEADERS
+        flood.extend(h2_frame(0x3, 0, stream, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+    }
+    let (answer, closed) = exchange(&mut tls, &flood, Duration::from_secs(10)).await;
+    let goaway = answer.as_bytes().windows(2).any(|w| w == [0x07, 0x00]);
+    assert!(closed || goaway, "the rapid-reset flood was neither refused nor cut off");
+    check(
+        "h2: 1,000 concurrent streams; 10,000 rapid resets",
+        format!("{unsigned} answered 400; flood → GOAWAY/closed"),
+    );
+    assert_served(addr, &client, "whevent_hostile_after_h2").await;
+
+    // Path traversal never leaves /hooks/{source}.
+    for path in [
+        "/hooks/../metrics",
+        "/hooks/..%2f..%2fetc%2fpasswd",
+        "/hooks/parallel/../other",
+        "/hooks/%2e%2e",
+        "//hooks/parallel/..",
+    ] {
+        let lines = signed("whevent_hostile_path", &now().to_string(), b"{}");
+        let mut tls = tls_connect(addr, &client, b"http/1.1").await;
+        let (answer, _) = exchange(&mut tls, &raw_post(path, &lines, b"{}"), Duration::from_secs(5)).await;
+        assert!(matches!(status_of(&answer), Some(400 | 404)), "{path}: {answer}");
+    }
+    check("path traversal under /hooks/", "404 / 400".into());
+
+    // The admin listener: no token, a wrong one, traversal, trickled and oversized heads.
+    for token in [None, Some("wrong"), Some("")] {
+        let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let head = format!("GET /v1/targets HTTP/1.1\r\nhost: localhost\r\n{auth}\r\n");
+        let (answer, _) = exchange(&mut tcp, head.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(status_of(&answer), Some(401), "{answer}");
+        assert!(!answer.contains(ADMIN_TOKEN));
+    }
+    for path in ["/v1/../metrics", "/v1/targets/../../etc/passwd", "/v1/deliveries/..%2f..%2f"] {
+        let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let head =
+            format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {ADMIN_TOKEN}\r\n\r\n");
+        let (answer, _) = exchange(&mut tcp, head.as_bytes(), Duration::from_secs(5)).await;
+        assert!(matches!(status_of(&answer), Some(400 | 404)), "{path}: {answer}");
+    }
+    let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let (answer, closed) =
+        exchange(&mut tcp, b"GET /metrics HTTP/1.1\r\nhost: x\r\n", Duration::from_secs(15)).await;
+    assert!(closed, "a head left unfinished on the admin listener is cut off: {answer}");
+    let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let (answer, closed) = exchange(&mut tcp, &garbage, Duration::from_secs(5)).await;
+    assert!(status_of(&answer) == Some(400) || (answer.is_empty() && closed), "{answer}");
+    let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let head = format!("GET /metrics HTTP/1.1\r\nhost: x\r\n{huge}\r\n");
+    let (answer, closed) = exchange(&mut tcp, head.as_bytes(), Duration::from_secs(5)).await;
+    assert!(status_of(&answer) == Some(431) || (answer.is_empty() && closed), "{answer}");
+    check(
+        "admin: no/wrong token, traversal, trickled head, garbage, 1 MiB header",
+        "401 / 404 / closed / 431".into(),
+    );
+
+    assert_served(addr, &client, "whevent_hostile_at_the_end").await;
+    assert!(daemon.child.try_wait().unwrap().is_none(), "the gateway is still running");
+    let peak = peak_rss_kib(daemon.child.id());
+    println!("hostile: {} attacks; the gateway kept serving; peak RSS {} MiB", findings.len(), peak / 1024);
+    assert!(peak < 256 * 1024, "peak RSS {peak} KiB");
+    daemon.signal("TERM");
+    assert!(daemon.wait().success());
+    let logs = daemon.logs();
+    assert!(!logs.contains("panicked"), "a panic in the logs");
+    for secret in [SECRET, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", ADMIN_TOKEN] {
+        assert!(!logs.contains(secret), "a secret reached the logs");
+    }
+}
+
+// ------------------------------------------------------------------- security
+
+/// On the real binary: a signature made for one source fails on another; a
+/// resent webhook inside the timestamp tolerance is a duplicate and outside
+/// it is refused; the admin API wants its token; and no secret or token
+/// appears in the logs (captured at debug level) of all that plus deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_checks_hold_and_no_secret_reaches_the_logs() {
+    const OTHER_SECRET: &str = "whsec_b3RoZXItc291cmNlLXNlY3JldC1yZWxpYWJpbGl0eQ==";
+    let target = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("hookrelay.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{ADMIN_TOKEN}\"\n\
+             [journal]\npath = \"journal\"\n[sources.parallel]\nsecrets = [\"{SECRET}\"]\n\
+             [sources.other]\nsecrets = [\"{OTHER_SECRET}\"]\n{}",
+            target_table("consumer", &target, "")
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&config_path);
+    let body = event(2, 10);
+
+    // Signed for `parallel`, posted to `other`.
+    let request = signed_request("other", SECRET, "whevent_cross", now(), body.as_bytes());
+    let reply = send_plain(daemon.addr, request).await;
+    assert_eq!((reply.status, reply.error_code().as_str()), (401, "invalid_signature"));
+
+    // The same webhook again: inside the tolerance a duplicate, outside refused.
+    let first =
+        send_plain(daemon.addr, signed_request("parallel", SECRET, "whevent_again", now(), body.as_bytes()))
+            .await;
+    assert_eq!(first.status, 200);
+    let again =
+        send_plain(daemon.addr, signed_request("parallel", SECRET, "whevent_again", now(), body.as_bytes()))
+            .await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["duplicate"], true);
+    assert_eq!(again.json()["id"], first.json()["id"]);
+    let stale = now() - 3600;
+    let late =
+        send_plain(daemon.addr, signed_request("parallel", SECRET, "whevent_again", stale, body.as_bytes()))
+            .await;
+    assert_eq!((late.status, late.error_code().as_str()), (401, "timestamp_too_old"));
+    target.wait_for(1, Duration::from_secs(10)).await;
+
+    // The admin API without, with a wrong, and with the right token.
+    let call = |token: Option<&str>| {
+        let mut builder = hyper::Request::get("/v1/targets").header("host", "localhost");
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        builder.body(http_body_util::Full::new(bytes::Bytes::new())).unwrap()
+    };
+    assert_eq!(send_plain(daemon.admin_addr, call(None)).await.status, 401);
+    assert_eq!(send_plain(daemon.admin_addr, call(Some("not-the-token"))).await.status, 401);
+    let listed = send_plain(daemon.admin_addr, call(Some(ADMIN_TOKEN))).await;
+    assert_eq!(listed.status, 200);
+    let deliveries = send_plain(
+        daemon.admin_addr,
+        hyper::Request::get("/v1/deliveries")
+            .header("host", "localhost")
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    for answer in [listed.text(), deliveries.text()] {
+        for secret in [SECRET, OTHER_SECRET, TARGET_SECRET, ADMIN_TOKEN] {
+            assert!(!answer.contains(secret), "the admin API showed a secret");
+        }
+    }
+
+    daemon.signal("TERM");
+    assert!(daemon.wait().success());
+    let logs = daemon.logs();
+    assert!(logs.contains("\"level\":\"DEBUG\""), "logs were captured at debug level");
+    // Each secret whole and its key part, as configured and as decoded.
+    let mut forbidden = vec![ADMIN_TOKEN.to_owned()];
+    for secret in [SECRET, OTHER_SECRET, TARGET_SECRET] {
+        let key = secret.trim_start_matches("whsec_");
+        forbidden.extend([secret.to_owned(), key.to_owned()]);
+        if let Ok(decoded) = base64_decode(key) {
+            forbidden.push(String::from_utf8_lossy(&decoded).into_owned());
+        }
+    }
+    for secret in &forbidden {
+        assert!(!logs.contains(secret.as_str()), "{secret:?} reached the logs");
+    }
+    println!(
+        "security: cross-source 401, duplicate inside tolerance, 401 outside, admin 401 without token; {} log lines scanned for {} secret forms",
+        logs.lines().count(),
+        forbidden.len()
+    );
+}
+
+fn base64_decode(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text)
+}

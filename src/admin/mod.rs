@@ -41,6 +41,9 @@ use crate::replay::Replayer;
 /// The largest request body the admin API reads (a replay's id list).
 const MAX_REQUEST_BODY: usize = 1 << 20;
 
+/// Open admin connections at most: operators and a scraper need few.
+const MAX_CONNECTIONS: usize = 64;
+
 /// What the admin endpoints read.
 pub struct Admin {
     pub metrics: Arc<Metrics>,
@@ -212,12 +215,18 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 }
 
 /// Serves the admin endpoints until `stop` resolves.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    header_timeout: std::time::Duration,
+    stop: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
+    let slots = crate::server::ConnectionSlots::new(MAX_CONNECTIONS, "admin");
     tokio::pin!(stop);
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = crate::server::accept(&listener) => accepted,
+        let (slot, (stream, _)) = tokio::select! {
+            accepted = slots.accept(&listener) => accepted,
             () = &mut stop => break,
         };
         let admin = admin.clone();
@@ -252,9 +261,16 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: impl Future<O
                 Ok(response)
             }
         });
-        let connection =
-            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-        tokio::spawn(graceful.watch(connection));
+        // A head that does not arrive in time closes the connection.
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(slot);
+        });
     }
     // Scrapes in progress finish; nothing here is slow.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;

@@ -80,6 +80,8 @@ struct RawServer {
     body_timeout: HumanDuration,
     #[serde(default = "defaults::shutdown_grace")]
     shutdown_grace: HumanDuration,
+    #[serde(default = "defaults::max_connections")]
+    max_connections: u32,
 }
 
 impl Default for RawServer {
@@ -91,6 +93,7 @@ impl Default for RawServer {
             header_timeout: defaults::header_timeout(),
             body_timeout: defaults::body_timeout(),
             shutdown_grace: defaults::shutdown_grace(),
+            max_connections: defaults::max_connections(),
         }
     }
 }
@@ -265,6 +268,10 @@ mod defaults {
     pub fn max_body() -> HumanSize {
         HumanSize(1 << 20)
     }
+    pub fn max_connections() -> u32 {
+        1024
+    }
+
     pub fn header_timeout() -> HumanDuration {
         secs(10)
     }
@@ -338,6 +345,8 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Open inbound connections at most; further ones wait in the backlog.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -528,6 +537,9 @@ impl Validator<'_> {
         if raw.max_body.0 == 0 {
             return Err(self.err("server.max_body", "must be larger than zero"));
         }
+        if raw.max_connections == 0 {
+            return Err(self.err("server.max_connections", "must be at least 1"));
+        }
         Ok(ServerConfig {
             listen: self.listen("server.listen", &raw.listen)?,
             tls,
@@ -535,6 +547,7 @@ impl Validator<'_> {
             header_timeout: self.positive("server.header_timeout", raw.header_timeout.0)?,
             body_timeout: self.positive("server.body_timeout", raw.body_timeout.0)?,
             shutdown_grace: raw.shutdown_grace.0,
+            max_connections: raw.max_connections as usize,
         })
     }
 

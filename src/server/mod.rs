@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::ingress::Ingress;
@@ -27,6 +28,7 @@ use head_timeout::{HeadTimeout, RequestGuard, RequestState};
 pub(crate) struct ConnectionLimits {
     pub header_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub max_connections: usize,
 }
 
 /// Accepts connections until `shutdown` resolves, then lets in-flight
@@ -39,23 +41,64 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
+    let slots = ConnectionSlots::new(limits.max_connections, "inbound");
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = accept(&listener) => accepted,
+        let (slot, (stream, peer)) = tokio::select! {
+            accepted = slots.accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
         let watcher = graceful.watcher();
         // The certificate in force when the connection arrives (a reload swaps it).
         let tls = tls.as_ref().map(|live| live.get());
         let connection = Connection { ingress: ingress.clone(), tls, limits, peer };
-        tokio::spawn(connection.run(stream, watcher));
+        tokio::spawn(async move {
+            connection.run(stream, watcher).await;
+            drop(slot);
+        });
     }
     drop(listener);
     let open = graceful.count();
     tracing::info!(open_connections = open, grace = ?limits.shutdown_grace, "draining connections");
     if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period over; closing the remaining connections");
+    }
+}
+
+/// Caps open connections: past the cap, new ones wait in the listen backlog
+/// (a slowloris crowd cannot exhaust memory or file descriptors; each of its
+/// connections is closed at `header_timeout`).
+pub(crate) struct ConnectionSlots {
+    slots: Arc<Semaphore>,
+    listener: &'static str,
+    warned_at: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+/// How often "all connection slots are taken" is logged while it lasts.
+const FULL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
+impl ConnectionSlots {
+    pub(crate) fn new(max: usize, listener: &'static str) -> Self {
+        ConnectionSlots { slots: Arc::new(Semaphore::new(max)), listener, warned_at: Default::default() }
+    }
+
+    /// Waits for a free slot, then for the next connection.
+    pub(crate) async fn accept(
+        &self,
+        listener: &TcpListener,
+    ) -> (OwnedSemaphorePermit, (TcpStream, SocketAddr)) {
+        if self.slots.available_permits() == 0 {
+            let mut warned_at = self.warned_at.lock().expect("not poisoned");
+            if warned_at.is_none_or(|at| at.elapsed() >= FULL_WARNING_INTERVAL) {
+                *warned_at = Some(tokio::time::Instant::now());
+                tracing::warn!(
+                    listener = self.listener,
+                    "every connection slot is taken; new connections wait"
+                );
+            }
+        }
+        let slot = self.slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+        (slot, accept(listener).await)
     }
 }
 
