@@ -156,7 +156,9 @@ impl Source {
         let Some(limiter) = &self.limiter else { return Ok(()) };
         limiter.check().map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+            // Rounded up, and never 0: the cell may come free between the
+            // check and this reading of the clock.
+            (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
         })
     }
 }

@@ -317,16 +317,23 @@ async fn sigkill_under_load_loses_no_acknowledged_webhook() {
             .collect();
         drop(tx);
         let mut daemon = daemon;
+        let mut this_round = 0;
         if round < kills {
-            // Somewhere inside the load: appends being group-committed, fan-out in flight.
-            tokio::time::sleep(Duration::from_millis(50 + rng.below(500))).await;
+            // Somewhere inside the load — appends being group-committed,
+            // fan-out in flight — after a random share of a round's work.
+            let share = (n / (kills + 1)) as u64;
+            let kill_after = share / 2 + rng.below(share.max(1));
+            while this_round < kill_after {
+                let Some(id) = rx.recv().await else { break };
+                acked.insert(id.clone(), sent[&id].clone());
+                this_round += 1;
+            }
             daemon.child.kill().unwrap();
             daemon.child.wait().unwrap();
         }
         for sender in senders {
             sender.await.unwrap();
         }
-        let mut this_round = 0;
         while let Ok(id) = rx.try_recv() {
             acked.insert(id.clone(), sent[&id].clone());
             this_round += 1;
