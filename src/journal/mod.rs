@@ -126,7 +126,10 @@ struct Quota {
 const QUOTA_REFRESH_MS: u64 = 1_000;
 
 /// How long [`Journal::reopen`] waits for calls in progress to let go.
+#[cfg(not(test))]
 const REOPEN_WAIT: Duration = Duration::from_secs(10);
+#[cfg(test)]
+const REOPEN_WAIT: Duration = Duration::from_millis(200);
 
 /// The open database and its writer thread.
 struct Store {

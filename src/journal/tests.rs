@@ -399,3 +399,28 @@ async fn dead_jobs_of_a_journal_from_before_the_dead_index_are_counted() {
     assert_eq!(journal.purge_dead(u64::MAX, None, false).unwrap().deliveries, 1);
     assert_eq!(journal.dead_count("a"), 0);
 }
+
+#[tokio::test]
+async fn reopening_in_place_keeps_what_was_flushed_and_takes_writes_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let first = journal.append(delivery("evt_a", 1_000), &["t".to_owned()]).await.unwrap();
+    // What a failed write leaves behind: the flag, and sled refusing writes.
+    journal.failed.store(true, Ordering::Release);
+    assert!(!journal.is_writable());
+    let handle = journal.store().unwrap();
+    let busy = journal.reopen();
+    assert!(busy.is_err(), "a store still in use is not swapped: {busy:?}");
+    assert!(!journal.is_writable());
+    drop(handle);
+    journal.reopen().unwrap();
+    assert!(journal.is_writable());
+    assert_eq!(journal.generation(), 1);
+    assert_eq!(journal.get(first.id).unwrap().unwrap().webhook_id, "evt_a");
+    assert_eq!(journal.queued("t").unwrap().len(), 1, "its job is still queued");
+    let second = journal.append(delivery("evt_b", 2_000), &[]).await.unwrap();
+    assert!(!second.duplicate);
+    let again = journal.append(delivery("evt_a", 3_000), &[]).await.unwrap();
+    assert_eq!(again, Appended { id: first.id, duplicate: true }, "the dedup index survived");
+    journal.ping().await.unwrap();
+}
