@@ -96,16 +96,28 @@ fn main() {
     // Most of a real journal is delivered: settle every job, as lanes do.
     let settled = Instant::now();
     let queued = journal.queued("analytics").unwrap();
-    std::thread::scope(|scope| {
-        for half in queued.chunks(queued.len().div_ceil(2).max(1)) {
-            let journal = &journal;
-            scope.spawn(move || {
-                for entry in half {
-                    let attempt =
-                        Attempt { at_ms: entry.due_ms + 5, latency_ms: 2, status: Some(200), error: None };
-                    journal.record_attempt(entry, "analytics", attempt, Decision::Delivered).unwrap();
-                }
-            });
+    runtime.block_on(async {
+        let per_writer = queued.len().div_ceil(WRITERS as usize).max(1);
+        let tasks: Vec<_> = queued
+            .chunks(per_writer)
+            .map(|chunk| {
+                let (journal, chunk) = (journal.clone(), chunk.to_vec());
+                tokio::spawn(async move {
+                    for entry in chunk {
+                        let job = journal.job(entry.delivery, "analytics").unwrap().unwrap();
+                        let attempt = Attempt {
+                            at_ms: entry.due_ms + 5,
+                            latency_ms: 2,
+                            status: Some(200),
+                            error: None,
+                        };
+                        journal.record_attempt(&entry, job, attempt, Decision::Delivered).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
         }
     });
     drop(queued);

@@ -326,7 +326,7 @@ impl Lane {
         let settings = self.settings.get();
         let started_ms = now_ms();
         let started = Instant::now();
-        let (outcome, number, created_at_ms, webhook_id) = match self.load(&entry) {
+        let (outcome, number, job, webhook_id) = match self.load(&entry) {
             Ok((record, job)) => {
                 let info = AttemptInfo {
                     number: job.attempts + 1,
@@ -341,7 +341,7 @@ impl Lane {
                     }
                     Err(err) => AttemptOutcome::Failed(err),
                 };
-                (outcome, info.number, job.created_at_ms, record.webhook_id)
+                (outcome, info.number, job, record.webhook_id)
             }
             Err(err) => {
                 // Left in the journal's queue: retried after a restart. Counted
@@ -356,7 +356,7 @@ impl Lane {
         let elapsed = started.elapsed();
         let latency_ms = elapsed.as_millis() as u64;
         let now = now_ms();
-        let decision = policy::decide(&settings.retry, number, created_at_ms, now, &outcome, jitter());
+        let decision = policy::decide(&settings.retry, number, job.created_at_ms, now, &outcome, jitter());
         let counted = match decision {
             Decision::Delivered => AttemptResult::Delivered,
             Decision::RetryAt(_) => AttemptResult::Retry,
@@ -375,20 +375,13 @@ impl Lane {
             other => (None, Some(other.describe())),
         };
         let attempt = Attempt { at_ms: started_ms, latency_ms, status, error };
-        // sled writes can block while the journal writer flushes: keep them
-        // off the async workers, which also serve ingress.
-        let recorded = {
-            let (journal, entry, name) = (self.journal.clone(), entry.clone(), self.name.clone());
-            tokio::task::spawn_blocking(move || journal.record_attempt(&entry, &name, attempt, decision))
-                .await
-        };
-        match recorded {
-            Ok(Ok(Some(retry))) => self.inbox.push(retry),
-            Ok(Ok(None)) => {}
-            Ok(Err(err)) => tracing::error!(
+        // Written by the journal's writer thread with its next group commit.
+        match self.journal.record_attempt(&entry, job, attempt, decision).await {
+            Ok(Some(retry)) => self.inbox.push(retry),
+            Ok(None) => {}
+            Err(err) => tracing::error!(
                 target_name = %self.name, delivery_id = %entry.delivery, error = %err, "cannot record the attempt"
             ),
-            Err(err) => tracing::error!(target_name = %self.name, error = %err, "attempt recording panicked"),
         }
         let result = outcome.describe();
         let delivery_id = entry.delivery.to_string();

@@ -339,58 +339,26 @@ impl Journal {
             .collect()
     }
 
-    /// Records an attempt of the job queued under `entry` and moves it on:
-    /// off the queue when delivered or dead, back on as a retry otherwise
-    /// (returned, for the lane's in-memory queue; a replayed job's retry
-    /// stays in the replay class, behind live work). Not flushed here: a crash
-    /// before the next flush repeats the attempt (at-least-once), it never
-    /// loses the job.
-    pub fn record_attempt(
+    /// Records an attempt of `job` (as loaded by the lane, the only writer
+    /// of a pending job), queued under `entry`, and moves it on: off the
+    /// queue when delivered or dead, back on as a retry otherwise (returned,
+    /// for the lane's in-memory queue; a replayed job's retry stays in the
+    /// replay class, behind live work). The writes go through the writer
+    /// thread with the next group commit, so outcomes share its batch and
+    /// fsync; a crash before then repeats the attempt (at least once), it
+    /// never loses the job.
+    pub async fn record_attempt(
         &self,
         entry: &QueueEntry,
-        target: &str,
+        job: Job,
         attempt: Attempt,
         decision: Decision,
     ) -> Result<Option<QueueEntry>, JournalError> {
-        // Only this target's lane touches this job, one attempt at a time, so
-        // read-modify-write needs no transaction; the batch makes job and
-        // queue change together.
-        let tree = self.tree()?;
-        let key = keys::job(entry.delivery, target);
-        let bytes = tree.get(&key)?.ok_or_else(|| JournalError::Corrupt {
-            key: format!("job {} → {target}", entry.delivery),
-            error: DecodeError::Truncated,
-        })?;
-        let mut job = decode_job(&key, &bytes)?;
-        job.push_attempt(attempt);
-        let mut batch = sled::Batch::default();
-        batch.remove(entry.key.as_slice());
-        let retry = match decision {
-            Decision::Delivered => {
-                job.state = JobState::Delivered;
-                None
-            }
-            Decision::Dead => {
-                job.state = JobState::Dead;
-                batch.insert(keys::dead(target, entry.delivery), &[]);
-                None
-            }
-            Decision::RetryAt(at_ms) => {
-                job.state = JobState::Pending;
-                job.next_attempt_at_ms = at_ms;
-                let class = match entry.class {
-                    QueueClass::Replay => QueueClass::Replay,
-                    QueueClass::Fresh | QueueClass::Retry => QueueClass::Retry,
-                };
-                let retry = QueueEntry::new(target, class, at_ms, entry.delivery);
-                batch.insert(retry.key.as_slice(), &[]);
-                Some(retry)
-            }
-        };
-        batch.insert(key, job.encode());
-        self.wrote(tree.apply_batch(batch))?;
+        let target = job.target.clone();
+        let (writes, retry) = attempt_writes(entry, job, attempt, decision);
+        self.store()?.writer.write(writes).await?;
         if decision == Decision::Dead {
-            self.count_dead(target, 1);
+            self.count_dead(&target, 1);
         }
         Ok(retry)
     }
@@ -525,6 +493,42 @@ impl QueueEntry {
         let delivery = DeliveryId::from_key(rest.get(9..)?)?;
         Some(QueueEntry { key: key.to_vec(), class, due_ms, delivery })
     }
+}
+
+/// The writes that record one attempt of `job`, and its retry entry if any.
+fn attempt_writes(
+    entry: &QueueEntry,
+    mut job: Job,
+    attempt: Attempt,
+    decision: Decision,
+) -> (Vec<writer::Write>, Option<QueueEntry>) {
+    use writer::Write;
+    job.push_attempt(attempt);
+    let mut writes = vec![Write::Remove(entry.key.clone())];
+    let retry = match decision {
+        Decision::Delivered => {
+            job.state = JobState::Delivered;
+            None
+        }
+        Decision::Dead => {
+            job.state = JobState::Dead;
+            writes.push(Write::Insert(keys::dead(&job.target, entry.delivery), Vec::new()));
+            None
+        }
+        Decision::RetryAt(at_ms) => {
+            job.state = JobState::Pending;
+            job.next_attempt_at_ms = at_ms;
+            let class = match entry.class {
+                QueueClass::Replay => QueueClass::Replay,
+                QueueClass::Fresh | QueueClass::Retry => QueueClass::Retry,
+            };
+            let retry = QueueEntry::new(&job.target, class, at_ms, entry.delivery);
+            writes.push(Write::Insert(retry.key.clone(), Vec::new()));
+            Some(retry)
+        }
+    };
+    writes.push(Write::Insert(keys::job(entry.delivery, &job.target), job.encode()));
+    (writes, retry)
 }
 
 /// Journals written before the `K` index existed hold dead jobs without

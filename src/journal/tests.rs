@@ -185,7 +185,9 @@ async fn fan_out_jobs_are_queued_and_recorded_from_the_first_attempt() {
 
     // A failed first attempt writes the job and moves it to the retry queue.
     let attempt = Attempt { at_ms: 2_000, latency_ms: 3, status: Some(500), error: None };
-    let retry = journal.record_attempt(&queued[0], "a", attempt, Decision::RetryAt(9_000)).unwrap().unwrap();
+    let job = journal.job(appended.id, "a").unwrap().unwrap();
+    let retry =
+        journal.record_attempt(&queued[0], job, attempt, Decision::RetryAt(9_000)).await.unwrap().unwrap();
     assert_eq!((retry.class, retry.due_ms), (QueueClass::Retry, 9_000));
     assert_eq!(journal.queued("a").unwrap(), std::slice::from_ref(&retry));
     let job = journal.job(appended.id, "a").unwrap().unwrap();
@@ -193,7 +195,8 @@ async fn fan_out_jobs_are_queued_and_recorded_from_the_first_attempt() {
 
     // Delivered: off the queue, history kept.
     let attempt = Attempt { at_ms: 9_100, latency_ms: 2, status: Some(200), error: None };
-    assert_eq!(journal.record_attempt(&retry, "a", attempt, Decision::Delivered).unwrap(), None);
+    let job = journal.job(appended.id, "a").unwrap().unwrap();
+    assert_eq!(journal.record_attempt(&retry, job, attempt, Decision::Delivered).await.unwrap(), None);
     assert!(journal.queued("a").unwrap().is_empty());
     let job = journal.job(appended.id, "a").unwrap().unwrap();
     assert_eq!((job.state, job.attempts), (JobState::Delivered, 2));
@@ -205,10 +208,16 @@ async fn fan_out_jobs_are_queued_and_recorded_from_the_first_attempt() {
 }
 
 /// Runs `target`'s queued job of `id` to `decision` (one attempt).
-fn settle(journal: &Journal, id: DeliveryId, target: &str, decision: crate::delivery::policy::Decision) {
+async fn settle(
+    journal: &Journal,
+    id: DeliveryId,
+    target: &str,
+    decision: crate::delivery::policy::Decision,
+) {
     let entry = journal.queued(target).unwrap().into_iter().find(|e| e.delivery == id).unwrap();
     let attempt = Attempt { at_ms: 5_000, latency_ms: 1, status: Some(500), error: None };
-    journal.record_attempt(&entry, target, attempt, decision).unwrap();
+    let job = journal.job(id, target).unwrap().unwrap();
+    journal.record_attempt(&entry, job, attempt, decision).await.unwrap();
 }
 
 #[tokio::test]
@@ -221,8 +230,8 @@ async fn a_replay_requeues_settled_jobs_skips_pending_ones_and_survives_reopen()
         let dead = journal.append(delivery("evt_dead", 1_000), &targets).await.unwrap().id;
         let delivered = journal.append(delivery("evt_ok", 1_001), &targets).await.unwrap().id;
         let pending = journal.append(delivery("evt_wait", 1_002), &targets).await.unwrap().id;
-        settle(&journal, dead, "a", Decision::Dead);
-        settle(&journal, delivered, "a", Decision::Delivered);
+        settle(&journal, dead, "a", Decision::Dead).await;
+        settle(&journal, delivered, "a", Decision::Delivered).await;
         assert_eq!(journal.dead_count("a"), 1);
 
         // Target "b" never had jobs: a replay creates them (backfill).
@@ -261,15 +270,16 @@ async fn a_replay_requeues_settled_jobs_skips_pending_ones_and_survives_reopen()
     let retry = journal
         .record_attempt(
             &replay_queue[0],
-            "a",
+            journal.job(replay_queue[0].delivery, "a").unwrap().unwrap(),
             Attempt { at_ms: 8_000, latency_ms: 1, status: Some(500), error: None },
             Decision::RetryAt(9_000),
         )
+        .await
         .unwrap()
         .unwrap();
     assert_eq!(retry.class, QueueClass::Replay);
-    settle(&journal, dead, "a", Decision::Dead);
-    settle(&journal, delivered, "a", Decision::Delivered);
+    settle(&journal, dead, "a", Decision::Dead).await;
+    settle(&journal, delivered, "a", Decision::Delivered).await;
     let progress = journal.replay_progress(replay).unwrap().unwrap();
     assert_eq!((progress.pending, progress.done, progress.failed), (1, 1, 1));
     assert_eq!(journal.dead_count("a"), 1);
@@ -295,12 +305,12 @@ async fn retention_prunes_only_old_fully_delivered_deliveries() {
     let old_unrouted = journal.append(delivery("evt_4", 1_003), &[]).await.unwrap().id;
     let young_delivered = journal.append(delivery("evt_5", 50_000), &both).await.unwrap().id;
     for target in ["a", "b"] {
-        settle(&journal, old_delivered, target, Decision::Delivered);
-        settle(&journal, young_delivered, target, Decision::Delivered);
+        settle(&journal, old_delivered, target, Decision::Delivered).await;
+        settle(&journal, young_delivered, target, Decision::Delivered).await;
     }
-    settle(&journal, old_half_dead, "a", Decision::Delivered);
-    settle(&journal, old_half_dead, "b", Decision::Dead);
-    settle(&journal, old_pending, "a", Decision::Delivered);
+    settle(&journal, old_half_dead, "a", Decision::Delivered).await;
+    settle(&journal, old_half_dead, "b", Decision::Dead).await;
+    settle(&journal, old_pending, "a", Decision::Delivered).await;
 
     let swept = journal.prune_delivered(10_000).unwrap();
     assert_eq!(swept, Swept { deliveries: 2, jobs: 2 });
@@ -328,10 +338,10 @@ async fn purge_drops_settled_dead_deliveries_before_a_time() {
         .id;
     let dead_later = journal.append(delivery("evt_4", 90_000), &both).await.unwrap().id;
     for id in [dead, other_source, dead_later] {
-        settle(&journal, id, "a", Decision::Dead);
-        settle(&journal, id, "b", Decision::Delivered);
+        settle(&journal, id, "a", Decision::Dead).await;
+        settle(&journal, id, "b", Decision::Delivered).await;
     }
-    settle(&journal, dead_but_b_pending, "a", Decision::Dead);
+    settle(&journal, dead_but_b_pending, "a", Decision::Dead).await;
     assert_eq!(journal.dead_count("a"), 4);
 
     let dry = journal.purge_dead(10_000, Some("parallel"), true).unwrap();
@@ -362,7 +372,7 @@ async fn a_replay_that_fails_part_way_hands_over_what_it_wrote() {
     let mut ids = Vec::new();
     for i in 0..1_030u64 {
         let id = journal.append(delivery(&format!("evt_{i}"), 1_000 + i), &targets).await.unwrap().id;
-        settle(&journal, id, "a", Decision::Delivered);
+        settle(&journal, id, "a", Decision::Delivered).await;
         ids.push(id);
     }
     let pairs = ids
@@ -388,7 +398,7 @@ async fn dead_jobs_of_a_journal_from_before_the_dead_index_are_counted() {
     {
         let journal = Journal::open(&config(dir.path())).unwrap();
         let id = journal.append(delivery("evt_old", 1_000), &["a".to_owned()]).await.unwrap().id;
-        settle(&journal, id, "a", Decision::Dead);
+        settle(&journal, id, "a", Decision::Dead).await;
         // What an older version left: the dead job, no index entry, no marker.
         journal.tree().unwrap().remove(keys::dead("a", id)).unwrap();
         journal.tree().unwrap().remove(keys::DEAD_INDEX_MARKER).unwrap();

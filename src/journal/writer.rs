@@ -1,5 +1,6 @@
-//! The append writer: one thread that owns every append, so appends need no
-//! transactions, and that makes them durable in groups.
+//! The append writer: one thread that owns every append (and records every
+//! attempt's outcome), so appends need no transactions, and that makes them
+//! durable in groups.
 //!
 //! Callers queue an append and wait. The thread takes everything queued,
 //! checks each against the dedup index (and against the rest of the group),
@@ -27,9 +28,17 @@ const MAX_GROUP: usize = 512;
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Request {
     Append(Append),
+    /// Plain writes (an attempt's outcome), applied with the group.
+    Write(Vec<Write>, oneshot::Sender<Result<(), JournalError>>),
     /// Answer once every append queued before it is written: proves the
     /// thread is alive and keeping up (the systemd watchdog asks).
     Ping(oneshot::Sender<()>),
+}
+
+/// One key written or removed.
+pub(crate) enum Write {
+    Insert(Vec<u8>, Vec<u8>),
+    Remove(Vec<u8>),
 }
 
 pub(crate) struct Append {
@@ -59,18 +68,17 @@ impl Writer {
         let thread = std::thread::Builder::new().name("journal-writer".into()).spawn(move || {
             // Ends when the journal, and with it the sender, is dropped.
             while let Ok(first) = requests.recv() {
-                let mut group = Vec::new();
+                let mut group = Group::default();
                 let mut pings = Vec::new();
                 for request in std::iter::once(first).chain(requests.try_iter().take(MAX_GROUP - 1)) {
                     match request {
-                        Request::Append(append) => group.push(append),
+                        Request::Append(append) => group.appends.push(append),
+                        Request::Write(writes, reply) => group.writes.push((writes, reply)),
                         Request::Ping(reply) => pings.push(reply),
                     }
                 }
                 if !group.is_empty() {
-                    if !write_group(&db, &tree, dedup_window_ms, group)
-                        && !failed.swap(true, Ordering::AcqRel)
-                    {
+                    if !group.commit(&db, &tree, dedup_window_ms) && !failed.swap(true, Ordering::AcqRel) {
                         tracing::error!(
                             "journal write failed; refusing writes until the journal is reopened"
                         );
@@ -94,6 +102,15 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         let queue = self.queue.as_ref().expect("queue lives until drop");
         queue.send(Request::Append(Append { new, targets, reply })).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Applies `writes` with the next group; resolves after its flush.
+    pub(crate) async fn write(&self, writes: Vec<Write>) -> Result<(), JournalError> {
+        let stopped = || JournalError::Storage("the journal writer has stopped".to_owned());
+        let (reply, answer) = oneshot::channel();
+        let queue = self.queue.as_ref().expect("queue lives until drop");
+        queue.send(Request::Write(writes, reply)).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -124,27 +141,56 @@ impl Drop for Writer {
     }
 }
 
-/// Writes and flushes one group and answers its callers; false when the
-/// write or the flush failed (every caller got the error).
-fn write_group(db: &sled::Db, tree: &sled::Tree, dedup_window_ms: u64, group: Vec<Append>) -> bool {
-    let mut batch = sled::Batch::default();
-    // Dedup keys written by this group: a duplicate within the group points
-    // at the first one.
-    let mut in_group: HashMap<Vec<u8>, DeliveryId> = HashMap::new();
-    let mut outcomes = Vec::with_capacity(group.len());
-    for Append { new, targets, reply } in group {
-        outcomes.push((reply, plan(db, tree, dedup_window_ms, new, &targets, &mut in_group, &mut batch)));
+/// What the thread took from its queue in one go.
+#[derive(Default)]
+struct Group {
+    appends: Vec<Append>,
+    writes: Vec<(Vec<Write>, oneshot::Sender<Result<(), JournalError>>)>,
+}
+
+impl Group {
+    fn is_empty(&self) -> bool {
+        self.appends.is_empty() && self.writes.is_empty()
     }
-    let written = tree.apply_batch(batch).and_then(|()| db.flush().map(drop));
-    for (reply, outcome) in outcomes {
-        let answer = match &written {
-            Ok(()) => outcome,
-            Err(err) => Err(JournalError::Storage(err.to_string())),
-        };
-        // A caller whose request was cancelled is gone; fine.
-        let _ = reply.send(answer);
+
+    /// Writes the whole group as one batch, flushes, and answers every
+    /// caller; false when the write or the flush failed (every caller got
+    /// the error).
+    fn commit(self, db: &sled::Db, tree: &sled::Tree, dedup_window_ms: u64) -> bool {
+        let mut batch = sled::Batch::default();
+        // Dedup keys written by this group: a duplicate within the group
+        // points at the first one.
+        let mut in_group: HashMap<Vec<u8>, DeliveryId> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(self.appends.len());
+        for Append { new, targets, reply } in self.appends {
+            outcomes.push((reply, plan(db, tree, dedup_window_ms, new, &targets, &mut in_group, &mut batch)));
+        }
+        // Outcomes touch jobs of earlier deliveries only: never a key an
+        // append of this group writes.
+        let mut written_replies = Vec::with_capacity(self.writes.len());
+        for (writes, reply) in self.writes {
+            for write in writes {
+                match write {
+                    Write::Insert(key, value) => batch.insert(key, value),
+                    Write::Remove(key) => batch.remove(key),
+                }
+            }
+            written_replies.push(reply);
+        }
+        let written = tree.apply_batch(batch).and_then(|()| db.flush().map(drop));
+        let failure = || written.as_ref().err().map(|err| JournalError::Storage(err.to_string()));
+        for (reply, outcome) in outcomes {
+            // A caller whose request was cancelled is gone; fine.
+            let _ = reply.send(match failure() {
+                None => outcome,
+                Some(err) => Err(err),
+            });
+        }
+        for reply in written_replies {
+            let _ = reply.send(failure().map_or(Ok(()), Err));
+        }
+        written.is_ok()
     }
-    written.is_ok()
 }
 
 /// Adds one append's writes to the group's batch, or finds its original.
