@@ -29,11 +29,14 @@ const MAX_GROUP: usize = 512;
 pub(crate) enum Request {
     Append(Append),
     /// Plain writes (an attempt's outcome), applied with the group.
-    Write(Vec<Write>, oneshot::Sender<Result<(), JournalError>>),
+    Write(Vec<Write>, WriteReply),
     /// Answer once every append queued before it is written: proves the
     /// thread is alive and keeping up (the systemd watchdog asks).
     Ping(oneshot::Sender<()>),
 }
+
+/// Answers a [`Request::Write`] once its group is flushed.
+pub(crate) type WriteReply = oneshot::Sender<Result<(), JournalError>>;
 
 /// One key written or removed.
 pub(crate) enum Write {
@@ -145,7 +148,7 @@ impl Drop for Writer {
 #[derive(Default)]
 struct Group {
     appends: Vec<Append>,
-    writes: Vec<(Vec<Write>, oneshot::Sender<Result<(), JournalError>>)>,
+    writes: Vec<(Vec<Write>, WriteReply)>,
 }
 
 impl Group {
