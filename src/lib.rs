@@ -305,8 +305,12 @@ impl Gateway {
             let _ = drained_tx.send(());
         };
         tokio::join!(work, administering);
+        // Awaited, so their handles on the journal are gone when `run`
+        // returns (sled keeps its directory locked while any handle lives).
         pruner.abort();
         doctor.abort();
+        let _ = pruner.await;
+        let _ = doctor.await;
         let flushed =
             tokio::task::spawn_blocking(move || journal.flush()).await.expect("journal flush does not panic");
         flushed.map_err(GatewayError::Flush)?;
@@ -362,16 +366,28 @@ async fn recover_journal(journal: Arc<Journal>, lanes: delivery::LaneStatus) {
             continue;
         }
         let (journal, lanes) = (journal.clone(), lanes.clone());
-        match tokio::task::spawn_blocking(move || journal.reopen().and_then(|()| lanes.resync())).await {
-            Ok(Ok(())) => {
-                tracing::info!("journal reopened after a storage failure; taking writes again");
+        let recovered = tokio::task::spawn_blocking(move || {
+            journal.reopen()?;
+            // Lanes send again only once they hold every pending job.
+            let requeued = lanes.resync()?;
+            journal.mark_writable();
+            Ok::<_, JournalError>(requeued)
+        })
+        .await;
+        match recovered {
+            Ok(Ok(requeued)) => {
+                tracing::info!(requeued, "journal reopened after a storage failure; taking writes again");
                 backoff = REOPEN_BACKOFF_FIRST;
             }
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, retry_in = ?backoff, "journal still refuses writes");
                 backoff = (backoff * 2).min(REOPEN_BACKOFF_MAX);
             }
-            Err(_) => return,
+            // A panic in there is a bug; keep trying rather than give up on recovery.
+            Err(err) => {
+                tracing::error!(error = %err, "journal recovery panicked");
+                backoff = (backoff * 2).min(REOPEN_BACKOFF_MAX);
+            }
         }
     }
 }

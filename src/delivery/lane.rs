@@ -211,24 +211,24 @@ impl Lane {
         }
     }
 
-    /// Rebuilds the in-memory queue from the journal's queue index, after a
-    /// reopen lost unflushed outcomes: the index is the truth. Jobs in flight
-    /// are left out; their attempts requeue them (or not) when recorded.
-    pub(crate) fn resync(&self) -> Result<(), crate::journal::JournalError> {
+    /// Queues every job the journal's queue index holds for this target
+    /// that is neither queued nor in flight here: after a reopen, the jobs
+    /// whose outcomes could not be recorded. Entries already queued stay
+    /// (each is durable: pushed only after its write was flushed), and
+    /// pushing a queued delivery again changes nothing.
+    pub(crate) fn resync(&self) -> Result<usize, crate::journal::JournalError> {
+        let entries = self.journal.queued(&self.name)?;
         let mut queue = self.inbox.queue.lock().expect("not poisoned");
-        // Under the queue lock: an attempt leaves the in-flight set only
-        // after its retry is pushed, and pushing waits for this lock.
         let in_flight = self.in_flight.lock().expect("not poisoned").clone();
-        let mut rebuilt = super::queue::LaneQueue::default();
-        for entry in self.journal.queued(&self.name)? {
-            if !in_flight.contains(&entry.delivery) {
-                rebuilt.push(entry);
-            }
-        }
-        *queue = rebuilt;
+        let added = entries
+            .into_iter()
+            .filter(|entry| !in_flight.contains(&entry.delivery))
+            .map(|entry| queue.push(entry))
+            .filter(|&added| added)
+            .count();
         drop(queue);
         self.inbox.bell.notify_one();
-        Ok(())
+        Ok(added)
     }
 
     pub(crate) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, grace: Duration) {
@@ -327,6 +327,17 @@ impl Lane {
         let started_ms = now_ms();
         let started = Instant::now();
         let (outcome, number, job, webhook_id) = match self.load(&entry) {
+            Ok((_, job)) if job.state != crate::journal::JobState::Pending => {
+                // Settled while its entry waited (a resync raced the
+                // attempt that settled it): nothing to send.
+                tracing::debug!(target_name = %self.name, delivery_id = %entry.delivery, "job already settled");
+                let mut breaker = self.breaker.lock().expect("not poisoned");
+                if breaker.state() == BreakerState::Probing {
+                    breaker.record(false, now_ms()); // a probe must come back one way or the other
+                }
+                self.inbox.bell.notify_one();
+                return;
+            }
             Ok((record, job)) => {
                 let info = AttemptInfo {
                     number: job.attempts + 1,

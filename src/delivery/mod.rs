@@ -42,8 +42,9 @@ pub(crate) struct Inbox {
 
 impl Inbox {
     pub(crate) fn push(&self, entry: QueueEntry) {
-        self.queue.lock().expect("not poisoned").push(entry);
-        self.bell.notify_one();
+        if self.queue.lock().expect("not poisoned").push(entry) {
+            self.bell.notify_one();
+        }
     }
 }
 
@@ -143,12 +144,14 @@ impl LaneStatus {
         }
     }
 
-    /// Rebuilds every lane's queue from the journal (after a reopen).
-    pub fn resync(&self) -> Result<(), JournalError> {
+    /// Queues, in every lane, the journal's pending jobs that the lane
+    /// lost track of (after a reopen); returns how many.
+    pub fn resync(&self) -> Result<usize, JournalError> {
+        let mut added = 0;
         for lane in self.0.all() {
-            lane.resync()?;
+            added += lane.resync()?;
         }
-        Ok(())
+        Ok(added)
     }
 
     /// Pauses or resumes a target; `Ok(None)` when there is no such target.

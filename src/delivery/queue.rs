@@ -12,7 +12,7 @@
 //! so a replay of a large backlog takes at most a tenth of a busy lane and
 //! still finishes while live traffic never stops.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use crate::journal::{DeliveryId, QueueClass, QueueEntry};
 
@@ -37,10 +37,18 @@ pub struct LaneQueue {
     fresh_streak: u32,
     /// Live jobs taken since the last replayed one.
     live_streak: u32,
+    /// Every queued delivery: a lane holds at most one entry per job, so a
+    /// job handed over twice (by a resync racing ingress) goes out once.
+    queued: HashSet<DeliveryId>,
 }
 
 impl LaneQueue {
-    pub fn push(&mut self, entry: QueueEntry) {
+    /// Queues `entry`; false (and nothing changes) when its delivery is
+    /// already queued.
+    pub fn push(&mut self, entry: QueueEntry) -> bool {
+        if !self.queued.insert(entry.delivery) {
+            return false;
+        }
         match entry.class {
             QueueClass::Fresh => self.fresh.push_back(entry),
             QueueClass::Retry => {
@@ -50,6 +58,7 @@ impl LaneQueue {
                 self.replays.insert((entry.due_ms, entry.delivery), entry);
             }
         }
+        true
     }
 
     pub fn len(&self) -> usize {
@@ -104,7 +113,7 @@ impl LaneQueue {
 
     /// Removes the next job of `class` (as chosen by [`LaneQueue::next`]).
     pub fn take(&mut self, class: QueueClass) -> Option<QueueEntry> {
-        match class {
+        let taken = match class {
             QueueClass::Fresh => {
                 self.fresh_streak = self.fresh_streak.saturating_add(1);
                 self.live_streak = self.live_streak.saturating_add(1);
@@ -119,7 +128,11 @@ impl LaneQueue {
                 self.live_streak = 0;
                 self.replays.pop_first().map(|(_, entry)| entry)
             }
+        };
+        if let Some(entry) = &taken {
+            self.queued.remove(&entry.delivery);
         }
+        taken
     }
 }
 

@@ -221,13 +221,13 @@ impl Journal {
         })
     }
 
-    /// False after a storage failure, until a [`Journal::reopen`] succeeds.
+    /// False after a storage failure, until a [`Journal::reopen`] succeeded
+    /// and [`Journal::mark_writable`] ended the recovery.
     pub fn is_writable(&self) -> bool {
         !self.failed.load(Ordering::Acquire)
     }
 
-    /// How many times the journal was reopened: lanes compare it to know
-    /// their in-memory queues may be stale.
+    /// How many times the journal was reopened.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -252,7 +252,16 @@ impl Journal {
             }
             drop(old); // joins the writer thread and closes sled
         }
-        let store = Store::open(&self.path, self.cache, self.dedup_window_ms, self.failed.clone())?;
+        // Handles taken before the swap (a listing's iterator, a scan) may
+        // still hold sled's directory lock for a moment.
+        let deadline = Instant::now() + REOPEN_WAIT;
+        let store = loop {
+            match Store::open(&self.path, self.cache, self.dedup_window_ms, self.failed.clone()) {
+                Ok(store) => break store,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Err(err) => return Err(err),
+            }
+        };
         let probe = store
             .tree
             .insert(keys::REOPEN_PROBE, &crate::time::now_ms().to_be_bytes())
@@ -261,9 +270,14 @@ impl Journal {
         *self.store.write().expect("not poisoned") = Some(Arc::new(store));
         probe?;
         self.count_dead_jobs()?;
-        self.failed.store(false, Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Ends a recovery: once [`Journal::reopen`] succeeded and the lanes
+    /// took the journal's queue back, they may send again.
+    pub fn mark_writable(&self) {
+        self.failed.store(false, Ordering::Release);
     }
 
     /// Journals a delivery and one pending job per target in `targets`,

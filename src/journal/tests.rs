@@ -424,6 +424,8 @@ async fn reopening_in_place_keeps_what_was_flushed_and_takes_writes_again() {
     assert!(!journal.is_writable());
     drop(handle);
     journal.reopen().unwrap();
+    assert!(!journal.is_writable(), "writable only once the lanes have resynced");
+    journal.mark_writable();
     assert!(journal.is_writable());
     assert_eq!(journal.generation(), 1);
     assert_eq!(journal.get(first.id).unwrap().unwrap().webhook_id, "evt_a");

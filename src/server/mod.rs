@@ -3,6 +3,7 @@
 //! except the 408 for a head that never finished (see [`head_timeout`]).
 
 mod head_timeout;
+mod idle_timeout;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::ingress::Ingress;
 use crate::live::Live;
 use head_timeout::{HeadTimeout, RequestGuard, RequestState};
+use idle_timeout::{IdleTimeout, OpenRequest, OpenRequests};
 
 /// Per-connection settings taken from `[server]`.
 #[derive(Clone, Copy, Debug)]
@@ -177,14 +179,21 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let ingress = self.ingress;
+        let open = Arc::new(OpenRequests::default());
+        let io = TokioIo::new(IdleTimeout::new(stream, self.limits.header_timeout, open.clone()));
         let service = service_fn(move |request: hyper::Request<Incoming>| {
             let ingress = ingress.clone();
-            async move { Ok::<_, Infallible>(ingress.handle(request).await) }
+            let open = OpenRequest::enter(&open);
+            async move {
+                let response = ingress.handle(request).await;
+                drop(open);
+                Ok::<_, Infallible>(response)
+            }
         });
         let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_concurrent_streams(256)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(io, service);
         if let Err(err) = watcher.watch(connection).await {
             tracing::debug!(peer = %self.peer, error = %err, "HTTP/2 connection ended with an error");
         }

@@ -86,13 +86,27 @@ impl TestTarget {
         target
     }
 
+    /// A plain-HTTP target on a socket reserved earlier (bound, not
+    /// listening: connections to it were refused until now).
+    pub async fn start_on_socket(socket: tokio::net::TcpSocket, secret: Option<&str>) -> Self {
+        Self::serve_listener(secret, Vec::new(), None, socket.listen(1024).unwrap()).await
+    }
+
     async fn serve(
         secret: Option<&str>,
         script: Vec<Answer>,
         tls: Option<Arc<rustls::ServerConfig>>,
         addr: SocketAddr,
     ) -> Self {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve_listener(secret, script, tls, TcpListener::bind(addr).await.unwrap()).await
+    }
+
+    async fn serve_listener(
+        secret: Option<&str>,
+        script: Vec<Answer>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        listener: TcpListener,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
             script: script.into(),
