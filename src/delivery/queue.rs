@@ -144,6 +144,22 @@ mod tests {
         QueueEntry::new("t", class, due_ms, DeliveryId { received_at_ms: due_ms, seq })
     }
 
+    #[test]
+    fn a_delivery_is_queued_once_until_it_is_taken() {
+        let mut queue = LaneQueue::default();
+        let fresh = entry(QueueClass::Fresh, 10, 1);
+        assert!(queue.push(fresh.clone()));
+        assert!(!queue.push(fresh.clone()), "the same job again is ignored");
+        // Even under another key (a resync's copy of a job queued as a retry).
+        let same_job = QueueEntry::new("t", QueueClass::Retry, 50, fresh.delivery);
+        assert!(!queue.push(same_job.clone()));
+        assert_eq!(queue.len(), 1);
+        assert_eq!(queue.take(QueueClass::Fresh), Some(fresh));
+        assert!(queue.is_empty());
+        assert!(queue.push(same_job), "once taken, its retry may come back");
+        assert_eq!(queue.len(), 1);
+    }
+
     fn drain(queue: &mut LaneQueue, now_ms: u64) -> Vec<(QueueClass, u64)> {
         let mut order = Vec::new();
         while let Next::Ready(class) = queue.next(now_ms) {
