@@ -70,6 +70,7 @@ fn main() {
                             content_type: Some("application/json".into()),
                             event_type: Some("monitor.event.detected".into()),
                             monitor_id: Some("monitor_1".into()),
+                            event_group: None,
                             body: body.clone(),
                         };
                         journal.append(delivery, &targets).await.unwrap();

@@ -127,6 +127,7 @@ fn delivery(n: u64, body: Vec<u8>) -> NewDelivery {
         content_type: Some("application/json".into()),
         event_type: Some("monitor.event.detected".into()),
         monitor_id: Some("monitor_1".into()),
+        event_group: None,
         body,
     }
 }

@@ -1,5 +1,6 @@
 //! What routing needs to know about a verified body: the event type and, for
-//! Monitor events, the monitor id. Pure; the body itself is never rewritten.
+//! Monitor events, the monitor id and the event group (a detection's identity,
+//! which backfill and dedup key on). Pure; the body itself is never rewritten.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -10,7 +11,13 @@ use serde_json::value::RawValue;
 pub struct Envelope {
     pub event_type: Option<String>,
     pub monitor_id: Option<String>,
+    /// `data.event.event_group_id` (some schema versions say
+    /// `monitor_group_id`) of a `monitor.event.detected`.
+    pub event_group_id: Option<String>,
 }
+
+/// The Monitor event whose `event_group_id` names a detection.
+pub const MONITOR_EVENT_DETECTED: &str = "monitor.event.detected";
 
 /// Longest event type or monitor id kept; longer ones are not Parallel's and
 /// are dropped rather than indexed.
@@ -31,14 +38,33 @@ impl Envelope {
         struct Data<'a> {
             #[serde(borrow, default)]
             monitor_id: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            event: Option<&'a RawValue>,
+        }
+        #[derive(Deserialize)]
+        struct Event<'a> {
+            #[serde(borrow, default)]
+            event_group_id: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            monitor_group_id: Option<&'a RawValue>,
         }
         let Ok(object) = serde_json::from_slice::<Object>(body) else {
             return Envelope::default();
         };
+        let event_type = routing_key(object.event_type);
         let data = object.data.and_then(|raw| serde_json::from_str::<Data>(raw.get()).ok());
+        let event_group_id = match (&event_type, data.as_ref().and_then(|data| data.event)) {
+            (Some(kind), Some(event)) if kind == MONITOR_EVENT_DETECTED => {
+                serde_json::from_str::<Event>(event.get()).ok().and_then(|event| {
+                    routing_key(event.event_group_id).or(routing_key(event.monitor_group_id))
+                })
+            }
+            _ => None,
+        };
         Envelope {
-            event_type: routing_key(object.event_type),
+            event_type,
             monitor_id: routing_key(data.and_then(|data| data.monitor_id)),
+            event_group_id,
         }
     }
 }
@@ -60,9 +86,20 @@ mod tests {
             Envelope::from_body(body),
             Envelope {
                 event_type: Some("monitor.event.detected".into()),
-                monitor_id: Some("monitor_abc".into())
+                monitor_id: Some("monitor_abc".into()),
+                event_group_id: Some("mevtgrp_1".into()),
             }
         );
+    }
+
+    #[test]
+    fn event_groups_under_either_name_and_only_for_detections() {
+        let older = br#"{"type":"monitor.event.detected","data":{"monitor_id":"m","event":{"monitor_group_id":"g2"}}}"#;
+        assert_eq!(Envelope::from_body(older).event_group_id.as_deref(), Some("g2"));
+        let completed = br#"{"type":"monitor.execution.completed","data":{"monitor_id":"m","event":{"event_group_id":"g"}}}"#;
+        assert_eq!(Envelope::from_body(completed).event_group_id, None);
+        let odd = br#"{"type":"monitor.event.detected","data":{"event":{"event_group_id":7}}}"#;
+        assert_eq!(Envelope::from_body(odd).event_group_id, None);
     }
 
     #[test]

@@ -326,6 +326,7 @@ impl Ingress {
             content_type: headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned),
             event_type: envelope.event_type,
             monitor_id: envelope.monitor_id,
+            event_group: envelope.event_group_id,
             body: body.to_vec(),
         };
         match self.journal.append(delivery, &targets).await {

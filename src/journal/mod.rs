@@ -6,6 +6,9 @@
 //!   being keyed by time, this is also the time index for listing and replay.
 //! - `U` source `\0` webhook-id → the key of the first delivery with that id,
 //!   which carries its receive time, so the window check needs no lookup.
+//! - `G` source `\0` event group → the key of the delivery of that Monitor
+//!   detection; kept as long as the delivery (no window: a group is one
+//!   detection, whichever way it arrived).
 //! - `J` delivery id ++ target → encoded [`Job`] (state and attempt history).
 //! - `P` target → present while an operator has the target paused.
 //! - `Q` target `\0` class due_ms delivery id → empty: the work index of
@@ -85,6 +88,10 @@ pub struct NewDelivery {
     pub content_type: Option<String>,
     pub event_type: Option<String>,
     pub monitor_id: Option<String>,
+    /// The detection a `monitor.event.detected` reports: a second delivery
+    /// of the same group, whatever its `webhook-id`, is a duplicate (a
+    /// backfilled one and the real webhook arriving late, either way round).
+    pub event_group: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -631,6 +638,10 @@ mod keys {
 
     pub fn delivery(id: DeliveryId) -> Vec<u8> {
         [DELIVERY, &id.to_key()].concat()
+    }
+
+    pub fn group(source: &str, event_group: &str) -> Vec<u8> {
+        [b"G", source.as_bytes(), b"\0", event_group.as_bytes()].concat()
     }
 
     pub fn dedup(source: &str, webhook_id: &str) -> Vec<u8> {

@@ -91,9 +91,8 @@ impl Journal {
                     next = Some(id);
                     break;
                 }
-                if let Some(source) = source
-                    && super::decode(&key[1..], &value)?.source != source
-                {
+                let record = super::decode(&key[1..], &value)?;
+                if source.is_some_and(|source| record.source != source) {
                     continue;
                 }
                 let jobs = self.jobs_of(id)?;
@@ -103,6 +102,13 @@ impl Journal {
                 swept.deliveries += 1;
                 swept.jobs += jobs.len() as u64;
                 batch.remove(key);
+                // Its event-group entry goes with it (if it is this delivery's).
+                if let Some(group) = crate::envelope::Envelope::from_body(&record.body).event_group_id {
+                    let group_key = keys::group(&record.source, &group);
+                    if self.tree()?.get(&group_key)?.is_some_and(|owner| owner.as_ref() == id.to_key()) {
+                        batch.remove(group_key);
+                    }
+                }
                 for job in jobs {
                     batch.remove(keys::job(id, &job.target));
                     if job.state == JobState::Dead {

@@ -23,6 +23,7 @@ fn delivery(webhook_id: &str, at_ms: u64) -> NewDelivery {
         content_type: Some("application/json".into()),
         event_type: Some("monitor.event.detected".into()),
         monitor_id: Some("monitor_1".into()),
+        event_group: None,
         body: format!("{{\"id\":\"{webhook_id}\"}}").into_bytes(),
     }
 }
@@ -435,4 +436,34 @@ async fn reopening_in_place_keeps_what_was_flushed_and_takes_writes_again() {
     let again = journal.append(delivery("evt_a", 3_000), &[]).await.unwrap();
     assert_eq!(again, Appended { id: first.id, duplicate: true }, "the dedup index survived");
     journal.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn one_event_group_is_one_delivery_whatever_its_webhook_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let grouped = |webhook_id: &str, source: &str, at_ms: u64| NewDelivery {
+        source: source.into(),
+        event_group: Some("mevtgrp_1".into()),
+        ..delivery(webhook_id, at_ms)
+    };
+    let backfilled = journal.append(grouped("whbackfill_mevtgrp_1", "parallel", 1_000), &[]).await.unwrap();
+    assert!(!backfilled.duplicate);
+    // The real webhook for the same detection, days later (past the id window).
+    let late =
+        journal.append(grouped("whevent_real", "parallel", 1_000 + 3 * 86_400_000), &[]).await.unwrap();
+    assert_eq!(late, Appended { id: backfilled.id, duplicate: true });
+    // In one group commit too, and never across sources.
+    let (a, b, other) = tokio::join!(
+        journal.append(grouped("whevent_x", "parallel", 5_000), &[]),
+        journal.append(
+            NewDelivery { event_group: Some("mevtgrp_2".into()), ..delivery("whevent_y", 5_000) },
+            &[]
+        ),
+        journal.append(grouped("whevent_z", "other", 5_000), &[]),
+    );
+    assert!(a.unwrap().duplicate);
+    assert!(!b.unwrap().duplicate);
+    assert!(!other.unwrap().duplicate);
+    assert_eq!(journal.len(), 3);
 }

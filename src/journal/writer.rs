@@ -206,13 +206,21 @@ fn plan(
     in_group: &mut HashMap<Vec<u8>, DeliveryId>,
     batch: &mut sled::Batch,
 ) -> Result<Appended, JournalError> {
-    let dedup_key = keys::dedup(&new.source, &new.webhook_id);
-    let previous = match in_group.get(&dedup_key) {
-        Some(id) => Some(*id),
-        None => tree.get(&dedup_key)?.as_deref().and_then(DeliveryId::from_key),
+    let seen = |key: &Vec<u8>| -> Result<Option<DeliveryId>, JournalError> {
+        Ok(match in_group.get(key) {
+            Some(id) => Some(*id),
+            None => tree.get(key)?.as_deref().and_then(DeliveryId::from_key),
+        })
     };
-    if let Some(previous) = previous
+    let dedup_key = keys::dedup(&new.source, &new.webhook_id);
+    if let Some(previous) = seen(&dedup_key)?
         && new.received_at_ms.saturating_sub(previous.received_at_ms) < dedup_window_ms
+    {
+        return Ok(Appended { id: previous, duplicate: true });
+    }
+    let group_key = new.event_group.as_deref().map(|group| keys::group(&new.source, group));
+    if let Some(group_key) = &group_key
+        && let Some(previous) = seen(group_key)?
     {
         return Ok(Appended { id: previous, duplicate: true });
     }
@@ -236,5 +244,9 @@ fn plan(
     }
     batch.insert(dedup_key.clone(), &id.to_key());
     in_group.insert(dedup_key, id);
+    if let Some(group_key) = group_key {
+        batch.insert(group_key.clone(), &id.to_key());
+        in_group.insert(group_key, id);
+    }
     Ok(Appended { id, duplicate: false })
 }
