@@ -19,7 +19,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::config::{Config, RateLimit, SourceConfig};
 use crate::delivery::Inboxes;
 use crate::envelope::Envelope;
-use crate::journal::{Journal, JournalError, NewDelivery};
+use crate::journal::{Appended, Journal, JournalError, NewDelivery};
 use crate::live::Live;
 use crate::metrics::{IngestOutcome, Metrics};
 use crate::routing::{Route, Router};
@@ -267,6 +267,40 @@ impl Ingress {
             ),
         }
         outcome.into_response()
+    }
+
+    /// Journals and fans out a delivery hookrelay made itself (a backfilled
+    /// detection, from Parallel's API with the source's key): routed like a
+    /// webhook of `source`, with no signature of Parallel's to keep.
+    pub async fn inject(
+        &self,
+        source: &str,
+        webhook_id: String,
+        body: Vec<u8>,
+    ) -> Result<Appended, JournalError> {
+        let rules = self.rules.get();
+        let envelope = Envelope::from_body(&body);
+        let targets = rules.router.targets_for(source, envelope.event_type.as_deref(), &body);
+        let now_ms = crate::time::now_ms();
+        let delivery = NewDelivery {
+            received_at_ms: now_ms,
+            source: source.to_owned(),
+            webhook_id,
+            webhook_timestamp: (now_ms / 1000).to_string(),
+            webhook_signature: String::new(),
+            content_type: Some("application/json".to_owned()),
+            event_type: envelope.event_type,
+            monitor_id: envelope.monitor_id,
+            event_group: envelope.event_group_id,
+            body,
+        };
+        let appended = self.journal.append(delivery, &targets).await?;
+        if !appended.duplicate {
+            for target in &targets {
+                self.lanes.deliver(target, appended.id);
+            }
+        }
+        Ok(appended)
     }
 
     async fn accept<B>(&self, request: Request<B>) -> Outcome

@@ -37,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod backfill;
 pub mod cli;
 pub mod config;
 pub mod delivery;
@@ -45,6 +46,7 @@ pub mod ingress;
 pub mod journal;
 mod live;
 mod logging;
+pub mod parallel;
 pub mod reload;
 pub mod replay;
 pub mod routing;
@@ -192,6 +194,7 @@ impl Gateway {
             lanes: dispatcher.status(),
             journal: journal.clone(),
             replayer: replay::Replayer::new(&config, journal.clone(), dispatcher.status()),
+            backfiller: backfill::Backfiller::new(&config, ingress.clone(), journal.clone()),
             ready: ready.clone(),
             token: live::Live::new(config.admin.token.clone()),
         });

@@ -7,6 +7,7 @@
 //! - `GET /v1/deliveries` (filters, cursor) and `GET /v1/deliveries/{id}`.
 //! - `POST /v1/deliveries/purge`: drop dead deliveries for good.
 //! - `POST /v1/replays`, `GET /v1/replays`, `GET /v1/replays/{id}`.
+//! - `POST /v1/backfill`: inject a monitor's detections that never arrived.
 //! - `GET /v1/targets`, `POST /v1/targets/{name}/pause`, `.../resume`.
 //!
 //! Every `/v1/...` call needs `Authorization: Bearer <admin.token>` when a
@@ -50,6 +51,7 @@ pub struct Admin {
     pub lanes: LaneStatus,
     pub journal: Arc<Journal>,
     pub replayer: Replayer,
+    pub backfiller: crate::backfill::Backfiller,
     /// True between start-up and the beginning of shutdown.
     pub ready: Arc<AtomicBool>,
     pub token: Live<Option<Secret>>,
@@ -60,6 +62,7 @@ impl Admin {
     /// reloaded config.
     pub(crate) fn reload(&self, config: &crate::config::Config) {
         self.token.set(config.admin.token.clone());
+        self.backfiller.reload(config);
         self.replayer.reload(config);
     }
 
@@ -160,7 +163,8 @@ impl Admin {
                 | ["deliveries"]
                 | ["deliveries", _]
                 | ["replays"]
-                | ["replays", _],
+                | ["replays", _]
+                | ["backfill"],
             ) => error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "wrong method for this path"),
             _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
         }
@@ -201,6 +205,25 @@ pub(super) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Fu
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// `POST /v1/backfill`: 200 with what was found and injected; 400 for a bad
+/// request or a source without an API key; 502 when Parallel's API failed
+/// (after retries); 503 when the journal could not write.
+async fn backfill(backfiller: &crate::backfill::Backfiller, body: &[u8]) -> Response<Full<Bytes>> {
+    use crate::backfill::BackfillError;
+    match backfiller.run(body).await {
+        Ok(answer) => json(StatusCode::OK, &answer),
+        Err(BackfillError::BadRequest(message)) => error(StatusCode::BAD_REQUEST, "bad_request", &message),
+        Err(BackfillError::Api(err)) => {
+            tracing::warn!(error = %err, "backfill failed: the Parallel API");
+            error(StatusCode::BAD_GATEWAY, "parallel_api_failed", &err.to_string())
+        }
+        Err(BackfillError::Journal(err)) => {
+            tracing::error!(error = %err, "backfill failed: the journal");
+            error(StatusCode::SERVICE_UNAVAILABLE, "journal_unavailable", &err.to_string())
+        }
+    }
 }
 
 pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
@@ -265,6 +288,10 @@ pub async fn serve(
                         ));
                     }
                 };
+                // A backfill waits on Parallel's API: it runs here, async.
+                if parts.method == Method::POST && parts.uri.path() == "/v1/backfill" {
+                    return Ok(backfill(&admin.backfiller, &body).await);
+                }
                 // Listing and replays walk the journal: keep them off the
                 // async workers, which also serve webhooks.
                 let response = tokio::task::spawn_blocking(move || admin.handle(&parts, &body))

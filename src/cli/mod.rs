@@ -55,6 +55,9 @@ enum Command {
     /// Send journaled deliveries again (after an outage, or to backfill a
     /// new target) through the admin API; shows progress until done.
     Replay(operator::ReplayArgs),
+    /// Inject a Parallel monitor's detections that never arrived (the
+    /// gateway was down longer than Parallel retries), through the admin API.
+    Backfill(operator::BackfillArgs),
 }
 
 #[derive(Args, Debug)]
@@ -146,6 +149,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Targets(args) => operator::targets(args),
         Command::Deliveries(args) => operator::deliveries(args),
         Command::Replay(args) => operator::replay(args),
+        Command::Backfill(args) => operator::backfill(args),
     }
 }
 

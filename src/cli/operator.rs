@@ -263,6 +263,63 @@ fn targets_table(rows: &[serde_json::Value]) -> String {
 }
 
 /// One admin API call; the JSON answer, or the exit code after saying why.
+#[derive(Args, Debug)]
+pub(super) struct BackfillArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// The source whose `[sources.NAME.parallel]` API key lists the events.
+    #[arg(long)]
+    source: String,
+    /// The Parallel monitor ("monitor_...").
+    #[arg(long)]
+    monitor: String,
+    /// How far back: a duration ago ("72h"), an RFC 3339 time or Unix seconds.
+    #[arg(long, default_value = crate::backfill::DEFAULT_SINCE)]
+    since: String,
+    /// List the event groups that never arrived; inject nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub(super) fn backfill(args: BackfillArgs) -> u8 {
+    let request = json!({ "source": args.source, "monitor": args.monitor, "since": args.since, "dry_run": args.dry_run });
+    let body = match admin_call(
+        &args.admin,
+        hyper::Method::POST,
+        "/v1/backfill",
+        Some(request),
+        LONG_CALL_TIMEOUT,
+    ) {
+        Ok(body) => body,
+        Err(code) => return code,
+    };
+    if args.admin.json {
+        println!("{body}");
+        return EXIT_OK;
+    }
+    let missing: Vec<&str> = body["missing"]
+        .as_array()
+        .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    println!(
+        "monitor {} (source {}): {} event groups since {}, {} never arrived",
+        body["monitor"].as_str().unwrap_or("?"),
+        body["source"].as_str().unwrap_or("?"),
+        body["event_groups"],
+        body["since"].as_str().unwrap_or("?"),
+        missing.len()
+    );
+    for id in &missing {
+        println!("  {id}");
+    }
+    if args.dry_run {
+        println!("dry run: nothing injected");
+    } else {
+        println!("injected {}", body["injected"].as_array().map_or(0, Vec::len));
+    }
+    EXIT_OK
+}
+
 fn admin_call(
     args: &AdminArgs,
     method: hyper::Method,

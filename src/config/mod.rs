@@ -152,6 +152,18 @@ struct RawSource {
     #[serde(default = "defaults::tolerance")]
     tolerance: HumanDuration,
     rate_limit: Option<RawRateLimit>,
+    parallel: Option<RawParallel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParallel {
+    api_key: SecretRef,
+    #[serde(default = "defaults::parallel_base_url")]
+    base_url: String,
+    #[serde(default = "defaults::parallel_timeout")]
+    timeout: HumanDuration,
+    rate_limit: Option<RawRateLimit>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -293,6 +305,13 @@ mod defaults {
     pub fn cache() -> HumanSize {
         HumanSize(64 << 20)
     }
+    pub fn parallel_base_url() -> String {
+        "https://api.parallel.ai".to_owned()
+    }
+    pub fn parallel_timeout() -> HumanDuration {
+        secs(30)
+    }
+    pub const PARALLEL_PER_SECOND: u32 = 5;
     pub fn tolerance() -> HumanDuration {
         secs(300)
     }
@@ -382,6 +401,20 @@ pub struct SourceConfig {
     pub secret_count: usize,
     pub tolerance: Duration,
     pub rate_limit: Option<RateLimit>,
+    /// `[sources.NAME.parallel]`: the Parallel API, for backfill.
+    pub parallel: Option<ParallelConfig>,
+}
+
+/// How hookrelay calls Parallel's API on behalf of a source.
+#[derive(Debug, Clone)]
+pub struct ParallelConfig {
+    /// Sent as `x-api-key`; never logged, never shown.
+    pub api_key: Secret,
+    pub base_url: hyper::Uri,
+    /// Per request, each try.
+    pub timeout: Duration,
+    /// The gateway's own limit on its calls to the API.
+    pub rate_limit: RateLimit,
 }
 
 /// How a target's requests are signed.
@@ -655,6 +688,28 @@ impl Validator<'_> {
             secret_count: raw.secrets.len(),
             tolerance: self.positive(&format!("{key}.tolerance"), raw.tolerance.0)?,
             rate_limit: self.rate_limit(&format!("{key}.rate_limit"), raw.rate_limit)?,
+            parallel: raw.parallel.map(|raw| self.parallel(&format!("{key}.parallel"), raw)).transpose()?,
+        })
+    }
+
+    fn parallel(&self, key: &str, raw: RawParallel) -> Result<ParallelConfig, ConfigError> {
+        let api_key_key = format!("{key}.api_key");
+        let api_key =
+            raw.api_key.resolve(&self.base_dir, self.env).map_err(|msg| self.err(&api_key_key, msg))?;
+        if api_key.expose().is_empty() {
+            return Err(self.err(api_key_key, "must not be empty"));
+        }
+        let base_url = self.url(&format!("{key}.base_url"), raw.base_url.trim_end_matches('/'))?;
+        let rate_limit =
+            self.rate_limit(&format!("{key}.rate_limit"), raw.rate_limit)?.unwrap_or(RateLimit {
+                per_second: NonZeroU32::new(defaults::PARALLEL_PER_SECOND).expect("non-zero"),
+                burst: NonZeroU32::new(defaults::PARALLEL_PER_SECOND).expect("non-zero"),
+            });
+        Ok(ParallelConfig {
+            api_key,
+            base_url,
+            timeout: self.positive(&format!("{key}.timeout"), raw.timeout.0)?,
+            rate_limit,
         })
     }
 

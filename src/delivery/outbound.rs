@@ -92,7 +92,11 @@ pub(crate) fn build_request(
                 .collect();
             (timestamp, Some(entries.join(" ")))
         }
-        Signer::Passthrough => (record.webhook_timestamp.clone(), Some(record.webhook_signature.clone())),
+        // A backfilled delivery has no signature of Parallel's to pass on.
+        Signer::Passthrough => (
+            record.webhook_timestamp.clone(),
+            Some(record.webhook_signature.clone()).filter(|signature| !signature.is_empty()),
+        ),
         Signer::Unsigned => (timestamp, None),
     };
     let mut request = Request::post(url.clone())
@@ -111,6 +115,9 @@ pub(crate) fn build_request(
     headers.insert(HeaderName::from_static("hookrelay-source"), value(&record.source)?);
     if info.replay {
         headers.insert(HeaderName::from_static("hookrelay-replay"), HeaderValue::from_static("1"));
+    }
+    if record.webhook_id.starts_with(crate::parallel::BACKFILL_ID_PREFIX) {
+        headers.insert(HeaderName::from_static("hookrelay-backfill"), HeaderValue::from_static("1"));
     }
     Ok(request)
 }

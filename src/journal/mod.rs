@@ -6,9 +6,10 @@
 //!   being keyed by time, this is also the time index for listing and replay.
 //! - `U` source `\0` webhook-id → the key of the first delivery with that id,
 //!   which carries its receive time, so the window check needs no lookup.
-//! - `G` source `\0` event group → the key of the delivery of that Monitor
-//!   detection; kept as long as the delivery (no window: a group is one
-//!   detection, whichever way it arrived).
+//! - `G` source `\0` event group → the key of the first delivery of that
+//!   Monitor detection and a backfilled flag; kept as long as the delivery.
+//!   A backfilled detection and its real webhook are one delivery, whichever
+//!   came first and however late (see `backfill`).
 //! - `J` delivery id ++ target → encoded [`Job`] (state and attempt history).
 //! - `P` target → present while an operator has the target paused.
 //! - `Q` target `\0` class due_ms delivery id → empty: the work index of
@@ -419,6 +420,11 @@ impl Journal {
         Ok(removed)
     }
 
+    /// Whether a delivery of this Monitor detection is in the journal.
+    pub fn has_event_group(&self, source: &str, event_group: &str) -> Result<bool, JournalError> {
+        Ok(self.tree()?.contains_key(keys::group(source, event_group))?)
+    }
+
     pub fn get(&self, id: DeliveryId) -> Result<Option<DeliveryRecord>, JournalError> {
         self.tree()?.get(keys::delivery(id))?.map(|bytes| decode(&id.to_key(), &bytes)).transpose()
     }
@@ -642,6 +648,16 @@ mod keys {
 
     pub fn group(source: &str, event_group: &str) -> Vec<u8> {
         [b"G", source.as_bytes(), b"\0", event_group.as_bytes()].concat()
+    }
+
+    /// A group entry's value: the owning delivery, and whether it was backfilled.
+    pub fn group_owner(id: DeliveryId, backfilled: bool) -> Vec<u8> {
+        [&id.to_key()[..], &[u8::from(backfilled)]].concat()
+    }
+
+    pub fn parse_group_owner(value: &[u8]) -> Option<(DeliveryId, bool)> {
+        let (id, flag) = value.split_at_checked(DeliveryId::KEY_LEN)?;
+        Some((DeliveryId::from_key(id)?, flag == [1]))
     }
 
     pub fn dedup(source: &str, webhook_id: &str) -> Vec<u8> {

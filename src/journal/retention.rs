@@ -105,7 +105,12 @@ impl Journal {
                 // Its event-group entry goes with it (if it is this delivery's).
                 if let Some(group) = crate::envelope::Envelope::from_body(&record.body).event_group_id {
                     let group_key = keys::group(&record.source, &group);
-                    if self.tree()?.get(&group_key)?.is_some_and(|owner| owner.as_ref() == id.to_key()) {
+                    let owner = self.tree()?.get(&group_key)?;
+                    if owner
+                        .as_deref()
+                        .and_then(keys::parse_group_owner)
+                        .is_some_and(|(owner, _)| owner == id)
+                    {
                         batch.remove(group_key);
                     }
                 }

@@ -163,7 +163,7 @@ impl Group {
         let mut batch = sled::Batch::default();
         // Dedup keys written by this group: a duplicate within the group
         // points at the first one.
-        let mut in_group: HashMap<Vec<u8>, DeliveryId> = HashMap::new();
+        let mut in_group: HashMap<Vec<u8>, (DeliveryId, bool)> = HashMap::new();
         let mut outcomes = Vec::with_capacity(self.appends.len());
         for Append { new, targets, reply } in self.appends {
             outcomes.push((reply, plan(db, tree, dedup_window_ms, new, &targets, &mut in_group, &mut batch)));
@@ -203,26 +203,35 @@ fn plan(
     dedup_window_ms: u64,
     new: NewDelivery,
     targets: &[String],
-    in_group: &mut HashMap<Vec<u8>, DeliveryId>,
+    in_group: &mut HashMap<Vec<u8>, (DeliveryId, bool)>,
     batch: &mut sled::Batch,
 ) -> Result<Appended, JournalError> {
-    let seen = |key: &Vec<u8>| -> Result<Option<DeliveryId>, JournalError> {
-        Ok(match in_group.get(key) {
-            Some(id) => Some(*id),
-            None => tree.get(key)?.as_deref().and_then(DeliveryId::from_key),
-        })
-    };
     let dedup_key = keys::dedup(&new.source, &new.webhook_id);
-    if let Some(previous) = seen(&dedup_key)?
+    let previous = match in_group.get(&dedup_key) {
+        Some((id, _)) => Some(*id),
+        None => tree.get(&dedup_key)?.as_deref().and_then(DeliveryId::from_key),
+    };
+    if let Some(previous) = previous
         && new.received_at_ms.saturating_sub(previous.received_at_ms) < dedup_window_ms
     {
         return Ok(Appended { id: previous, duplicate: true });
     }
+    // A detection backfilled and the same detection's real webhook are one
+    // delivery, whichever came first. (Two real webhooks are told apart by
+    // their ids alone, as before.)
+    let backfilled = new.webhook_id.starts_with(crate::parallel::BACKFILL_ID_PREFIX);
     let group_key = new.event_group.as_deref().map(|group| keys::group(&new.source, group));
-    if let Some(group_key) = &group_key
-        && let Some(previous) = seen(group_key)?
+    let group_owner = match &group_key {
+        None => None,
+        Some(key) => match in_group.get(key) {
+            Some(owner) => Some(*owner),
+            None => tree.get(key)?.as_deref().and_then(keys::parse_group_owner),
+        },
+    };
+    if let Some((owner, owner_backfilled)) = group_owner
+        && (backfilled || owner_backfilled)
     {
-        return Ok(Appended { id: previous, duplicate: true });
+        return Ok(Appended { id: owner, duplicate: true });
     }
     let id = DeliveryId { received_at_ms: new.received_at_ms, seq: db.generate_id()? };
     let received_at_ms = new.received_at_ms;
@@ -243,10 +252,13 @@ fn plan(
         batch.insert(keys::queue(target, QueueClass::Fresh, received_at_ms, id), &[]);
     }
     batch.insert(dedup_key.clone(), &id.to_key());
-    in_group.insert(dedup_key, id);
-    if let Some(group_key) = group_key {
-        batch.insert(group_key.clone(), &id.to_key());
-        in_group.insert(group_key, id);
+    in_group.insert(dedup_key, (id, false));
+    // The first delivery of a detection owns its group entry.
+    if let Some(group_key) = group_key
+        && group_owner.is_none()
+    {
+        batch.insert(group_key.clone(), keys::group_owner(id, backfilled));
+        in_group.insert(group_key, (id, backfilled));
     }
     Ok(Appended { id, duplicate: false })
 }

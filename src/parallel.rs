@@ -1,0 +1,339 @@
+//! Parallel's API, called on behalf of a source (`[sources.NAME.parallel]`):
+//! listing a monitor's events to backfill the detections whose webhooks never
+//! arrived.
+//!
+//! - Pure: reading a page of events ([`EventsPage::parse`]), the identity and
+//!   body of a backfilled delivery ([`backfill_webhook_id`],
+//!   [`detected_event_body`]).
+//! - I/O: [`ParallelApi`], a rate-limited client that retries 429s, 5xx
+//!   and network errors with backoff. The API key goes in `x-api-key` and
+//!   nowhere else: not in errors, logs or answers.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Request, StatusCode, Uri};
+
+use crate::config::ParallelConfig;
+use crate::delivery::outbound::{HttpClient, http_client};
+use crate::envelope::MONITOR_EVENT_DETECTED;
+
+/// Tries per API call (the first and up to four retries).
+const MAX_TRIES: u32 = 5;
+/// Backoff before the second try; doubles, capped at [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// Events per listing page (the API's maximum).
+const PAGE_SIZE: u32 = 100;
+/// Pages walked at most in one backfill (100,000 events).
+const MAX_PAGES: usize = 1_000;
+/// An API answer larger than this is refused.
+const MAX_ANSWER: usize = 16 << 20;
+
+/// Prefix of the `webhook-id` of a backfilled delivery.
+pub const BACKFILL_ID_PREFIX: &str = "whbackfill_";
+
+/// Why an API call failed (after its retries).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("the Parallel API answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("the Parallel API could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the Parallel API answered something unreadable: {0}")]
+    Unreadable(String),
+}
+
+/// A detection (event group) seen in a monitor's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventGroup {
+    pub id: String,
+    /// The earliest `event_date` among its events (Unix ms), if any had one.
+    pub first_event_ms: Option<u64>,
+}
+
+/// One page of `GET /v1/monitors/{id}/events`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct EventsPage {
+    /// Each event's group and date (events without a group, such as
+    /// completions, are left out).
+    pub events: Vec<(String, Option<u64>)>,
+    pub next_cursor: Option<String>,
+}
+
+impl EventsPage {
+    /// Reads a page; the group field is `event_group_id` or, in some schema
+    /// versions, `monitor_group_id`.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|err| ApiError::Unreadable(err.to_string()))?;
+        let events = value
+            .get("events")
+            .and_then(|events| events.as_array())
+            .ok_or_else(|| ApiError::Unreadable("no \"events\" list".to_owned()))?;
+        let events = events
+            .iter()
+            .filter_map(|event| {
+                let group = event
+                    .get("event_group_id")
+                    .or_else(|| event.get("monitor_group_id"))
+                    .and_then(|group| group.as_str())
+                    .filter(|group| !group.is_empty() && group.len() <= 256)?;
+                let date = event
+                    .get("event_date")
+                    .and_then(|date| date.as_str())
+                    .and_then(crate::time::parse_rfc3339);
+                Some((group.to_owned(), date))
+            })
+            .collect();
+        let next_cursor = value
+            .get("next_cursor")
+            .and_then(|cursor| cursor.as_str())
+            .filter(|cursor| !cursor.is_empty())
+            .map(str::to_owned);
+        Ok(EventsPage { events, next_cursor })
+    }
+}
+
+/// Folds events into their groups, oldest group first; groups whose events
+/// are all dated before `since_ms` are left out (undated ones are kept).
+pub fn event_groups(
+    events: impl IntoIterator<Item = (String, Option<u64>)>,
+    since_ms: u64,
+) -> Vec<EventGroup> {
+    let mut groups: BTreeMap<String, Option<u64>> = BTreeMap::new();
+    for (group, date) in events {
+        let first = groups.entry(group).or_insert(date);
+        *first = match (*first, date) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    let mut groups: Vec<EventGroup> = groups
+        .into_iter()
+        .filter(|(_, first)| first.is_none_or(|first| first >= since_ms))
+        .map(|(id, first_event_ms)| EventGroup { id, first_event_ms })
+        .collect();
+    groups.sort_by(|a, b| a.first_event_ms.cmp(&b.first_event_ms).then_with(|| a.id.cmp(&b.id)));
+    groups
+}
+
+/// The `webhook-id` of a backfilled detection: derived from its group, so
+/// backfilling twice injects it once.
+pub fn backfill_webhook_id(event_group: &str) -> String {
+    format!("{BACKFILL_ID_PREFIX}{event_group}")
+}
+
+/// The body of a backfilled detection: the thin payload Parallel's webhook
+/// would have carried (`metadata` is not in the events listing, so it is
+/// absent).
+pub fn detected_event_body(monitor_id: &str, group: &EventGroup, now_ms: u64) -> Vec<u8> {
+    let at = group.first_event_ms.unwrap_or(now_ms);
+    serde_json::json!({
+        "type": MONITOR_EVENT_DETECTED,
+        "timestamp": crate::time::rfc3339(at / 1000),
+        "data": {"monitor_id": monitor_id, "event": {"event_group_id": group.id}},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Percent-encodes a path segment or query value (RFC 3986 unreserved kept).
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// A source's client for Parallel's API.
+pub struct ParallelApi {
+    client: HttpClient,
+    config: ParallelConfig,
+    /// `base_url` without a trailing slash (a bare authority displays one).
+    base: String,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl ParallelApi {
+    pub fn new(config: &ParallelConfig) -> Self {
+        let quota = Quota::per_second(config.rate_limit.per_second).allow_burst(config.rate_limit.burst);
+        ParallelApi {
+            client: http_client(&[], 4),
+            base: config.base_url.to_string().trim_end_matches('/').to_owned(),
+            config: config.clone(),
+            limiter: RateLimiter::direct(quota),
+        }
+    }
+
+    /// Every event group of `monitor_id` with an event since `since_ms`,
+    /// walking the listing's cursor to its end.
+    pub async fn monitor_event_groups(
+        &self,
+        monitor_id: &str,
+        since_ms: u64,
+    ) -> Result<Vec<EventGroup>, ApiError> {
+        let mut events = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut path = format!("/v1/monitors/{}/events?limit={PAGE_SIZE}", encode(monitor_id));
+            if let Some(cursor) = &cursor {
+                path.push_str(&format!("&cursor={}", encode(cursor)));
+            }
+            let page = EventsPage::parse(&self.get(&path).await?)?;
+            events.extend(page.events);
+            match page.next_cursor {
+                Some(next) if cursor.as_ref() != Some(&next) => cursor = Some(next),
+                _ => return Ok(event_groups(events, since_ms)),
+            }
+        }
+        Err(ApiError::Unreadable(format!("more than {MAX_PAGES} pages of events")))
+    }
+
+    /// `GET path`, within the rate limit, retried on 429, 5xx and network
+    /// errors (honouring `Retry-After` up to the backoff cap).
+    async fn get(&self, path_and_query: &str) -> Result<Bytes, ApiError> {
+        let uri: Uri = format!("{}{path_and_query}", self.base)
+            .parse()
+            .map_err(|err| ApiError::Unreadable(format!("bad request URL: {err}")))?;
+        let mut backoff = FIRST_BACKOFF;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            self.limiter.until_ready().await;
+            let wait = match self.try_get(&uri).await {
+                Ok(body) => return Ok(body),
+                Err((retryable, retry_after, err)) => {
+                    if !retryable || tries >= MAX_TRIES {
+                        return Err(err);
+                    }
+                    tracing::warn!(path = %uri.path(), error = %err, tries, "Parallel API call failed; retrying");
+                    retry_after.map_or(backoff, |after| after.min(MAX_BACKOFF))
+                }
+            };
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One try: the answer, or (retryable, Retry-After, error).
+    async fn try_get(&self, uri: &Uri) -> Result<Bytes, (bool, Option<Duration>, ApiError)> {
+        let request = Request::get(uri.clone())
+            .header("x-api-key", self.config.api_key.expose())
+            .header("accept", "application/json")
+            .header("user-agent", concat!("hookrelay/", env!("CARGO_PKG_VERSION")))
+            .body(Full::new(Bytes::new()))
+            .map_err(|err| (false, None, ApiError::Unreadable(err.to_string())))?;
+        let sent = tokio::time::timeout(self.config.timeout, async {
+            let response = self.client.request(request).await.map_err(|err| err.to_string())?;
+            let (parts, body) = response.into_parts();
+            let body =
+                Limited::new(body, MAX_ANSWER).collect().await.map_err(|err| err.to_string())?.to_bytes();
+            Ok::<_, String>((parts, body))
+        })
+        .await;
+        let (parts, body) = match sent {
+            Err(_) => return Err((true, None, ApiError::Unreachable("timed out".to_owned()))),
+            Ok(Err(err)) => return Err((true, None, ApiError::Unreachable(err))),
+            Ok(Ok(answer)) => answer,
+        };
+        if parts.status.is_success() {
+            return Ok(body);
+        }
+        let retryable = parts.status == StatusCode::TOO_MANY_REQUESTS || parts.status.is_server_error();
+        let retry_after = parts
+            .headers
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| crate::delivery::policy::parse_retry_after(value, SystemTime::now()));
+        Err((
+            retryable,
+            retry_after,
+            ApiError::Status { status: parts.status.as_u16(), message: error_message(&body) },
+        ))
+    }
+}
+
+/// The message of Parallel's error shape `{"type":"error","error":{"message"}}`,
+/// or the start of whatever came back.
+fn error_message(body: &[u8]) -> String {
+    let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
+    match parsed.as_ref().and_then(|value| value["error"]["message"].as_str()) {
+        Some(message) => message.chars().take(300).collect(),
+        None => String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_read_both_group_field_names_and_skip_groupless_events() {
+        let page = EventsPage::parse(
+            br#"{"events":[
+                {"event_type":"event_stream","event_id":"e1","event_group_id":"g1","event_date":"2026-11-20T10:00:00Z"},
+                {"event_type":"snapshot","event_id":"e2","monitor_group_id":"g2","event_date":"2026-11-21T10:00:00.5Z"},
+                {"event_type":"completion","timestamp":"2026-11-21T11:00:00Z"}
+            ],"next_cursor":"c2"}"#,
+        )
+        .unwrap();
+        assert_eq!(page.events.len(), 2);
+        assert_eq!(page.events[0], ("g1".to_owned(), crate::time::parse_rfc3339("2026-11-20T10:00:00Z")));
+        assert_eq!(page.events[1].0, "g2");
+        assert_eq!(page.next_cursor.as_deref(), Some("c2"));
+        let last = EventsPage::parse(br#"{"events":[]}"#).unwrap();
+        assert_eq!(last, EventsPage::default());
+        assert!(EventsPage::parse(b"{}").is_err());
+        assert!(EventsPage::parse(b"not json").is_err());
+    }
+
+    #[test]
+    fn groups_fold_by_earliest_event_and_drop_old_ones() {
+        let events = [
+            ("g2".to_owned(), Some(5_000)),
+            ("g1".to_owned(), Some(3_000)),
+            ("g2".to_owned(), Some(4_000)),
+            ("old".to_owned(), Some(1_000)),
+            ("undated".to_owned(), None),
+        ];
+        let groups = event_groups(events, 2_000);
+        let ids: Vec<(&str, Option<u64>)> =
+            groups.iter().map(|g| (g.id.as_str(), g.first_event_ms)).collect();
+        assert_eq!(ids, [("undated", None), ("g1", Some(3_000)), ("g2", Some(4_000))]);
+    }
+
+    #[test]
+    fn a_backfilled_detection_looks_like_the_webhook_and_routes_the_same() {
+        let group = EventGroup { id: "mevtgrp_1".into(), first_event_ms: Some(1_764_000_000_000) };
+        let body = detected_event_body("monitor_a", &group, 0);
+        let envelope = crate::envelope::Envelope::from_body(&body);
+        assert_eq!(envelope.event_type.as_deref(), Some(MONITOR_EVENT_DETECTED));
+        assert_eq!(envelope.monitor_id.as_deref(), Some("monitor_a"));
+        assert_eq!(envelope.event_group_id.as_deref(), Some("mevtgrp_1"));
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["timestamp"], crate::time::rfc3339(1_764_000_000));
+        assert_eq!(backfill_webhook_id("mevtgrp_1"), "whbackfill_mevtgrp_1");
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(encode("monitor_a-1.x~"), "monitor_a-1.x~");
+        assert_eq!(encode("a+b/c=d &"), "a%2Bb%2Fc%3Dd%20%26");
+    }
+
+    #[test]
+    fn error_messages_come_from_parallels_error_shape() {
+        let body = br#"{"type":"error","error":{"ref_id":"r","message":"monitor not found"}}"#;
+        assert_eq!(error_message(body), "monitor not found");
+        assert_eq!(error_message(b"<html>bad gateway</html>"), "<html>bad gateway</html>");
+    }
+}

@@ -1,0 +1,303 @@
+//! Backfill against a fake Parallel API on loopback: detections whose
+//! webhooks never arrived are listed (cursor pagination, retried on errors)
+//! and injected once; the real webhook arriving late is a duplicate.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::target::TestTarget;
+use common::*;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+const API_KEY: &str = "par_test_key_9f8e7d6c5b4a";
+const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC1iYWNrZmlsbA==";
+const MONITOR: &str = "monitor_b0079f70";
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A fake Parallel API: `GET /v1/monitors/{id}/events` in pages of two
+/// (cursor "p1", "p2", ...), after the scripted failures; records every
+/// request's path and `x-api-key`.
+#[derive(Clone)]
+struct FakeParallel {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+    failures: Arc<Mutex<VecDeque<u16>>>,
+}
+
+impl FakeParallel {
+    async fn start(events: Vec<serde_json::Value>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fake = FakeParallel { addr, seen: Default::default(), failures: Default::default() };
+        let (state, events) = (fake.clone(), Arc::new(events));
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (state, events) = (state.clone(), events.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let (state, events) = (state.clone(), events.clone());
+                        async move { Ok::<_, Infallible>(state.answer(&request, &events)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        fake
+    }
+
+    fn answer(
+        &self,
+        request: &Request<hyper::body::Incoming>,
+        events: &[serde_json::Value],
+    ) -> Response<Full<Bytes>> {
+        let key = request.headers().get("x-api-key").map_or("", |v| v.to_str().unwrap()).to_owned();
+        let uri = request.uri().to_string();
+        self.seen.lock().unwrap().push((uri.clone(), key.clone()));
+        let reply = |status: u16, body: serde_json::Value| {
+            let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+            *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+            response
+        };
+        let error = |status, message: &str| {
+            reply(
+                status,
+                serde_json::json!({"type": "error", "error": {"ref_id": "ref_1", "message": message}}),
+            )
+        };
+        if key != API_KEY {
+            return error(401, "invalid API key");
+        }
+        if let Some(status) = self.failures.lock().unwrap().pop_front() {
+            let mut response = error(status, "try again");
+            response.headers_mut().insert("retry-after", "0".parse().unwrap());
+            return response;
+        }
+        let Some(rest) = request.uri().path().strip_prefix("/v1/monitors/") else {
+            return error(404, "no route");
+        };
+        if rest != format!("{MONITOR}/events") {
+            return error(404, "monitor not found");
+        }
+        let page: usize = request
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("cursor=p"))
+            .map_or(0, |n| n.parse().unwrap());
+        let chunk: Vec<_> = events.iter().skip(page * 2).take(2).cloned().collect();
+        let mut body = serde_json::json!({ "events": chunk });
+        if (page + 1) * 2 < events.len() {
+            body["next_cursor"] = format!("p{}", page + 1).into();
+        }
+        reply(200, body)
+    }
+
+    fn fail_next(&self, statuses: &[u16]) {
+        self.failures.lock().unwrap().extend(statuses);
+    }
+
+    fn requests(&self) -> Vec<(String, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// An event of group `n`, dated `days_ago`.
+fn api_event(n: usize, days_ago: u64) -> serde_json::Value {
+    let date = hookrelay::time::rfc3339(now() as u64 - days_ago * 86_400);
+    serde_json::json!({
+        "event_type": "event_stream",
+        "event_id": format!("mevt_{n}"),
+        "event_group_id": format!("mevtgrp_{n}"),
+        "event_date": date,
+        "output": {"type": "text", "content": "something changed", "basis": []},
+    })
+}
+
+/// The webhook Parallel sends for group `n`.
+fn detected(n: usize) -> String {
+    format!(
+        r#"{{"type":"monitor.event.detected","timestamp":"2026-11-25T10:00:00Z","data":{{"monitor_id":"{MONITOR}","event":{{"event_group_id":"mevtgrp_{n}"}},"metadata":{{"team":"research"}}}}}}"#
+    )
+}
+
+async fn gateway(api: &FakeParallel, consumer: &TestTarget) -> TestGateway {
+    TestGateway::with(Options {
+        sources: Some(format!(
+            "[sources.parallel]\nsecrets = [\"{SECRET}\"]\n\
+             [sources.parallel.parallel]\napi_key = \"{API_KEY}\"\nbase_url = \"http://{}\"\ntimeout = \"5s\"\n\
+             rate_limit = {{ per_second = 50 }}\n\
+             [sources.other]\nsecrets = [\"{SECRET}\"]\n",
+            api.addr
+        )),
+        targets: format!(
+            "[targets.consumer]\nsource = \"parallel\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\nevents = [\"monitor.*\"]\n",
+            consumer.url()
+        ),
+        ..Options::default()
+    })
+    .await
+}
+
+async fn backfill(gateway: &TestGateway, body: serde_json::Value) -> Reply {
+    admin_post(gateway.admin_addr, "/v1/backfill", body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_after_a_three_day_outage_injects_exactly_the_missing_detections() {
+    // Five detections over the last four days; the gateway got only 1 and 2.
+    let api = FakeParallel::start((1..=5).map(|n| api_event(n, 5 - n as u64)).collect()).await;
+    let consumer = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let gateway = gateway(&api, &consumer).await;
+    for n in [1, 2] {
+        let reply = gateway
+            .post_signed(Transport::Http, "parallel", &format!("whevent_real_{n}"), &detected(n))
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+    consumer.wait_for(2, WAIT).await;
+
+    // A dry run says what is missing and changes nothing.
+    let dry = backfill(
+        &gateway,
+        serde_json::json!({"source": "parallel", "monitor": MONITOR, "since": "7d", "dry_run": true}),
+    )
+    .await;
+    assert_eq!(dry.status, 200, "{}", dry.text());
+    let dry = dry.json();
+    assert_eq!(dry["event_groups"], 5);
+    assert_eq!(dry["missing"], serde_json::json!(["mevtgrp_3", "mevtgrp_4", "mevtgrp_5"]));
+    assert_eq!(dry["injected"], serde_json::json!([]));
+    assert_eq!(gateway.journal.len(), 2);
+
+    // The listing is walked page by page, retried through a 503 and a 429.
+    api.fail_next(&[503, 429]);
+    let done =
+        backfill(&gateway, serde_json::json!({"source": "parallel", "monitor": MONITOR, "since": "7d"}))
+            .await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    let done = done.json();
+    assert_eq!(done["injected"].as_array().unwrap().len(), 3, "{done}");
+    let received = consumer.wait_for(5, WAIT).await;
+    let backfilled: Vec<_> = received.iter().filter(|r| r.header("hookrelay-backfill") == "1").collect();
+    assert_eq!(backfilled.len(), 3);
+    for (r, n) in backfilled.iter().zip([3, 4, 5]) {
+        assert_eq!(r.header("webhook-id"), format!("whbackfill_mevtgrp_{n}"));
+        assert!(matches!(r.verified, Some(Ok(()))), "re-signed with the target's secret");
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["type"], "monitor.event.detected");
+        assert_eq!(body["data"]["monitor_id"], MONITOR);
+        assert_eq!(body["data"]["event"]["event_group_id"], format!("mevtgrp_{n}"));
+    }
+    let pages: Vec<_> = api.requests().into_iter().filter(|(uri, _)| uri.contains("/events")).collect();
+    assert!(pages.iter().any(|(uri, _)| uri.contains("cursor=p2")), "all three pages were read: {pages:?}");
+    assert!(pages.iter().all(|(_, key)| key == API_KEY));
+
+    // Again: nothing new.
+    let again =
+        backfill(&gateway, serde_json::json!({"source": "parallel", "monitor": MONITOR})).await.json();
+    assert_eq!(
+        (again["missing"].clone(), again["injected"].clone()),
+        (serde_json::json!([]), serde_json::json!([]))
+    );
+
+    // Parallel's own webhook for a backfilled detection arrives late: a duplicate.
+    let late = gateway.post_signed(Transport::Http, "parallel", "whevent_real_4", &detected(4)).await;
+    assert_eq!(late.status, 200);
+    assert_eq!(late.json()["duplicate"], true);
+    assert_eq!(late.json()["id"], done["injected"][1]["id"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(consumer.received().len(), 5, "nothing delivered twice");
+    assert_eq!(gateway.journal.len(), 5);
+
+    // The API key is nowhere in what the admin API shows.
+    for reply in [
+        admin_get(gateway.admin_addr, "/v1/deliveries?limit=100").await,
+        admin_get(gateway.admin_addr, "/v1/targets").await,
+    ] {
+        assert!(!reply.text().contains(API_KEY));
+    }
+    for r in consumer.received() {
+        assert!(!format!("{:?}", r.headers).contains(API_KEY), "the API key reached a consumer");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_errors_are_clear() {
+    let api = FakeParallel::start(vec![api_event(1, 1)]).await;
+    let consumer = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let gateway = gateway(&api, &consumer).await;
+    let cases = [
+        (serde_json::json!({"source": "other", "monitor": MONITOR}), 400, "bad_request"),
+        (serde_json::json!({"source": "nope", "monitor": MONITOR}), 400, "bad_request"),
+        (serde_json::json!({"source": "parallel"}), 400, "bad_request"),
+        (
+            serde_json::json!({"source": "parallel", "monitor": MONITOR, "since": "yesterday"}),
+            400,
+            "bad_request",
+        ),
+        (serde_json::json!({"source": "parallel", "monitor": "monitor_unknown"}), 502, "parallel_api_failed"),
+    ];
+    for (body, status, code) in cases {
+        let reply = backfill(&gateway, body.clone()).await;
+        assert_eq!((reply.status, reply.error_code().as_str()), (status, code), "{body}: {}", reply.text());
+        assert!(!reply.text().contains(API_KEY));
+    }
+    // Failing for good (five 500s): 502 after the retries, nothing injected.
+    api.fail_next(&[500, 500, 500, 500, 500]);
+    let reply = backfill(&gateway, serde_json::json!({"source": "parallel", "monitor": MONITOR})).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert!(reply.text().contains("try again"), "Parallel's message is passed on: {}", reply.text());
+    assert_eq!(gateway.journal.len(), 0);
+    let wrong_method = admin_get(gateway.admin_addr, "/v1/backfill").await;
+    assert_eq!(wrong_method.status, 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backfill_command_lists_and_injects_through_the_admin_api() {
+    let api = FakeParallel::start(vec![api_event(7, 1), api_event(8, 2)]).await;
+    let consumer = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let gateway = gateway(&api, &consumer).await;
+    let admin = format!("http://{}", gateway.admin_addr);
+    let run = |extra: &[&str]| {
+        let mut command = std::process::Command::new(common::daemon::BIN);
+        command
+            .args(["backfill", "--admin", &admin, "--source", "parallel", "--monitor", MONITOR])
+            .args(extra);
+        command
+    };
+    let dry = tokio::task::spawn_blocking({
+        let mut command = run(&["--dry-run"]);
+        move || command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success(), "{stdout} {}", String::from_utf8_lossy(&dry.stderr));
+    assert!(
+        stdout.contains("2 never arrived") && stdout.contains("mevtgrp_7") && stdout.contains("dry run"),
+        "{stdout}"
+    );
+    let done = tokio::task::spawn_blocking({
+        let mut command = run(&["--json"]);
+        move || command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(done.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(json["injected"].as_array().unwrap().len(), 2);
+    consumer.wait_for(2, WAIT).await;
+}
