@@ -17,6 +17,8 @@
 //! - [`delivery`]: per-target lanes that re-sign and POST queued jobs, with
 //!   rate limits, retries ([`delivery::policy`]) and a circuit breaker.
 //! - [`replay`]: which (delivery, target) pairs a replay selects; requeues them.
+//! - [`parallel`]: Parallel's API (rate-limited, retried); [`backfill`]: injects
+//!   a monitor's detections that never arrived, once each.
 //! - `server`: accept loop, TLS, HTTP/1.1 and h2, graceful shutdown.
 //! - [`tls`]: PEM files → rustls configuration (ring provider).
 //! - [`systemd`]: sd_notify, the watchdog interval, socket-activated listeners.

@@ -107,3 +107,28 @@ fn journal_path_may_start_at_the_systemd_state_directory() {
     assert_eq!(err.key, "journal.path");
     assert!(err.message.contains("StateDirectory="), "{err}");
 }
+
+#[test]
+fn a_source_may_carry_a_parallel_api_key_with_defaults() {
+    let config = parse(&format!("{MINIMAL}[sources.parallel.parallel]\napi_key = \"env:SECRET\"\n")).unwrap();
+    let parallel = config.sources["parallel"].parallel.as_ref().unwrap();
+    assert_eq!(parallel.base_url, "https://api.parallel.ai");
+    assert_eq!(parallel.timeout, Duration::from_secs(30));
+    assert_eq!(parallel.rate_limit.per_second.get(), 5);
+    assert!(!format!("{config:?}").contains("whsec_dGVzdA=="), "the key stays out of Debug output");
+    assert!(parse(MINIMAL).unwrap().sources["parallel"].parallel.is_none());
+    for (extra, key) in [
+        ("api_key = \"\"", "sources.parallel.parallel.api_key"),
+        ("api_key = \"env:NOPE\"", "sources.parallel.parallel.api_key"),
+        ("api_key = \"env:SECRET\"\nbase_url = \"ftp://x\"", "sources.parallel.parallel.base_url"),
+        ("api_key = \"env:SECRET\"\ntimeout = \"0s\"", "sources.parallel.parallel.timeout"),
+        (
+            "api_key = \"env:SECRET\"\nrate_limit = { per_second = 0 }",
+            "sources.parallel.parallel.rate_limit.per_second",
+        ),
+        ("api_key = \"env:SECRET\"\nenrich = true", "enrich"),
+    ] {
+        let err = parse(&format!("{MINIMAL}[sources.parallel.parallel]\n{extra}\n")).unwrap_err().to_string();
+        assert!(err.contains(key), "{extra}: {err}");
+    }
+}
