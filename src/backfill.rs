@@ -3,6 +3,9 @@
 //! listed through the API and injected as `monitor.event.detected`
 //! deliveries, fanned out like any other.
 //!
+//! Run on demand (`POST /v1/backfill`, `hookrelay backfill`) or on a schedule
+//! (`[sources.NAME.parallel.reconcile]`).
+//!
 //! Each injected delivery's `webhook-id` is derived from its event group
 //! ([`crate::parallel::backfill_webhook_id`]) and the journal keys detections
 //! by event group, so running a backfill twice injects nothing new, and the
@@ -13,7 +16,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::config::Config;
+use crate::config::{Config, Reconcile};
 use crate::ingress::Ingress;
 use crate::journal::{Journal, JournalError};
 use crate::live::Live;
@@ -46,87 +49,166 @@ pub enum BackfillError {
     Journal(JournalError),
 }
 
-/// Runs backfills for the admin API; keeps one API client per source that
-/// has `[sources.NAME.parallel]` (rebuilt by a reload).
+/// What a backfill found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backfilled {
+    pub event_groups: usize,
+    /// Groups the journal had never seen, oldest first.
+    pub missing: Vec<String>,
+    /// (event group, delivery id) of each injected delivery.
+    pub injected: Vec<(String, String)>,
+}
+
+/// One source's API client and reconcile schedule.
+struct SourceApi {
+    api: Arc<ParallelApi>,
+    reconcile: Option<Reconcile>,
+}
+
+/// Runs backfills (for the admin API and the reconcile schedule); keeps one
+/// API client per source that has `[sources.NAME.parallel]` (rebuilt by a
+/// reload).
 pub struct Backfiller {
-    apis: Live<BTreeMap<String, Arc<ParallelApi>>>,
+    sources: Live<BTreeMap<String, SourceApi>>,
     ingress: Arc<Ingress>,
     journal: Arc<Journal>,
 }
 
 impl Backfiller {
     pub fn new(config: &Config, ingress: Arc<Ingress>, journal: Arc<Journal>) -> Self {
-        Backfiller { apis: Live::new(apis(config)), ingress, journal }
+        Backfiller { sources: Live::new(source_apis(config)), ingress, journal }
     }
 
     pub(crate) fn reload(&self, config: &Config) {
-        self.apis.set(apis(config));
+        self.sources.set(source_apis(config));
     }
 
-    /// Lists the monitor's event groups since `since`, finds those the
-    /// journal has never seen, and (unless a dry run) injects each, oldest
-    /// first. Answers what it found and did.
+    /// `POST /v1/backfill`: parses the request, backfills, answers JSON.
     pub async fn run(&self, body: &[u8]) -> Result<serde_json::Value, BackfillError> {
         let request: BackfillRequest = serde_json::from_slice(body)
             .map_err(|err| BackfillError::BadRequest(format!("invalid backfill request: {err}")))?;
-        let apis = self.apis.get();
-        let api = apis.get(&request.source).ok_or_else(|| {
-            BackfillError::BadRequest(format!(
-                "source {:?} has no [sources.{}.parallel] API key configured",
-                request.source, request.source
-            ))
-        })?;
         if request.monitor.is_empty() || request.monitor.len() > 256 {
             return Err(BackfillError::BadRequest("monitor must be a monitor id".to_owned()));
         }
-        let now = crate::time::now_ms();
         let since_text = request.since.as_deref().unwrap_or(DEFAULT_SINCE);
-        let since = crate::time::parse_instant(since_text, now)
+        let since = crate::time::parse_instant(since_text, crate::time::now_ms())
             .map_err(|err| BackfillError::BadRequest(format!("since: {err}")))?;
-        let groups = api.monitor_event_groups(&request.monitor, since).await.map_err(BackfillError::Api)?;
-        let mut missing = Vec::new();
-        for group in &groups {
-            if !self.journal.has_event_group(&request.source, &group.id).map_err(BackfillError::Journal)? {
-                missing.push(group);
-            }
-        }
-        let mut injected = Vec::new();
-        if !request.dry_run {
-            for group in &missing {
-                let body = detected_event_body(&request.monitor, group, now);
-                let appended = self
-                    .ingress
-                    .inject(&request.source, backfill_webhook_id(&group.id), body)
-                    .await
-                    .map_err(BackfillError::Journal)?;
-                if !appended.duplicate {
-                    injected
-                        .push(serde_json::json!({"event_group_id": group.id, "id": appended.id.to_string()}));
-                }
-            }
-            tracing::info!(
-                source = %request.source, monitor = %request.monitor, event_groups = groups.len(),
-                missing = missing.len(), injected = injected.len(), "backfill done"
-            );
-        }
+        let done = self.backfill(&request.source, &request.monitor, since, request.dry_run).await?;
         Ok(serde_json::json!({
             "source": request.source,
             "monitor": request.monitor,
             "since": crate::time::rfc3339(since / 1000),
             "dry_run": request.dry_run,
-            "event_groups": groups.len(),
-            "missing": missing.iter().map(|group| &group.id).collect::<Vec<_>>(),
-            "injected": injected,
+            "event_groups": done.event_groups,
+            "missing": done.missing,
+            "injected": done.injected.iter()
+                .map(|(group, id)| serde_json::json!({"event_group_id": group, "id": id}))
+                .collect::<Vec<_>>(),
         }))
+    }
+
+    /// Lists the monitor's event groups since `since_ms`, finds those the
+    /// journal has never seen, and (unless a dry run) injects each, oldest
+    /// first.
+    pub async fn backfill(
+        &self,
+        source: &str,
+        monitor: &str,
+        since_ms: u64,
+        dry_run: bool,
+    ) -> Result<Backfilled, BackfillError> {
+        let api = self.sources.get().get(source).map(|source| source.api.clone()).ok_or_else(|| {
+            BackfillError::BadRequest(format!(
+                "source {source:?} has no [sources.{source}.parallel] API key configured"
+            ))
+        })?;
+        let groups = api.monitor_event_groups(monitor, since_ms).await.map_err(BackfillError::Api)?;
+        let mut missing = Vec::new();
+        for group in &groups {
+            if !self.journal.has_event_group(source, &group.id).map_err(BackfillError::Journal)? {
+                missing.push(group);
+            }
+        }
+        let mut injected = Vec::new();
+        if !dry_run {
+            let now = crate::time::now_ms();
+            for group in &missing {
+                let body = detected_event_body(monitor, group, now);
+                let appended = self
+                    .ingress
+                    .inject(source, backfill_webhook_id(&group.id), body)
+                    .await
+                    .map_err(BackfillError::Journal)?;
+                if !appended.duplicate {
+                    injected.push((group.id.clone(), appended.id.to_string()));
+                }
+            }
+            if !injected.is_empty() {
+                tracing::info!(
+                    source,
+                    monitor,
+                    injected = injected.len(),
+                    "backfilled detections that never arrived"
+                );
+            }
+        }
+        Ok(Backfilled {
+            event_groups: groups.len(),
+            missing: missing.iter().map(|group| group.id.clone()).collect(),
+            injected,
+        })
+    }
+
+    /// Backfills every monitor named in a `reconcile` table, each on its own
+    /// schedule, for as long as the gateway runs. The first pass is at start:
+    /// a gateway coming back from an outage catches up at once. A reload
+    /// takes effect at the next pass.
+    pub async fn reconcile_periodically(self: Arc<Self>) {
+        let mut next_run: BTreeMap<(String, String), tokio::time::Instant> = BTreeMap::new();
+        loop {
+            let now = tokio::time::Instant::now();
+            let mut due = Vec::new();
+            let mut wake = now + RECONCILE_IDLE;
+            for (source, api) in self.sources.get().iter() {
+                let Some(reconcile) = &api.reconcile else { continue };
+                for monitor in &reconcile.monitors {
+                    let at = *next_run.entry((source.clone(), monitor.clone())).or_insert(now);
+                    if at <= now {
+                        due.push((source.clone(), monitor.clone(), reconcile.clone()));
+                    } else {
+                        wake = wake.min(at);
+                    }
+                }
+            }
+            for (source, monitor, reconcile) in due {
+                let since = crate::time::now_ms().saturating_sub(reconcile.lookback.as_millis() as u64);
+                if let Err(err) = self.backfill(&source, &monitor, since, false).await {
+                    tracing::warn!(%source, %monitor, error = %err, "reconcile failed; next try at the next interval");
+                }
+                let next = tokio::time::Instant::now() + reconcile.every;
+                wake = wake.min(next);
+                next_run.insert((source, monitor), next);
+            }
+            tokio::time::sleep_until(wake).await;
+        }
     }
 }
 
-fn apis(config: &Config) -> BTreeMap<String, Arc<ParallelApi>> {
+/// How long the reconcile task sleeps when nothing is scheduled (a reload
+/// may add a schedule).
+const RECONCILE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn source_apis(config: &Config) -> BTreeMap<String, SourceApi> {
     config
         .sources
         .values()
         .filter_map(|source| {
-            Some((source.name.clone(), Arc::new(ParallelApi::new(source.parallel.as_ref()?))))
+            let parallel = source.parallel.as_ref()?;
+            let api = SourceApi {
+                api: Arc::new(ParallelApi::new(parallel)),
+                reconcile: parallel.reconcile.clone(),
+            };
+            Some((source.name.clone(), api))
         })
         .collect()
 }

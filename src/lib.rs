@@ -190,13 +190,14 @@ impl Gateway {
             )?,
         );
         let ingress = Arc::new(Ingress::new(&config, journal.clone(), dispatcher.inboxes(), metrics.clone()));
+        let backfiller = Arc::new(backfill::Backfiller::new(&config, ingress.clone(), journal.clone()));
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let admin = Arc::new(admin::Admin {
             metrics: metrics.clone(),
             lanes: dispatcher.status(),
             journal: journal.clone(),
             replayer: replay::Replayer::new(&config, journal.clone(), dispatcher.status()),
-            backfiller: backfill::Backfiller::new(&config, ingress.clone(), journal.clone()),
+            backfiller: backfiller.clone(),
             ready: ready.clone(),
             token: live::Live::new(config.admin.token.clone()),
         });
@@ -212,6 +213,7 @@ impl Gateway {
         };
         let pruner = tokio::spawn(prune_periodically(journal.clone(), config.journal.retention));
         let doctor = tokio::spawn(recover_journal(journal.clone(), dispatcher.status()));
+        let reconciler = tokio::spawn(backfiller.clone().reconcile_periodically());
         let addr = listener
             .local_addr()
             .map_err(|source| GatewayError::Bind { addr: config.server.listen, source })?;
@@ -312,10 +314,10 @@ impl Gateway {
         tokio::join!(work, administering);
         // Awaited, so their handles on the journal are gone when `run`
         // returns (sled keeps its directory locked while any handle lives).
-        pruner.abort();
-        doctor.abort();
-        let _ = pruner.await;
-        let _ = doctor.await;
+        for task in [pruner, doctor, reconciler] {
+            task.abort();
+            let _ = task.await;
+        }
         let flushed =
             tokio::task::spawn_blocking(move || journal.flush()).await.expect("journal flush does not panic");
         flushed.map_err(GatewayError::Flush)?;

@@ -134,11 +134,15 @@ fn detected(n: usize) -> String {
 }
 
 async fn gateway(api: &FakeParallel, consumer: &TestTarget) -> TestGateway {
+    gateway_with(api, consumer, "").await
+}
+
+async fn gateway_with(api: &FakeParallel, consumer: &TestTarget, parallel_extra: &str) -> TestGateway {
     TestGateway::with(Options {
         sources: Some(format!(
             "[sources.parallel]\nsecrets = [\"{SECRET}\"]\n\
              [sources.parallel.parallel]\napi_key = \"{API_KEY}\"\nbase_url = \"http://{}\"\ntimeout = \"5s\"\n\
-             rate_limit = {{ per_second = 50 }}\n\
+             rate_limit = {{ per_second = 50 }}\n{parallel_extra}\n\
              [sources.other]\nsecrets = [\"{SECRET}\"]\n",
             api.addr
         )),
@@ -300,4 +304,27 @@ async fn the_backfill_command_lists_and_injects_through_the_admin_api() {
     let json: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
     assert_eq!(json["injected"].as_array().unwrap().len(), 2);
     consumer.wait_for(2, WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_backfills_on_its_own_at_start_and_on_schedule() {
+    let api = FakeParallel::start(vec![api_event(1, 2), api_event(2, 1)]).await;
+    let consumer = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    // The listing fails once: the first pass gives up, the next one succeeds.
+    api.fail_next(&[400]);
+    let reconcile =
+        format!("reconcile = {{ monitors = [\"{MONITOR}\"], every = \"300ms\", lookback = \"3d\" }}");
+    let gateway = gateway_with(&api, &consumer, &reconcile).await;
+    let received = consumer.wait_for(2, WAIT).await;
+    assert!(received.iter().all(|r| r.header("hookrelay-backfill") == "1"));
+    // Later passes find nothing new.
+    let listed = api.requests().len();
+    let deadline = std::time::Instant::now() + WAIT;
+    while api.requests().len() < listed + 2 {
+        assert!(std::time::Instant::now() < deadline, "reconcile stopped running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(consumer.received().len(), 2);
+    let late = gateway.post_signed(Transport::Http, "parallel", "whevent_real_2", &detected(2)).await;
+    assert_eq!(late.json()["duplicate"], true);
 }

@@ -51,7 +51,7 @@ pub struct Admin {
     pub lanes: LaneStatus,
     pub journal: Arc<Journal>,
     pub replayer: Replayer,
-    pub backfiller: crate::backfill::Backfiller,
+    pub backfiller: Arc<crate::backfill::Backfiller>,
     /// True between start-up and the beginning of shutdown.
     pub ready: Arc<AtomicBool>,
     pub token: Live<Option<Secret>>,

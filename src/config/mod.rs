@@ -164,6 +164,17 @@ struct RawParallel {
     #[serde(default = "defaults::parallel_timeout")]
     timeout: HumanDuration,
     rate_limit: Option<RawRateLimit>,
+    reconcile: Option<RawReconcile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReconcile {
+    monitors: Vec<String>,
+    #[serde(default = "defaults::reconcile_every")]
+    every: HumanDuration,
+    #[serde(default = "defaults::reconcile_lookback")]
+    lookback: HumanDuration,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -312,6 +323,12 @@ mod defaults {
         secs(30)
     }
     pub const PARALLEL_PER_SECOND: u32 = 5;
+    pub fn reconcile_every() -> HumanDuration {
+        secs(3600)
+    }
+    pub fn reconcile_lookback() -> HumanDuration {
+        secs(72 * 3600)
+    }
     pub fn tolerance() -> HumanDuration {
         secs(300)
     }
@@ -415,6 +432,17 @@ pub struct ParallelConfig {
     pub timeout: Duration,
     /// The gateway's own limit on its calls to the API.
     pub rate_limit: RateLimit,
+    /// Backfill these monitors periodically, without an operator.
+    pub reconcile: Option<Reconcile>,
+}
+
+/// `[sources.NAME.parallel.reconcile]`: a backfill of each monitor every
+/// `every`, looking `lookback` back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconcile {
+    pub monitors: Vec<String>,
+    pub every: Duration,
+    pub lookback: Duration,
 }
 
 /// How a target's requests are signed.
@@ -705,11 +733,26 @@ impl Validator<'_> {
                 per_second: NonZeroU32::new(defaults::PARALLEL_PER_SECOND).expect("non-zero"),
                 burst: NonZeroU32::new(defaults::PARALLEL_PER_SECOND).expect("non-zero"),
             });
+        let reconcile = match raw.reconcile {
+            None => None,
+            Some(raw) => {
+                let reconcile_key = format!("{key}.reconcile");
+                if raw.monitors.is_empty() || raw.monitors.iter().any(|m| m.is_empty() || m.len() > 256) {
+                    return Err(self.err(format!("{reconcile_key}.monitors"), "list one or more monitor ids"));
+                }
+                Some(Reconcile {
+                    monitors: raw.monitors,
+                    every: self.positive(&format!("{reconcile_key}.every"), raw.every.0)?,
+                    lookback: self.positive(&format!("{reconcile_key}.lookback"), raw.lookback.0)?,
+                })
+            }
+        };
         Ok(ParallelConfig {
             api_key,
             base_url,
             timeout: self.positive(&format!("{key}.timeout"), raw.timeout.0)?,
             rate_limit,
+            reconcile,
         })
     }
 

@@ -116,6 +116,16 @@ fn a_source_may_carry_a_parallel_api_key_with_defaults() {
     assert_eq!(parallel.timeout, Duration::from_secs(30));
     assert_eq!(parallel.rate_limit.per_second.get(), 5);
     assert!(!format!("{config:?}").contains("whsec_dGVzdA=="), "the key stays out of Debug output");
+    assert_eq!(parallel.reconcile, None);
+    let scheduled = parse(&format!(
+        "{MINIMAL}[sources.parallel.parallel]\napi_key = \"env:SECRET\"\nreconcile = {{ monitors = [\"monitor_a\"] }}\n"
+    ))
+    .unwrap();
+    let reconcile = scheduled.sources["parallel"].parallel.as_ref().unwrap().reconcile.clone().unwrap();
+    assert_eq!(
+        (reconcile.monitors, reconcile.every, reconcile.lookback),
+        (vec!["monitor_a".to_owned()], Duration::from_secs(3600), Duration::from_secs(72 * 3600))
+    );
     assert!(parse(MINIMAL).unwrap().sources["parallel"].parallel.is_none());
     for (extra, key) in [
         ("api_key = \"\"", "sources.parallel.parallel.api_key"),
@@ -127,6 +137,11 @@ fn a_source_may_carry_a_parallel_api_key_with_defaults() {
             "sources.parallel.parallel.rate_limit.per_second",
         ),
         ("api_key = \"env:SECRET\"\nenrich = true", "enrich"),
+        (
+            "api_key = \"env:SECRET\"\nreconcile = { monitors = [] }",
+            "sources.parallel.parallel.reconcile.monitors",
+        ),
+        ("api_key = \"env:SECRET\"\nreconcile = { monitors = [\"m\"], every = \"0s\" }", "reconcile.every"),
     ] {
         let err = parse(&format!("{MINIMAL}[sources.parallel.parallel]\n{extra}\n")).unwrap_err().to_string();
         assert!(err.contains(key), "{extra}: {err}");
