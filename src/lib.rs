@@ -318,8 +318,10 @@ impl Gateway {
             task.abort();
             let _ = task.await;
         }
-        let flushed =
-            tokio::task::spawn_blocking(move || journal.flush()).await.expect("journal flush does not panic");
+        // (Cancelled only when the runtime itself is going away.)
+        let flushed = tokio::task::spawn_blocking(move || journal.flush())
+            .await
+            .unwrap_or_else(|err| Err(JournalError::Storage(format!("the final flush did not run: {err}"))));
         flushed.map_err(GatewayError::Flush)?;
         tracing::info!("journal flushed; stopped");
         Ok(())

@@ -195,7 +195,8 @@ async fn backfill_after_a_three_day_outage_injects_exactly_the_missing_detection
     let done = done.json();
     assert_eq!(done["injected"].as_array().unwrap().len(), 3, "{done}");
     let received = consumer.wait_for(5, WAIT).await;
-    let backfilled: Vec<_> = received.iter().filter(|r| r.header("hookrelay-backfill") == "1").collect();
+    let mut backfilled: Vec<_> = received.iter().filter(|r| r.header("hookrelay-backfill") == "1").collect();
+    backfilled.sort_by_key(|r| r.header("webhook-id").to_owned());
     assert_eq!(backfilled.len(), 3);
     for (r, n) in backfilled.iter().zip([3, 4, 5]) {
         assert_eq!(r.header("webhook-id"), format!("whbackfill_mevtgrp_{n}"));
