@@ -43,6 +43,7 @@ pub mod backfill;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod enrich;
 pub mod envelope;
 pub mod ingress;
 pub mod journal;

@@ -1,6 +1,6 @@
 //! Parallel's API, called on behalf of a source (`[sources.NAME.parallel]`):
 //! listing a monitor's events to backfill the detections whose webhooks never
-//! arrived.
+//! arrived, and fetching the content thin events leave out (enrichment).
 //!
 //! - Pure: reading a page of events ([`EventsPage::parse`]), the identity and
 //!   body of a backfilled delivery ([`backfill_webhook_id`],
@@ -141,6 +141,59 @@ pub fn detected_event_body(monitor_id: &str, group: &EventGroup, now_ms: u64) ->
     .into_bytes()
 }
 
+/// What enriching a delivery takes, read from its verified body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrichmentSource {
+    /// A detection: the events of its group, attached as `data.events`.
+    EventGroup { monitor_id: String, event_group_id: String },
+    /// A completed task run: its result, attached as `data.result`.
+    TaskResult { run_id: String },
+}
+
+impl EnrichmentSource {
+    /// `None` for events that carry everything already (or are not Parallel's).
+    pub fn for_body(body: &[u8]) -> Option<Self> {
+        let envelope = crate::envelope::Envelope::from_body(body);
+        match envelope.event_type.as_deref()? {
+            MONITOR_EVENT_DETECTED => Some(EnrichmentSource::EventGroup {
+                monitor_id: envelope.monitor_id?,
+                event_group_id: envelope.event_group_id?,
+            }),
+            "task_run.status" => {
+                let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+                let data = value.get("data")?;
+                if data.get("status")?.as_str()? != "completed" {
+                    return None;
+                }
+                let run_id = data.get("run_id")?.as_str().filter(|id| !id.is_empty() && id.len() <= 256)?;
+                Some(EnrichmentSource::TaskResult { run_id: run_id.to_owned() })
+            }
+            _ => None,
+        }
+    }
+
+    /// The field of `data` the content goes into.
+    pub fn field(&self) -> &'static str {
+        match self {
+            EnrichmentSource::EventGroup { .. } => "events",
+            EnrichmentSource::TaskResult { .. } => "result",
+        }
+    }
+}
+
+/// The original payload with `content` attached under `data.<field>`
+/// (every other byte's meaning kept; the JSON is re-serialized). `None` if
+/// the body is not a JSON object with an object `data`.
+pub fn enriched_body(
+    original: &[u8],
+    source: &EnrichmentSource,
+    content: &serde_json::Value,
+) -> Option<Vec<u8>> {
+    let mut value: serde_json::Value = serde_json::from_slice(original).ok()?;
+    value.get_mut("data")?.as_object_mut()?.insert(source.field().to_owned(), content.clone());
+    serde_json::to_vec(&value).ok()
+}
+
 /// Percent-encodes a path segment or query value (RFC 3986 unreserved kept).
 fn encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -196,6 +249,43 @@ impl ParallelApi {
             }
         }
         Err(ApiError::Unreadable(format!("more than {MAX_PAGES} pages of events")))
+    }
+
+    /// The content `source` names: a detection's events (every page), or a
+    /// task run's result.
+    pub async fn enrichment(&self, source: &EnrichmentSource) -> Result<serde_json::Value, ApiError> {
+        match source {
+            EnrichmentSource::TaskResult { run_id } => {
+                let body = self.get(&format!("/v1/tasks/runs/{}/result", encode(run_id))).await?;
+                serde_json::from_slice(&body).map_err(|err| ApiError::Unreadable(err.to_string()))
+            }
+            EnrichmentSource::EventGroup { monitor_id, event_group_id } => {
+                let mut events = Vec::new();
+                let mut cursor: Option<String> = None;
+                for _ in 0..MAX_PAGES {
+                    let mut path = format!(
+                        "/v1/monitors/{}/events?event_group_id={}",
+                        encode(monitor_id),
+                        encode(event_group_id)
+                    );
+                    if let Some(cursor) = &cursor {
+                        path.push_str(&format!("&cursor={}", encode(cursor)));
+                    }
+                    let value: serde_json::Value = serde_json::from_slice(&self.get(&path).await?)
+                        .map_err(|err| ApiError::Unreadable(err.to_string()))?;
+                    let page = value
+                        .get("events")
+                        .and_then(|events| events.as_array())
+                        .ok_or_else(|| ApiError::Unreadable("no \"events\" list".to_owned()))?;
+                    events.extend(page.iter().cloned());
+                    match value.get("next_cursor").and_then(|c| c.as_str()).filter(|c| !c.is_empty()) {
+                        Some(next) if cursor.as_deref() != Some(next) => cursor = Some(next.to_owned()),
+                        _ => return Ok(serde_json::Value::Array(events)),
+                    }
+                }
+                Err(ApiError::Unreadable(format!("more than {MAX_PAGES} pages of events")))
+            }
+        }
     }
 
     /// `GET path`, within the rate limit, retried on 429, 5xx and network
@@ -322,6 +412,41 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["timestamp"], crate::time::rfc3339(1_764_000_000));
         assert_eq!(backfill_webhook_id("mevtgrp_1"), "whbackfill_mevtgrp_1");
+    }
+
+    #[test]
+    fn what_enrichment_needs_comes_from_the_body() {
+        let detected = br#"{"type":"monitor.event.detected","data":{"monitor_id":"m1","event":{"event_group_id":"g1"}}}"#;
+        assert_eq!(
+            EnrichmentSource::for_body(detected),
+            Some(EnrichmentSource::EventGroup { monitor_id: "m1".into(), event_group_id: "g1".into() })
+        );
+        let completed = br#"{"type":"task_run.status","data":{"run_id":"trun_1","status":"completed"}}"#;
+        assert_eq!(
+            EnrichmentSource::for_body(completed),
+            Some(EnrichmentSource::TaskResult { run_id: "trun_1".into() })
+        );
+        for body in [
+            &br#"{"type":"task_run.status","data":{"run_id":"trun_1","status":"running"}}"#[..],
+            br#"{"type":"monitor.execution.completed","data":{"monitor_id":"m1","event":{"type":"completion"}}}"#,
+            br#"{"type":"monitor.event.detected","data":{"monitor_id":"m1"}}"#,
+            b"not json",
+        ] {
+            assert_eq!(EnrichmentSource::for_body(body), None, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn enrichment_is_attached_under_data() {
+        let source = EnrichmentSource::EventGroup { monitor_id: "m".into(), event_group_id: "g".into() };
+        let original = br#"{"type":"monitor.event.detected","timestamp":"t","data":{"monitor_id":"m","event":{"event_group_id":"g"},"metadata":{"team":"x"}}}"#;
+        let events = serde_json::json!([{"event_id": "e1"}]);
+        let enriched: serde_json::Value =
+            serde_json::from_slice(&enriched_body(original, &source, &events).unwrap()).unwrap();
+        assert_eq!(enriched["data"]["events"], events);
+        assert_eq!(enriched["data"]["metadata"]["team"], "x");
+        assert_eq!(enriched["timestamp"], "t");
+        assert_eq!(enriched_body(b"[1]", &source, &events), None);
     }
 
     #[test]

@@ -4,115 +4,15 @@
 
 mod common;
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use common::parallel::{API_KEY, FakeParallel};
 use common::target::TestTarget;
 use common::*;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 
-const API_KEY: &str = "par_test_key_9f8e7d6c5b4a";
 const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC1iYWNrZmlsbA==";
 const MONITOR: &str = "monitor_b0079f70";
 const WAIT: Duration = Duration::from_secs(15);
-
-/// A fake Parallel API: `GET /v1/monitors/{id}/events` in pages of two
-/// (cursor "p1", "p2", ...), after the scripted failures; records every
-/// request's path and `x-api-key`.
-#[derive(Clone)]
-struct FakeParallel {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(String, String)>>>,
-    failures: Arc<Mutex<VecDeque<u16>>>,
-}
-
-impl FakeParallel {
-    async fn start(events: Vec<serde_json::Value>) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let fake = FakeParallel { addr, seen: Default::default(), failures: Default::default() };
-        let (state, events) = (fake.clone(), Arc::new(events));
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
-                let (state, events) = (state.clone(), events.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let (state, events) = (state.clone(), events.clone());
-                        async move { Ok::<_, Infallible>(state.answer(&request, &events)) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        fake
-    }
-
-    fn answer(
-        &self,
-        request: &Request<hyper::body::Incoming>,
-        events: &[serde_json::Value],
-    ) -> Response<Full<Bytes>> {
-        let key = request.headers().get("x-api-key").map_or("", |v| v.to_str().unwrap()).to_owned();
-        let uri = request.uri().to_string();
-        self.seen.lock().unwrap().push((uri.clone(), key.clone()));
-        let reply = |status: u16, body: serde_json::Value| {
-            let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-            *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-            response
-        };
-        let error = |status, message: &str| {
-            reply(
-                status,
-                serde_json::json!({"type": "error", "error": {"ref_id": "ref_1", "message": message}}),
-            )
-        };
-        if key != API_KEY {
-            return error(401, "invalid API key");
-        }
-        if let Some(status) = self.failures.lock().unwrap().pop_front() {
-            let mut response = error(status, "try again");
-            response.headers_mut().insert("retry-after", "0".parse().unwrap());
-            return response;
-        }
-        let Some(rest) = request.uri().path().strip_prefix("/v1/monitors/") else {
-            return error(404, "no route");
-        };
-        if rest != format!("{MONITOR}/events") {
-            return error(404, "monitor not found");
-        }
-        let page: usize = request
-            .uri()
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("cursor=p"))
-            .map_or(0, |n| n.parse().unwrap());
-        let chunk: Vec<_> = events.iter().skip(page * 2).take(2).cloned().collect();
-        let mut body = serde_json::json!({ "events": chunk });
-        if (page + 1) * 2 < events.len() {
-            body["next_cursor"] = format!("p{}", page + 1).into();
-        }
-        reply(200, body)
-    }
-
-    fn fail_next(&self, statuses: &[u16]) {
-        self.failures.lock().unwrap().extend(statuses);
-    }
-
-    fn requests(&self) -> Vec<(String, String)> {
-        self.seen.lock().unwrap().clone()
-    }
-}
 
 /// An event of group `n`, dated `days_ago`.
 fn api_event(n: usize, days_ago: u64) -> serde_json::Value {
@@ -162,7 +62,7 @@ async fn backfill(gateway: &TestGateway, body: serde_json::Value) -> Reply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_after_a_three_day_outage_injects_exactly_the_missing_detections() {
     // Five detections over the last four days; the gateway got only 1 and 2.
-    let api = FakeParallel::start((1..=5).map(|n| api_event(n, 5 - n as u64)).collect()).await;
+    let api = FakeParallel::start(MONITOR, (1..=5).map(|n| api_event(n, 5 - n as u64)).collect()).await;
     let consumer = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
     let gateway = gateway(&api, &consumer).await;
     for n in [1, 2] {
@@ -241,7 +141,7 @@ async fn backfill_after_a_three_day_outage_injects_exactly_the_missing_detection
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_errors_are_clear() {
-    let api = FakeParallel::start(vec![api_event(1, 1)]).await;
+    let api = FakeParallel::start(MONITOR, vec![api_event(1, 1)]).await;
     let consumer = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
     let gateway = gateway(&api, &consumer).await;
     let cases = [
@@ -272,7 +172,7 @@ async fn backfill_errors_are_clear() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backfill_command_lists_and_injects_through_the_admin_api() {
-    let api = FakeParallel::start(vec![api_event(7, 1), api_event(8, 2)]).await;
+    let api = FakeParallel::start(MONITOR, vec![api_event(7, 1), api_event(8, 2)]).await;
     let consumer = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
     let gateway = gateway(&api, &consumer).await;
     let admin = format!("http://{}", gateway.admin_addr);
@@ -309,7 +209,7 @@ async fn the_backfill_command_lists_and_injects_through_the_admin_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_backfills_on_its_own_at_start_and_on_schedule() {
-    let api = FakeParallel::start(vec![api_event(1, 2), api_event(2, 1)]).await;
+    let api = FakeParallel::start(MONITOR, vec![api_event(1, 2), api_event(2, 1)]).await;
     let consumer = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
     // The listing fails once: the first pass gives up, the next one succeeds.
     api.fail_next(&[400]);

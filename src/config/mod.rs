@@ -207,6 +207,22 @@ struct RawTarget {
     ca_file: Option<PathBuf>,
     #[serde(default)]
     breaker: RawBreaker,
+    /// Attach Parallel's content (events of a detection, a task's result).
+    #[serde(default)]
+    enrich: bool,
+    /// What a target with `enrich` gets when the content cannot be fetched.
+    #[serde(default)]
+    enrich_failure: EnrichFailure,
+}
+
+/// When enrichment ultimately fails: send the original payload (marked), or
+/// count it as a failed attempt and retry later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrichFailure {
+    #[default]
+    SendOriginal,
+    Wait,
 }
 
 #[derive(Deserialize)]
@@ -474,6 +490,8 @@ pub struct TargetConfig {
     /// CA certificates from `ca_file`, trusted besides the system's roots.
     pub ca_certs: Vec<CertificateDer<'static>>,
     pub breaker: BreakerConfig,
+    /// `enrich = true`: what to do when the content cannot be fetched.
+    pub enrich: Option<EnrichFailure>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -771,6 +789,12 @@ impl Validator<'_> {
                 format!("unknown source {:?} (configured: {})", raw.source, known.join(", ")),
             ));
         }
+        if raw.enrich && sources[&raw.source].parallel.is_none() {
+            return Err(self.err(
+                format!("{key}.enrich"),
+                format!("needs a Parallel API key: add [sources.{}.parallel] api_key", raw.source),
+            ));
+        }
         let url = self.url(&format!("{key}.url"), &raw.url)?;
         let mut secrets = Vec::new();
         for (i, reference) in raw.secret.into_vec().into_iter().enumerate() {
@@ -798,6 +822,12 @@ impl Validator<'_> {
             (Some(signing), _) => signing,
             (None, false) => Signing::Resign,
         };
+        if raw.enrich && signing == Signing::Passthrough {
+            return Err(self.err(
+                format!("{key}.enrich"),
+                "changes the body, so Parallel's passed-through signature would not verify; re-sign with a secret",
+            ));
+        }
         for (i, pattern) in raw.events.iter().enumerate() {
             if pattern.is_empty() {
                 return Err(self.err(format!("{key}.events[{i}]"), "an event pattern cannot be empty"));
@@ -845,6 +875,7 @@ impl Validator<'_> {
             retry,
             ca_certs,
             breaker,
+            enrich: raw.enrich.then_some(raw.enrich_failure),
         })
     }
 

@@ -17,7 +17,8 @@ use super::breaker::{Admission, Breaker, BreakerState};
 use super::outbound::{self, AttemptInfo, HttpClient, Signer};
 use super::policy::{self, AttemptOutcome, Decision};
 use super::queue::Next;
-use crate::config::{RateLimit, RetryConfig, TargetConfig};
+use crate::config::{EnrichFailure, RateLimit, RetryConfig, TargetConfig};
+use crate::enrich::{Enriched, Enricher};
 use crate::journal::{Attempt, DeliveryId, Journal, QueueEntry};
 use crate::live::Live;
 use crate::metrics::{AttemptResult, Metrics, TargetGauges};
@@ -43,6 +44,7 @@ struct LaneSettings {
     ca_certs: Vec<CertificateDer<'static>>,
     client: HttpClient,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    enrich: Option<EnrichFailure>,
 }
 
 impl LaneSettings {
@@ -70,6 +72,7 @@ impl LaneSettings {
             ca_certs: target.ca_certs.clone(),
             client,
             limiter,
+            enrich: target.enrich,
         }
     }
 }
@@ -87,6 +90,7 @@ pub(crate) struct Lane {
     metrics: Arc<Metrics>,
     /// Deliveries whose attempt started and is not yet recorded.
     in_flight: Mutex<HashSet<DeliveryId>>,
+    enricher: Arc<Enricher>,
 }
 
 impl Lane {
@@ -95,6 +99,7 @@ impl Lane {
         journal: Arc<Journal>,
         inbox: Arc<Inbox>,
         metrics: Arc<Metrics>,
+        enricher: Arc<Enricher>,
     ) -> Self {
         Lane {
             name: target.name.clone(),
@@ -105,6 +110,7 @@ impl Lane {
             journal,
             metrics,
             in_flight: Mutex::new(HashSet::new()),
+            enricher,
         }
     }
 
@@ -338,13 +344,37 @@ impl Lane {
                 self.inbox.bell.notify_one();
                 return;
             }
-            Ok((record, job)) => {
-                let info = AttemptInfo {
+            Ok((mut record, job)) => {
+                let mut info = AttemptInfo {
                     number: job.attempts + 1,
                     replay: job.replay.is_some(),
                     now_secs: started_ms / 1000,
+                    enrichment: None,
                 };
-                let outcome = match outbound::build_request(&settings.url, &settings.signer, &record, &info) {
+                // An enriching target: the body with Parallel's content
+                // attached (re-signed below over exactly these bytes).
+                let mut refused = None;
+                if let Some(on_failure) = settings.enrich {
+                    match self.enricher.enrich(&record).await {
+                        Enriched::NotApplicable => {}
+                        Enriched::Body(body) => {
+                            record.body = body;
+                            info.enrichment = Some("attached");
+                        }
+                        Enriched::Failed(err) => {
+                            tracing::warn!(target_name = %self.name, delivery_id = %entry.delivery, error = %err, "enrichment failed");
+                            match on_failure {
+                                EnrichFailure::SendOriginal => info.enrichment = Some("failed"),
+                                EnrichFailure::Wait => refused = Some(format!("enrichment failed: {err}")),
+                            }
+                        }
+                    }
+                }
+                let built = match refused {
+                    Some(reason) => Err(reason),
+                    None => outbound::build_request(&settings.url, &settings.signer, &record, &info),
+                };
+                let outcome = match built {
                     Ok(request) => {
                         tokio::time::timeout(settings.timeout, outbound::send(&settings.client, request))
                             .await

@@ -56,6 +56,7 @@ struct LaneSet {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     journal: Arc<Journal>,
     metrics: Arc<Metrics>,
+    enricher: Arc<crate::enrich::Enricher>,
     stop: watch::Receiver<bool>,
     grace: Duration,
 }
@@ -84,7 +85,13 @@ impl LaneSet {
         for entry in pending {
             inbox.push(entry);
         }
-        Ok(Arc::new(Lane::new(target, self.journal.clone(), inbox, self.metrics.clone())))
+        Ok(Arc::new(Lane::new(
+            target,
+            self.journal.clone(),
+            inbox,
+            self.metrics.clone(),
+            self.enricher.clone(),
+        )))
     }
 
     fn spawn(&self, lane: Arc<Lane>) {
@@ -180,6 +187,7 @@ impl Dispatcher {
         let set = Arc::new(LaneSet {
             lanes: RwLock::new(BTreeMap::new()),
             tasks: Mutex::new(Vec::new()),
+            enricher: Arc::new(crate::enrich::Enricher::new(config, journal.clone())),
             journal,
             metrics,
             stop,
@@ -206,6 +214,7 @@ impl Dispatcher {
     /// New lanes are built first, outside the lock: a journal error leaves
     /// everything as it was, and ingress never waits on a journal scan.
     pub fn reconfigure(&self, config: &Config) -> Result<(), JournalError> {
+        self.set.enricher.reload(config);
         let mut new_lanes = Vec::new();
         for target in config.targets.values() {
             if self.set.lane(&target.name).is_none() {

@@ -71,6 +71,8 @@ pub(crate) struct AttemptInfo {
     pub number: u32,
     pub replay: bool,
     pub now_secs: u64,
+    /// `hookrelay-enrichment`: "attached" or "failed" (enriching targets).
+    pub enrichment: Option<&'static str>,
 }
 
 /// Builds the POST for one attempt; `None` only if a stored header value is
@@ -115,6 +117,9 @@ pub(crate) fn build_request(
     headers.insert(HeaderName::from_static("hookrelay-source"), value(&record.source)?);
     if info.replay {
         headers.insert(HeaderName::from_static("hookrelay-replay"), HeaderValue::from_static("1"));
+    }
+    if let Some(enrichment) = info.enrichment {
+        headers.insert(HeaderName::from_static("hookrelay-enrichment"), HeaderValue::from_static(enrichment));
     }
     if record.webhook_id.starts_with(crate::parallel::BACKFILL_ID_PREFIX) {
         headers.insert(HeaderName::from_static("hookrelay-backfill"), HeaderValue::from_static("1"));

@@ -19,6 +19,8 @@
 //!   pending and it is retried at the next start.
 //! - `K` target `\0` delivery id → empty: the dead jobs of a target, for the
 //!   dead-jobs gauge (counted once at open, then kept in step).
+//! - `E` delivery id → the content fetched from Parallel's API to enrich it
+//!   (JSON), written once; deleted with the delivery.
 //! - `M` name → journal metadata (markers of one-off index builds).
 //! - `R` replay id → the replay's selection; `X` replay id ++ delivery id ++
 //!   target → empty: the pairs it requeued (see `replays`).
@@ -420,6 +422,17 @@ impl Journal {
         Ok(removed)
     }
 
+    /// The content fetched to enrich a delivery, if it was fetched before.
+    pub fn enrichment(&self, id: DeliveryId) -> Result<Option<Vec<u8>>, JournalError> {
+        Ok(self.tree()?.get(keys::enrichment(id))?.map(|bytes| bytes.to_vec()))
+    }
+
+    /// Journals a delivery's enrichment with the next group commit, so it is
+    /// fetched once for every target and every attempt, restarts included.
+    pub async fn save_enrichment(&self, id: DeliveryId, content: Vec<u8>) -> Result<(), JournalError> {
+        self.store()?.writer.write(vec![writer::Write::Insert(keys::enrichment(id), content)]).await
+    }
+
     /// Whether a delivery of this Monitor detection is in the journal.
     pub fn has_event_group(&self, source: &str, event_group: &str) -> Result<bool, JournalError> {
         Ok(self.tree()?.contains_key(keys::group(source, event_group))?)
@@ -644,6 +657,10 @@ mod keys {
 
     pub fn delivery(id: DeliveryId) -> Vec<u8> {
         [DELIVERY, &id.to_key()].concat()
+    }
+
+    pub fn enrichment(id: DeliveryId) -> Vec<u8> {
+        [&b"E"[..], &id.to_key()].concat()
     }
 
     pub fn group(source: &str, event_group: &str) -> Vec<u8> {

@@ -102,6 +102,7 @@ impl Journal {
                 swept.deliveries += 1;
                 swept.jobs += jobs.len() as u64;
                 batch.remove(key);
+                batch.remove(keys::enrichment(id));
                 // Its event-group entry goes with it (if it is this delivery's).
                 if let Some(group) = crate::envelope::Envelope::from_body(&record.body).event_group_id {
                     let group_key = keys::group(&record.source, &group);

@@ -1,0 +1,123 @@
+//! A fake Parallel API on 127.0.0.1:0 for backfill and enrichment tests:
+//! `GET /v1/monitors/{id}/events` (in pages of two, cursor "p1", "p2", …;
+//! `event_group_id=` narrows to one group) and `GET /v1/tasks/runs/{id}/result`,
+//! after any scripted failures. Records every request's URI and `x-api-key`.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+pub const API_KEY: &str = "par_test_key_9f8e7d6c5b4a";
+
+#[derive(Clone)]
+pub struct FakeParallel {
+    pub addr: SocketAddr,
+    monitor: String,
+    events: Arc<Vec<serde_json::Value>>,
+    results: Arc<Mutex<HashMap<String, serde_json::Value>>>,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+    failures: Arc<Mutex<VecDeque<u16>>>,
+}
+
+impl FakeParallel {
+    pub async fn start(monitor: &str, events: Vec<serde_json::Value>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake = FakeParallel {
+            addr: listener.local_addr().unwrap(),
+            monitor: monitor.to_owned(),
+            events: Arc::new(events),
+            results: Default::default(),
+            seen: Default::default(),
+            failures: Default::default(),
+        };
+        let state = fake.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(state.answer(&request)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        fake
+    }
+
+    /// Serves `result` at `/v1/tasks/runs/{run_id}/result`.
+    pub fn task_result(&self, run_id: &str, result: serde_json::Value) {
+        self.results.lock().unwrap().insert(run_id.to_owned(), result);
+    }
+
+    /// The next requests get these statuses (with `Retry-After: 0`).
+    pub fn fail_next(&self, statuses: &[u16]) {
+        self.failures.lock().unwrap().extend(statuses);
+    }
+
+    /// Every request so far: (URI, x-api-key).
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn answer(&self, request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let key = request.headers().get("x-api-key").map_or("", |v| v.to_str().unwrap()).to_owned();
+        self.seen.lock().unwrap().push((request.uri().to_string(), key.clone()));
+        let reply = |status: u16, body: serde_json::Value| {
+            let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+            *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+            response
+        };
+        let error = |status, message: &str| {
+            reply(
+                status,
+                serde_json::json!({"type": "error", "error": {"ref_id": "ref_1", "message": message}}),
+            )
+        };
+        if key != API_KEY {
+            return error(401, "invalid API key");
+        }
+        if let Some(status) = self.failures.lock().unwrap().pop_front() {
+            let mut response = error(status, "try again");
+            response.headers_mut().insert("retry-after", "0".parse().unwrap());
+            return response;
+        }
+        let path = request.uri().path();
+        let query: HashMap<&str, &str> =
+            request.uri().query().unwrap_or("").split('&').filter_map(|pair| pair.split_once('=')).collect();
+        if let Some(run_id) =
+            path.strip_prefix("/v1/tasks/runs/").and_then(|rest| rest.strip_suffix("/result"))
+        {
+            return match self.results.lock().unwrap().get(run_id) {
+                Some(result) => reply(200, result.clone()),
+                None => error(404, "run not found"),
+            };
+        }
+        if path != format!("/v1/monitors/{}/events", self.monitor) {
+            return error(404, "monitor not found");
+        }
+        let events: Vec<&serde_json::Value> = match query.get("event_group_id") {
+            Some(group) => self.events.iter().filter(|e| e["event_group_id"] == *group).collect(),
+            None => self.events.iter().collect(),
+        };
+        let page: usize =
+            query.get("cursor").and_then(|c| c.strip_prefix('p')).map_or(0, |n| n.parse().unwrap());
+        let chunk: Vec<_> = events.iter().skip(page * 2).take(2).cloned().collect();
+        let mut body = serde_json::json!({ "events": chunk });
+        if (page + 1) * 2 < events.len() {
+            body["next_cursor"] = format!("p{}", page + 1).into();
+        }
+        reply(200, body)
+    }
+}
