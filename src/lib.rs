@@ -18,7 +18,8 @@
 //!   rate limits, retries ([`delivery::policy`]) and a circuit breaker.
 //! - [`replay`]: which (delivery, target) pairs a replay selects; requeues them.
 //! - [`parallel`]: Parallel's API (rate-limited, retried); [`backfill`]: injects
-//!   a monitor's detections that never arrived, once each.
+//!   a monitor's detections that never arrived, once each; [`enrich`]: attaches
+//!   the content thin events leave out, fetched once per delivery.
 //! - `server`: accept loop, TLS, HTTP/1.1 and h2, graceful shutdown.
 //! - [`tls`]: PEM files → rustls configuration (ring provider).
 //! - [`systemd`]: sd_notify, the watchdog interval, socket-activated listeners.
