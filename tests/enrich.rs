@@ -219,3 +219,54 @@ fn enrich_needs_an_api_key_and_a_re_signing_target() {
     ));
     assert!(err.contains("targets.t.enrich") && err.contains("passed-through signature"), "{err}");
 }
+
+/// The real binary with debug logs: enrichment, a backfill and an API
+/// failure later, the key appears in no log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_never_reaches_the_logs() {
+    use common::daemon::{Daemon, write_config};
+    let api = FakeParallel::start(MONITOR, vec![api_event(1, 1), api_event(4, 1)]).await;
+    let rich = TestTarget::start(Some(RICH_SECRET), vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[sources.parallel.parallel]\napi_key = \"{API_KEY}\"\nbase_url = \"http://{}\"\n{}",
+            api.addr,
+            target("rich", &rich, RICH_SECRET, "enrich = true")
+        ),
+    );
+    let start = tokio::task::spawn_blocking(move || Daemon::start(&config));
+    let mut daemon = start.await.unwrap();
+    let reply = send_plain(
+        daemon.addr,
+        signed_request("parallel", SECRET, "whevent_g1", now(), detected(1).as_bytes()),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    rich.wait_for(1, WAIT).await;
+    let backfilled = admin_post(
+        daemon.admin_addr,
+        "/v1/backfill",
+        serde_json::json!({"source": "parallel", "monitor": MONITOR}),
+    )
+    .await;
+    assert_eq!(backfilled.status, 200, "{}", backfilled.text());
+    rich.wait_for(2, WAIT).await;
+    api.fail_next(&[401, 401]);
+    let refused = admin_post(
+        daemon.admin_addr,
+        "/v1/backfill",
+        serde_json::json!({"source": "parallel", "monitor": MONITOR}),
+    )
+    .await;
+    assert_eq!(refused.status, 502);
+    daemon.signal("TERM");
+    assert!(daemon.wait().success());
+    let logs = daemon.logs();
+    assert!(logs.contains("enrichment fetched") && logs.contains("backfill"), "debug logs were captured");
+    assert!(!logs.contains(API_KEY), "the API key reached the logs");
+    for reply in [backfilled, refused] {
+        assert!(!reply.text().contains(API_KEY));
+    }
+}
