@@ -20,7 +20,7 @@ use crate::config::{Config, Reconcile};
 use crate::ingress::Ingress;
 use crate::journal::{Journal, JournalError};
 use crate::live::Live;
-use crate::parallel::{ApiError, ParallelApi, backfill_webhook_id, detected_event_body};
+use crate::parallel::{ApiError, ParallelApis, backfill_webhook_id, detected_event_body};
 
 /// How far back a backfill looks when the request does not say.
 pub const DEFAULT_SINCE: &str = "7d";
@@ -59,28 +59,46 @@ pub struct Backfilled {
     pub injected: Vec<(String, String)>,
 }
 
-/// One source's API client and reconcile schedule.
-struct SourceApi {
-    api: Arc<ParallelApi>,
-    reconcile: Option<Reconcile>,
-}
-
 /// Runs backfills (for the admin API and the reconcile schedule); keeps one
 /// API client per source that has `[sources.NAME.parallel]` (rebuilt by a
 /// reload).
 pub struct Backfiller {
-    sources: Live<BTreeMap<String, SourceApi>>,
+    apis: Arc<ParallelApis>,
+    /// Each source's reconcile schedule and the journal's retention, from
+    /// the config (a reload swaps them).
+    settings: Live<Settings>,
     ingress: Arc<Ingress>,
     journal: Arc<Journal>,
 }
 
+struct Settings {
+    schedules: BTreeMap<String, Reconcile>,
+    retention: std::time::Duration,
+}
+
+impl Settings {
+    fn of(config: &Config) -> Self {
+        let schedules = config
+            .sources
+            .values()
+            .filter_map(|source| Some((source.name.clone(), source.parallel.as_ref()?.reconcile.clone()?)))
+            .collect();
+        Settings { schedules, retention: config.journal.retention }
+    }
+}
+
 impl Backfiller {
-    pub fn new(config: &Config, ingress: Arc<Ingress>, journal: Arc<Journal>) -> Self {
-        Backfiller { sources: Live::new(source_apis(config)), ingress, journal }
+    pub fn new(
+        config: &Config,
+        apis: Arc<ParallelApis>,
+        ingress: Arc<Ingress>,
+        journal: Arc<Journal>,
+    ) -> Self {
+        Backfiller { apis, settings: Live::new(Settings::of(config)), ingress, journal }
     }
 
     pub(crate) fn reload(&self, config: &Config) {
-        self.sources.set(source_apis(config));
+        self.settings.set(Settings::of(config));
     }
 
     /// `POST /v1/backfill`: parses the request, backfills, answers JSON.
@@ -117,7 +135,16 @@ impl Backfiller {
         since_ms: u64,
         dry_run: bool,
     ) -> Result<Backfilled, BackfillError> {
-        let api = self.sources.get().get(source).map(|source| source.api.clone()).ok_or_else(|| {
+        // Older than retention, the journal may have pruned detections that
+        // did arrive: they would come back as new deliveries.
+        let horizon = crate::time::now_ms().saturating_sub(self.settings.get().retention.as_millis() as u64);
+        if since_ms < horizon {
+            return Err(BackfillError::BadRequest(format!(
+                "since is older than journal.retention ({}): detections pruned from the journal would be injected again",
+                crate::time::rfc3339(horizon / 1000)
+            )));
+        }
+        let api = self.apis.get(source).ok_or_else(|| {
             BackfillError::BadRequest(format!(
                 "source {source:?} has no [sources.{source}.parallel] API key configured"
             ))
@@ -169,8 +196,12 @@ impl Backfiller {
             let now = tokio::time::Instant::now();
             let mut due = Vec::new();
             let mut wake = now + RECONCILE_IDLE;
-            for (source, api) in self.sources.get().iter() {
-                let Some(reconcile) = &api.reconcile else { continue };
+            let schedules = self.settings.get().schedules.clone();
+            // Monitors no longer configured leave the schedule.
+            next_run.retain(|(source, monitor), _| {
+                schedules.get(source).is_some_and(|reconcile| reconcile.monitors.contains(monitor))
+            });
+            for (source, reconcile) in &schedules {
                 for monitor in &reconcile.monitors {
                     let at = *next_run.entry((source.clone(), monitor.clone())).or_insert(now);
                     if at <= now {
@@ -180,8 +211,11 @@ impl Backfiller {
                     }
                 }
             }
+            let retention = self.settings.get().retention;
             for (source, monitor, reconcile) in due {
-                let since = crate::time::now_ms().saturating_sub(reconcile.lookback.as_millis() as u64);
+                // Never past retention (see `backfill`).
+                let lookback = reconcile.lookback.min(retention);
+                let since = crate::time::now_ms().saturating_sub(lookback.as_millis() as u64);
                 if let Err(err) = self.backfill(&source, &monitor, since, false).await {
                     tracing::warn!(%source, %monitor, error = %err, "reconcile failed; next try at the next interval");
                 }
@@ -197,18 +231,3 @@ impl Backfiller {
 /// How long the reconcile task sleeps when nothing is scheduled (a reload
 /// may add a schedule).
 const RECONCILE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
-
-fn source_apis(config: &Config) -> BTreeMap<String, SourceApi> {
-    config
-        .sources
-        .values()
-        .filter_map(|source| {
-            let parallel = source.parallel.as_ref()?;
-            let api = SourceApi {
-                api: Arc::new(ParallelApi::new(parallel)),
-                reconcile: parallel.reconcile.clone(),
-            };
-            Some((source.name.clone(), api))
-        })
-        .collect()
-}

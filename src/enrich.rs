@@ -6,15 +6,13 @@
 //! (restarts included). Targets without `enrich` keep the exact original
 //! bytes; an enriched body is re-signed like any other.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
 
-use crate::config::Config;
 use crate::journal::{DeliveryId, DeliveryRecord, Journal};
-use crate::live::Live;
-use crate::parallel::{EnrichmentSource, ParallelApi, enriched_body};
+use crate::parallel::{EnrichmentSource, ParallelApis, enriched_body};
 
 /// What an enriching target is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,20 +27,39 @@ pub enum Enriched {
 
 type Fetch = Arc<OnceCell<Result<Arc<serde_json::Value>, String>>>;
 
+/// The most content attached to one delivery (it is journaled, and sent
+/// with every attempt).
+const MAX_ENRICHMENT: usize = 4 << 20;
+/// How long an attempt waits for the content, retries included.
+const ENRICH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Removes a finished (or abandoned) fetch from the map, unless a newer one
+/// took its place.
+struct FetchDone<'a> {
+    fetching: &'a Mutex<HashMap<DeliveryId, Fetch>>,
+    id: DeliveryId,
+    fetch: Fetch,
+}
+
+impl Drop for FetchDone<'_> {
+    fn drop(&mut self) {
+        let mut fetching = self.fetching.lock().expect("not poisoned");
+        if fetching.get(&self.id).is_some_and(|current| Arc::ptr_eq(current, &self.fetch)) {
+            fetching.remove(&self.id);
+        }
+    }
+}
+
 pub struct Enricher {
-    apis: Live<BTreeMap<String, Arc<ParallelApi>>>,
+    apis: Arc<ParallelApis>,
     journal: Arc<Journal>,
     /// Fetches in progress, one per delivery, shared by concurrent attempts.
     fetching: Mutex<HashMap<DeliveryId, Fetch>>,
 }
 
 impl Enricher {
-    pub fn new(config: &Config, journal: Arc<Journal>) -> Self {
-        Enricher { apis: Live::new(apis(config)), journal, fetching: Mutex::new(HashMap::new()) }
-    }
-
-    pub(crate) fn reload(&self, config: &Config) {
-        self.apis.set(apis(config));
+    pub fn new(apis: Arc<ParallelApis>, journal: Arc<Journal>) -> Self {
+        Enricher { apis, journal, fetching: Mutex::new(HashMap::new()) }
     }
 
     /// The body an enriching target gets for `record`.
@@ -63,13 +80,15 @@ impl Enricher {
             Err(err) => return Enriched::Failed(err.to_string()),
         }
         let fetch = self.fetching.lock().expect("not poisoned").entry(record.id).or_default().clone();
-        let fetched = fetch.get_or_init(|| self.fetch(record, &source)).await.clone();
-        {
-            let mut fetching = self.fetching.lock().expect("not poisoned");
-            if fetching.get(&record.id).is_some_and(|current| Arc::ptr_eq(current, &fetch)) {
-                fetching.remove(&record.id);
-            }
-        }
+        // Leaves the map however this ends (an attempt aborted at shutdown too).
+        let _done = FetchDone { fetching: &self.fetching, id: record.id, fetch: fetch.clone() };
+        let fetched =
+            match tokio::time::timeout(ENRICH_DEADLINE, fetch.get_or_init(|| self.fetch(record, &source)))
+                .await
+            {
+                Ok(fetched) => fetched.clone(),
+                Err(_) => Err(format!("no answer within {ENRICH_DEADLINE:?}")),
+            };
         match fetched {
             Ok(content) => attach(&content),
             Err(err) => Enriched::Failed(err),
@@ -83,11 +102,28 @@ impl Enricher {
         record: &DeliveryRecord,
         source: &EnrichmentSource,
     ) -> Result<Arc<serde_json::Value>, String> {
-        let api = self.apis.get().get(&record.source).cloned().ok_or_else(|| {
+        // Another attempt may have journaled it since this one looked.
+        if let Ok(Some(bytes)) = self.journal.enrichment(record.id)
+            && let Ok(content) = serde_json::from_slice(&bytes)
+        {
+            return Ok(Arc::new(content));
+        }
+        let api = self.apis.get(&record.source).ok_or_else(|| {
             format!("source {:?} has no [sources.{}.parallel] API key", record.source, record.source)
         })?;
         let content = api.enrichment(source).await.map_err(|err| err.to_string())?;
+        if content.as_array().is_some_and(Vec::is_empty) {
+            // Not indexed yet, most likely: try again later rather than
+            // attach "no events" for good.
+            return Err("the event group has no events yet".to_owned());
+        }
         let bytes = serde_json::to_vec(&content).map_err(|err| err.to_string())?;
+        if bytes.len() > MAX_ENRICHMENT {
+            return Err(format!(
+                "the content is {} bytes, over the {MAX_ENRICHMENT}-byte limit",
+                bytes.len()
+            ));
+        }
         if let Err(err) = self.journal.save_enrichment(record.id, bytes).await {
             // Still usable now; the next attempt fetches again.
             tracing::warn!(delivery_id = %record.id, error = %err, "could not journal the enrichment");
@@ -95,14 +131,4 @@ impl Enricher {
         tracing::debug!(delivery_id = %record.id, field = source.field(), "enrichment fetched");
         Ok(Arc::new(content))
     }
-}
-
-fn apis(config: &Config) -> BTreeMap<String, Arc<ParallelApi>> {
-    config
-        .sources
-        .values()
-        .filter_map(|source| {
-            Some((source.name.clone(), Arc::new(ParallelApi::new(source.parallel.as_ref()?))))
-        })
-        .collect()
 }

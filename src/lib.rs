@@ -186,13 +186,24 @@ impl Gateway {
         // One stop signal for both halves: ingress stops accepting and the
         // lanes stop taking jobs at the same moment, then each drains.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // One client per source for Parallel's API: backfill and enrichment share its rate limit.
+        let parallel = Arc::new(parallel::ParallelApis::new(&config));
         let dispatcher = Arc::new(
-            delivery::Dispatcher::new(&config, journal.clone(), metrics.clone(), stop_rx.clone()).map_err(
-                |source| GatewayError::Journal { path: config.journal.path.display().to_string(), source },
-            )?,
+            delivery::Dispatcher::new(
+                &config,
+                journal.clone(),
+                metrics.clone(),
+                parallel.clone(),
+                stop_rx.clone(),
+            )
+            .map_err(|source| GatewayError::Journal {
+                path: config.journal.path.display().to_string(),
+                source,
+            })?,
         );
         let ingress = Arc::new(Ingress::new(&config, journal.clone(), dispatcher.inboxes(), metrics.clone()));
-        let backfiller = Arc::new(backfill::Backfiller::new(&config, ingress.clone(), journal.clone()));
+        let backfiller =
+            Arc::new(backfill::Backfiller::new(&config, parallel.clone(), ingress.clone(), journal.clone()));
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let admin = Arc::new(admin::Admin {
             metrics: metrics.clone(),
@@ -238,6 +249,7 @@ impl Gateway {
             dispatcher: dispatcher.clone(),
             ingress: ingress.clone(),
             admin: admin.clone(),
+            parallel: parallel.clone(),
             admin_addr,
             tls: tls.clone(),
         };

@@ -9,7 +9,8 @@
 //!   and network errors with backoff. The API key goes in `x-api-key` and
 //!   nowhere else: not in errors, logs or answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -17,9 +18,10 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, StatusCode, Uri};
 
-use crate::config::ParallelConfig;
+use crate::config::{Config, ParallelConfig};
 use crate::delivery::outbound::{HttpClient, http_client};
 use crate::envelope::MONITOR_EVENT_DETECTED;
+use crate::live::Live;
 
 /// Tries per API call (the first and up to four retries).
 const MAX_TRIES: u32 = 5;
@@ -82,10 +84,7 @@ impl EventsPage {
                     .or_else(|| event.get("monitor_group_id"))
                     .and_then(|group| group.as_str())
                     .filter(|group| !group.is_empty() && group.len() <= 256)?;
-                let date = event
-                    .get("event_date")
-                    .and_then(|date| date.as_str())
-                    .and_then(crate::time::parse_rfc3339);
+                let date = event.get("event_date").and_then(|date| date.as_str()).and_then(parse_event_date);
                 Some((group.to_owned(), date))
             })
             .collect();
@@ -98,24 +97,42 @@ impl EventsPage {
     }
 }
 
-/// Folds events into their groups, oldest group first; groups whose events
-/// are all dated before `since_ms` are left out (undated ones are kept).
+/// An `event_date`: RFC 3339, or the date-only (`2026-04-07`) or partial
+/// (`2026-04`) ISO 8601 forms Parallel also uses; Unix ms at its start.
+pub fn parse_event_date(text: &str) -> Option<u64> {
+    crate::time::parse_rfc3339(text).or_else(|| match text.len() {
+        10 => crate::time::parse_rfc3339(&format!("{text}T00:00:00Z")),
+        7 => crate::time::parse_rfc3339(&format!("{text}-01T00:00:00Z")),
+        _ => None,
+    })
+}
+
+const DAY_MS: u64 = 86_400_000;
+
+/// `since` as far back as the start of its day: dates may be days only.
+fn since_day(since_ms: u64) -> u64 {
+    since_ms - since_ms % DAY_MS
+}
+
+/// Folds events into their groups, oldest group first, keeping the groups
+/// with an event on or after `since_ms` (compared by day, as dates may be
+/// days only). Groups with no dated event are left out: their age is
+/// unknown, and injecting a monitor's whole history is never wanted.
 pub fn event_groups(
     events: impl IntoIterator<Item = (String, Option<u64>)>,
     since_ms: u64,
 ) -> Vec<EventGroup> {
-    let mut groups: BTreeMap<String, Option<u64>> = BTreeMap::new();
+    let mut spans: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for (group, date) in events {
-        let first = groups.entry(group).or_insert(date);
-        *first = match (*first, date) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let Some(date) = date else { continue };
+        let span = spans.entry(group).or_insert((date, date));
+        *span = (span.0.min(date), span.1.max(date));
     }
-    let mut groups: Vec<EventGroup> = groups
+    let since = since_day(since_ms);
+    let mut groups: Vec<EventGroup> = spans
         .into_iter()
-        .filter(|(_, first)| first.is_none_or(|first| first >= since_ms))
-        .map(|(id, first_event_ms)| EventGroup { id, first_event_ms })
+        .filter(|(_, (_, last))| *last >= since)
+        .map(|(id, (first, _))| EventGroup { id, first_event_ms: Some(first) })
         .collect();
     groups.sort_by(|a, b| a.first_event_ms.cmp(&b.first_event_ms).then_with(|| a.id.cmp(&b.id)));
     groups
@@ -207,6 +224,35 @@ fn encode(text: &str) -> String {
     out
 }
 
+/// One API client per source with `[sources.NAME.parallel]`, shared by
+/// backfill and enrichment so a source's `rate_limit` is one budget; a reload
+/// swaps the set whole.
+pub struct ParallelApis(Live<BTreeMap<String, Arc<ParallelApi>>>);
+
+impl ParallelApis {
+    pub fn new(config: &Config) -> Self {
+        ParallelApis(Live::new(Self::build(config)))
+    }
+
+    pub(crate) fn reload(&self, config: &Config) {
+        self.0.set(Self::build(config));
+    }
+
+    pub fn get(&self, source: &str) -> Option<Arc<ParallelApi>> {
+        self.0.get().get(source).cloned()
+    }
+
+    fn build(config: &Config) -> BTreeMap<String, Arc<ParallelApi>> {
+        config
+            .sources
+            .values()
+            .filter_map(|source| {
+                Some((source.name.clone(), Arc::new(ParallelApi::new(source.parallel.as_ref()?))))
+            })
+            .collect()
+    }
+}
+
 /// A source's client for Parallel's API.
 pub struct ParallelApi {
     client: HttpClient,
@@ -236,15 +282,20 @@ impl ParallelApi {
     ) -> Result<Vec<EventGroup>, ApiError> {
         let mut events = Vec::new();
         let mut cursor: Option<String> = None;
+        let mut seen_cursors = HashSet::new();
         for _ in 0..MAX_PAGES {
             let mut path = format!("/v1/monitors/{}/events?limit={PAGE_SIZE}", encode(monitor_id));
             if let Some(cursor) = &cursor {
                 path.push_str(&format!("&cursor={}", encode(cursor)));
             }
             let page = EventsPage::parse(&self.get(&path).await?)?;
+            // The listing runs newest first: a page wholly older than
+            // `since` means the rest is too.
+            let all_older = !page.events.is_empty()
+                && page.events.iter().all(|(_, date)| date.is_some_and(|date| date < since_day(since_ms)));
             events.extend(page.events);
             match page.next_cursor {
-                Some(next) if cursor.as_ref() != Some(&next) => cursor = Some(next),
+                Some(next) if !all_older && seen_cursors.insert(next.clone()) => cursor = Some(next),
                 _ => return Ok(event_groups(events, since_ms)),
             }
         }
@@ -262,6 +313,7 @@ impl ParallelApi {
             EnrichmentSource::EventGroup { monitor_id, event_group_id } => {
                 let mut events = Vec::new();
                 let mut cursor: Option<String> = None;
+                let (mut seen_cursors, mut seen_events) = (HashSet::new(), HashSet::new());
                 for _ in 0..MAX_PAGES {
                     let mut path = format!(
                         "/v1/monitors/{}/events?event_group_id={}",
@@ -277,9 +329,16 @@ impl ParallelApi {
                         .get("events")
                         .and_then(|events| events.as_array())
                         .ok_or_else(|| ApiError::Unreadable("no \"events\" list".to_owned()))?;
-                    events.extend(page.iter().cloned());
+                    // An event repeated across pages is attached once.
+                    events.extend(
+                        page.iter()
+                            .filter(|event| {
+                                event.get("event_id").is_none_or(|id| seen_events.insert(id.to_string()))
+                            })
+                            .cloned(),
+                    );
                     match value.get("next_cursor").and_then(|c| c.as_str()).filter(|c| !c.is_empty()) {
-                        Some(next) if cursor.as_deref() != Some(next) => cursor = Some(next.to_owned()),
+                        Some(next) if seen_cursors.insert(next.to_owned()) => cursor = Some(next.to_owned()),
                         _ => return Ok(serde_json::Value::Array(events)),
                     }
                 }
@@ -325,15 +384,23 @@ impl ParallelApi {
         let sent = tokio::time::timeout(self.config.timeout, async {
             let response = self.client.request(request).await.map_err(|err| err.to_string())?;
             let (parts, body) = response.into_parts();
-            let body =
-                Limited::new(body, MAX_ANSWER).collect().await.map_err(|err| err.to_string())?.to_bytes();
+            let body = Limited::new(body, MAX_ANSWER).collect().await;
             Ok::<_, String>((parts, body))
         })
         .await;
         let (parts, body) = match sent {
             Err(_) => return Err((true, None, ApiError::Unreachable("timed out".to_owned()))),
             Ok(Err(err)) => return Err((true, None, ApiError::Unreachable(err))),
-            Ok(Ok(answer)) => answer,
+            Ok(Ok((parts, Ok(body)))) => (parts, body.to_bytes()),
+            // Too large is final: fetching it again would not shrink it.
+            Ok(Ok((_, Err(err)))) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return Err((
+                    false,
+                    None,
+                    ApiError::Unreadable(format!("an answer over {MAX_ANSWER} bytes")),
+                ));
+            }
+            Ok(Ok((_, Err(err)))) => return Err((true, None, ApiError::Unreachable(err.to_string()))),
         };
         if parts.status.is_success() {
             return Ok(body);
@@ -344,11 +411,9 @@ impl ParallelApi {
             .get(hyper::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| crate::delivery::policy::parse_retry_after(value, SystemTime::now()));
-        Err((
-            retryable,
-            retry_after,
-            ApiError::Status { status: parts.status.as_u16(), message: error_message(&body) },
-        ))
+        // A proxy may echo request headers back: the key never leaves in a message.
+        let message = error_message(&body).replace(self.config.api_key.expose(), "[redacted]");
+        Err((retryable, retry_after, ApiError::Status { status: parts.status.as_u16(), message }))
     }
 }
 
@@ -388,17 +453,30 @@ mod tests {
 
     #[test]
     fn groups_fold_by_earliest_event_and_drop_old_ones() {
+        let day = |n: u64| n * DAY_MS;
         let events = [
-            ("g2".to_owned(), Some(5_000)),
-            ("g1".to_owned(), Some(3_000)),
-            ("g2".to_owned(), Some(4_000)),
-            ("old".to_owned(), Some(1_000)),
+            ("g2".to_owned(), Some(day(12) + 5_000)),
+            ("g1".to_owned(), Some(day(11))),
+            ("g2".to_owned(), Some(day(12) + 4_000)),
+            ("old".to_owned(), Some(day(9))),
+            ("spans".to_owned(), Some(day(8))),
+            ("spans".to_owned(), Some(day(10))),
             ("undated".to_owned(), None),
         ];
-        let groups = event_groups(events, 2_000);
+        // Since the middle of day 10: day 10 counts (dates may be days only).
+        let groups = event_groups(events, day(10) + 3_600_000);
         let ids: Vec<(&str, Option<u64>)> =
             groups.iter().map(|g| (g.id.as_str(), g.first_event_ms)).collect();
-        assert_eq!(ids, [("undated", None), ("g1", Some(3_000)), ("g2", Some(4_000))]);
+        assert_eq!(ids, [("spans", Some(day(8))), ("g1", Some(day(11))), ("g2", Some(day(12) + 4_000))]);
+    }
+
+    #[test]
+    fn event_dates_in_every_form_parallel_uses() {
+        let midnight = crate::time::parse_rfc3339("2026-04-07T00:00:00Z");
+        assert_eq!(parse_event_date("2026-04-07"), midnight);
+        assert_eq!(parse_event_date("2026-04-07T00:00:00Z"), midnight);
+        assert_eq!(parse_event_date("2026-04"), crate::time::parse_rfc3339("2026-04-01T00:00:00Z"));
+        assert_eq!(parse_event_date("yesterday"), None);
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub(crate) struct Reloadable {
     pub dispatcher: Arc<Dispatcher>,
     pub ingress: Arc<Ingress>,
     pub admin: Arc<Admin>,
+    pub parallel: Arc<crate::parallel::ParallelApis>,
     /// Where the admin listener really listens (a socket from systemd may
     /// differ from `admin.listen`): decides whether a token is required.
     pub admin_addr: std::net::SocketAddr,
@@ -118,6 +119,7 @@ impl Reloadable {
         self.metrics.register(&config);
         self.dispatcher.reconfigure(&config).map_err(|err| format!("cannot start new targets: {err}"))?;
         self.ingress.reload(&config);
+        self.parallel.reload(&config);
         if let (Some(live), Some(tls)) = (&self.tls, &config.server.tls) {
             live.set(tokio_rustls::TlsAcceptor::from(tls.config.clone()));
         }

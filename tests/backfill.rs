@@ -16,7 +16,8 @@ const WAIT: Duration = Duration::from_secs(15);
 
 /// An event of group `n`, dated `days_ago`.
 fn api_event(n: usize, days_ago: u64) -> serde_json::Value {
-    let date = hookrelay::time::rfc3339(now() as u64 - days_ago * 86_400);
+    // Date only, as Parallel's listing gives it.
+    let date = hookrelay::time::rfc3339(now() as u64 - days_ago * 86_400)[..10].to_owned();
     serde_json::json!({
         "event_type": "event_stream",
         "event_id": format!("mevt_{n}"),
@@ -61,8 +62,11 @@ async fn backfill(gateway: &TestGateway, body: serde_json::Value) -> Reply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_after_a_three_day_outage_injects_exactly_the_missing_detections() {
-    // Five detections over the last four days; the gateway got only 1 and 2.
-    let api = FakeParallel::start(MONITOR, (1..=5).map(|n| api_event(n, 5 - n as u64)).collect()).await;
+    // Five detections over the last four days, and one nine days old; the
+    // gateway got only 1 and 2.
+    let mut events: Vec<_> = (1..=5).map(|n| api_event(n, 5 - n as u64)).collect();
+    events.insert(0, api_event(9, 9));
+    let api = FakeParallel::start(MONITOR, events).await;
     let consumer = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
     let gateway = gateway(&api, &consumer).await;
     for n in [1, 2] {
@@ -81,7 +85,7 @@ async fn backfill_after_a_three_day_outage_injects_exactly_the_missing_detection
     .await;
     assert_eq!(dry.status, 200, "{}", dry.text());
     let dry = dry.json();
-    assert_eq!(dry["event_groups"], 5);
+    assert_eq!(dry["event_groups"], 5, "the nine-day-old detection is before --since: {dry}");
     assert_eq!(dry["missing"], serde_json::json!(["mevtgrp_3", "mevtgrp_4", "mevtgrp_5"]));
     assert_eq!(dry["injected"], serde_json::json!([]));
     assert_eq!(gateway.journal.len(), 2);
@@ -153,6 +157,8 @@ async fn backfill_errors_are_clear() {
             400,
             "bad_request",
         ),
+        // Past journal.retention (30 days): pruned detections would come back.
+        (serde_json::json!({"source": "parallel", "monitor": MONITOR, "since": "60d"}), 400, "bad_request"),
         (serde_json::json!({"source": "parallel", "monitor": "monitor_unknown"}), 502, "parallel_api_failed"),
     ];
     for (body, status, code) in cases {
@@ -209,15 +215,16 @@ async fn the_backfill_command_lists_and_injects_through_the_admin_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_backfills_on_its_own_at_start_and_on_schedule() {
-    let api = FakeParallel::start(MONITOR, vec![api_event(1, 2), api_event(2, 1)]).await;
+    let api = FakeParallel::start(MONITOR, vec![api_event(1, 2), api_event(2, 1), api_event(3, 20)]).await;
     let consumer = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
-    // The listing fails once: the first pass gives up, the next one succeeds.
-    api.fail_next(&[400]);
-    let reconcile =
-        format!("reconcile = {{ monitors = [\"{MONITOR}\"], every = \"300ms\", lookback = \"3d\" }}");
+    let reconcile = format!(
+        "reconcile = {{ monitors = [\"{MONITOR}\", \"{MONITOR}\"], every = \"1s\", lookback = \"3d\" }}"
+    );
     let gateway = gateway_with(&api, &consumer, &reconcile).await;
+    // The pass at start injects the two recent detections (not the 20-day-old one).
     let received = consumer.wait_for(2, WAIT).await;
     assert!(received.iter().all(|r| r.header("hookrelay-backfill") == "1"));
+    assert!(api.requests().len() <= 2, "a monitor listed twice is reconciled once: {:?}", api.requests());
     // Later passes find nothing new.
     let listed = api.requests().len();
     let deadline = std::time::Instant::now() + WAIT;

@@ -174,8 +174,10 @@ async fn api_failures_are_retried_and_never_hold_up_plain_targets() {
     let r = rich.wait_for(1, WAIT).await;
     assert_eq!(r[0].header("hookrelay-enrichment"), "attached");
 
-    // Failing for good (five 500s: every try of one fetch).
-    api.fail_next(&[500, 500, 500, 500, 500]);
+    waiting.wait_for(1, WAIT).await;
+
+    // The API fails every query for group 3 until told otherwise.
+    api.fail_group("mevtgrp_3", true);
     assert_eq!(
         gateway.post_signed(Transport::Http, "parallel", "whevent_g3", &detected(3)).await.status,
         200
@@ -191,13 +193,21 @@ async fn api_failures_are_retried_and_never_hold_up_plain_targets() {
     assert_eq!(r.header("hookrelay-enrichment"), "failed");
     assert_eq!(r.body, detected(3).as_bytes());
     assert!(matches!(r.verified, Some(Ok(()))));
-    // wait: the attempt failed and is retried; the next fetch works.
+    // wait: nothing sent while the API fails; its retries fetch again once it works.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(waiting.received().iter().all(|r| r.header("webhook-id") != "whevent_g3"));
+    api.fail_group("mevtgrp_3", false);
     let waiting_got =
         waiting.wait_until(WAIT, |got| got.iter().any(|r| r.header("webhook-id") == "whevent_g3")).await;
     let r = by_id(&waiting_got, "whevent_g3");
     assert_eq!(r.header("hookrelay-enrichment"), "attached");
     assert!(r.header("hookrelay-attempt").parse::<u32>().unwrap() >= 2, "a retry, not the first attempt");
     assert_eq!(json(r)["data"]["events"][0]["event_id"], "mevt_3_1");
+    // The API's failures did not open the waiting target's breaker.
+    let targets = admin_get(gateway.admin_addr, "/v1/targets").await.json();
+    let waiting_state =
+        targets["targets"].as_array().unwrap().iter().find(|t| t["name"] == "waiting").unwrap();
+    assert_eq!(waiting_state["breaker"], "closed", "{waiting_state}");
 }
 
 #[test]
@@ -253,7 +263,7 @@ async fn the_api_key_never_reaches_the_logs() {
     .await;
     assert_eq!(backfilled.status, 200, "{}", backfilled.text());
     rich.wait_for(2, WAIT).await;
-    api.fail_next(&[401, 401]);
+    api.fail_next(&[401]);
     let refused = admin_post(
         daemon.admin_addr,
         "/v1/backfill",
@@ -261,6 +271,7 @@ async fn the_api_key_never_reaches_the_logs() {
     )
     .await;
     assert_eq!(refused.status, 502);
+    assert!(refused.text().contains("[redacted]"), "the echoed key is redacted: {}", refused.text());
     daemon.signal("TERM");
     assert!(daemon.wait().success());
     let logs = daemon.logs();

@@ -745,7 +745,15 @@ impl Validator<'_> {
         if api_key.expose().is_empty() {
             return Err(self.err(api_key_key, "must not be empty"));
         }
-        let base_url = self.url(&format!("{key}.base_url"), raw.base_url.trim_end_matches('/'))?;
+        let base_url_key = format!("{key}.base_url");
+        let base_url = self.url(&base_url_key, raw.base_url.trim_end_matches('/'))?;
+        let loopback = matches!(base_url.host(), Some("localhost" | "127.0.0.1" | "[::1]"));
+        if base_url.scheme_str() != Some("https") && !loopback {
+            return Err(self.err(
+                base_url_key,
+                "must be https:// (the API key travels with every call), except on loopback",
+            ));
+        }
         let rate_limit =
             self.rate_limit(&format!("{key}.rate_limit"), raw.rate_limit)?.unwrap_or(RateLimit {
                 per_second: NonZeroU32::new(defaults::PARALLEL_PER_SECOND).expect("non-zero"),
@@ -755,12 +763,18 @@ impl Validator<'_> {
             None => None,
             Some(raw) => {
                 let reconcile_key = format!("{key}.reconcile");
-                if raw.monitors.is_empty() || raw.monitors.iter().any(|m| m.is_empty() || m.len() > 256) {
+                let mut monitors = raw.monitors;
+                if monitors.is_empty() || monitors.iter().any(|m| m.is_empty() || m.len() > 256) {
                     return Err(self.err(format!("{reconcile_key}.monitors"), "list one or more monitor ids"));
                 }
+                monitors.sort();
+                monitors.dedup();
+                if raw.every.0 < Duration::from_secs(1) {
+                    return Err(self.err(format!("{reconcile_key}.every"), "must be at least 1s"));
+                }
                 Some(Reconcile {
-                    monitors: raw.monitors,
-                    every: self.positive(&format!("{reconcile_key}.every"), raw.every.0)?,
+                    monitors,
+                    every: raw.every.0,
                     lookback: self.positive(&format!("{reconcile_key}.lookback"), raw.lookback.0)?,
                 })
             }

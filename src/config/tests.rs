@@ -131,6 +131,7 @@ fn a_source_may_carry_a_parallel_api_key_with_defaults() {
         ("api_key = \"\"", "sources.parallel.parallel.api_key"),
         ("api_key = \"env:NOPE\"", "sources.parallel.parallel.api_key"),
         ("api_key = \"env:SECRET\"\nbase_url = \"ftp://x\"", "sources.parallel.parallel.base_url"),
+        ("api_key = \"env:SECRET\"\nbase_url = \"http://api.example.com\"", "must be https://"),
         ("api_key = \"env:SECRET\"\ntimeout = \"0s\"", "sources.parallel.parallel.timeout"),
         (
             "api_key = \"env:SECRET\"\nrate_limit = { per_second = 0 }",
@@ -141,7 +142,7 @@ fn a_source_may_carry_a_parallel_api_key_with_defaults() {
             "api_key = \"env:SECRET\"\nreconcile = { monitors = [] }",
             "sources.parallel.parallel.reconcile.monitors",
         ),
-        ("api_key = \"env:SECRET\"\nreconcile = { monitors = [\"m\"], every = \"0s\" }", "reconcile.every"),
+        ("api_key = \"env:SECRET\"\nreconcile = { monitors = [\"m\"], every = \"500ms\" }", "reconcile.every"),
     ] {
         let err = parse(&format!("{MINIMAL}[sources.parallel.parallel]\n{extra}\n")).unwrap_err().to_string();
         assert!(err.contains(key), "{extra}: {err}");

@@ -332,6 +332,8 @@ impl Lane {
         let settings = self.settings.get();
         let started_ms = now_ms();
         let started = Instant::now();
+        // Set when an enrichment failure (not the target) failed the attempt.
+        let enrichment_refused;
         let (outcome, number, job, webhook_id) = match self.load(&entry) {
             Ok((_, job)) if job.state != crate::journal::JobState::Pending => {
                 // Settled while its entry waited (a resync raced the
@@ -370,6 +372,9 @@ impl Lane {
                         }
                     }
                 }
+                // Signed as of now: a slow fetch must not leave a stale timestamp.
+                info.now_secs = now_ms() / 1000;
+                enrichment_refused = refused.is_some();
                 let built = match refused {
                     Some(reason) => Err(reason),
                     None => outbound::build_request(&settings.url, &settings.signer, &record, &info),
@@ -403,7 +408,16 @@ impl Lane {
             Decision::RetryAt(_) => AttemptResult::Retry,
             Decision::Dead => AttemptResult::Dead,
         };
-        let breaker_change = self.breaker.lock().expect("not poisoned").record(outcome.is_success(), now);
+        // The API failing says nothing about the target: the breaker only
+        // hears about real sends (a probe refused this way settles as failed).
+        let breaker_change = {
+            let mut breaker = self.breaker.lock().expect("not poisoned");
+            if enrichment_refused && breaker.state() != BreakerState::Probing {
+                None
+            } else {
+                breaker.record(outcome.is_success(), now)
+            }
+        };
         match breaker_change {
             Some(BreakerState::Open { probe_at_ms }) => tracing::warn!(
                 target_name = %self.name, probe_in_ms = probe_at_ms.saturating_sub(now), "target paused by the circuit breaker"

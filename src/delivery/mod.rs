@@ -182,12 +182,13 @@ impl Dispatcher {
         config: &Config,
         journal: Arc<Journal>,
         metrics: Arc<Metrics>,
+        parallel: Arc<crate::parallel::ParallelApis>,
         stop: watch::Receiver<bool>,
     ) -> Result<Self, JournalError> {
         let set = Arc::new(LaneSet {
             lanes: RwLock::new(BTreeMap::new()),
             tasks: Mutex::new(Vec::new()),
-            enricher: Arc::new(crate::enrich::Enricher::new(config, journal.clone())),
+            enricher: Arc::new(crate::enrich::Enricher::new(parallel, journal.clone())),
             journal,
             metrics,
             stop,
@@ -214,7 +215,6 @@ impl Dispatcher {
     /// New lanes are built first, outside the lock: a journal error leaves
     /// everything as it was, and ingress never waits on a journal scan.
     pub fn reconfigure(&self, config: &Config) -> Result<(), JournalError> {
-        self.set.enricher.reload(config);
         let mut new_lanes = Vec::new();
         for target in config.targets.values() {
             if self.set.lane(&target.name).is_none() {

@@ -178,6 +178,7 @@ impl Journal {
             }),
         };
         index_dead_jobs(&store.db, &store.tree)?;
+        index_event_groups(&store.db, &store.tree)?;
         let journal = Journal {
             store: RwLock::new(Some(Arc::new(store))),
             failed,
@@ -591,6 +592,31 @@ fn index_dead_jobs(db: &sled::Db, tree: &sled::Tree) -> Result<(), JournalError>
     Ok(())
 }
 
+/// Journals written before the `G` index existed hold detections without
+/// entries (a backfill would inject them again): index them once, the
+/// oldest delivery of a group owning it, then leave a marker.
+fn index_event_groups(db: &sled::Db, tree: &sled::Tree) -> Result<(), JournalError> {
+    if tree.contains_key(keys::GROUP_INDEX_MARKER)? {
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    let mut indexed = std::collections::HashSet::new();
+    for entry in tree.scan_prefix(keys::DELIVERY) {
+        let (key, value) = entry?;
+        let record = decode(&key[1..], &value)?;
+        let Some(group) = crate::envelope::Envelope::from_body(&record.body).event_group_id else { continue };
+        let group_key = keys::group(&record.source, &group);
+        if indexed.insert(group_key.clone()) && !tree.contains_key(&group_key)? {
+            let backfilled = record.webhook_id.starts_with(crate::parallel::BACKFILL_ID_PREFIX);
+            batch.insert(group_key, keys::group_owner(record.id, backfilled));
+        }
+    }
+    batch.insert(keys::GROUP_INDEX_MARKER, &[1u8]);
+    tree.apply_batch(batch)?;
+    db.flush()?;
+    Ok(())
+}
+
 fn decode_job(key: &[u8], bytes: &[u8]) -> Result<Job, JournalError> {
     Job::decode(bytes).map_err(|error| JournalError::Corrupt { key: format!("job {key:02x?}"), error })
 }
@@ -611,6 +637,7 @@ mod keys {
     pub const DEAD: &[u8] = b"K";
     /// Present once the `K` index covers every dead job.
     pub const DEAD_INDEX_MARKER: &[u8] = b"M:dead-index";
+    pub const GROUP_INDEX_MARKER: &[u8] = b"M:group-index";
     /// Written and flushed by a reopen, to prove the journal takes writes.
     pub const REOPEN_PROBE: &[u8] = b"M:reopen-probe";
     pub const JOB: &[u8] = b"J";

@@ -25,6 +25,13 @@ enum Rule {
 }
 
 impl Rule {
+    /// Whether a removed detection's event-group entry goes too. Retention
+    /// removes it (backfill never looks past retention); a purge keeps it
+    /// as a tombstone, or the next backfill would bring the detection back.
+    fn removes_group_entry(self) -> bool {
+        self == Rule::AllDelivered
+    }
+
     fn applies(self, jobs: &[Job]) -> bool {
         match self {
             Rule::AllDelivered => jobs.iter().all(|job| job.state == JobState::Delivered),
@@ -104,7 +111,9 @@ impl Journal {
                 batch.remove(key);
                 batch.remove(keys::enrichment(id));
                 // Its event-group entry goes with it (if it is this delivery's).
-                if let Some(group) = crate::envelope::Envelope::from_body(&record.body).event_group_id {
+                if rule.removes_group_entry()
+                    && let Some(group) = crate::envelope::Envelope::from_body(&record.body).event_group_id
+                {
                     let group_key = keys::group(&record.source, &group);
                     let owner = self.tree()?.get(&group_key)?;
                     if owner

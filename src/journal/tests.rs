@@ -471,3 +471,22 @@ async fn a_backfilled_detection_and_its_real_webhook_are_one_delivery() {
     assert_eq!(u8::from(a.unwrap().duplicate) + u8::from(b.unwrap().duplicate), 1);
     assert_eq!(journal.len(), 5);
 }
+
+#[tokio::test]
+async fn journals_from_before_the_group_index_get_it_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let body =
+        br#"{"type":"monitor.event.detected","data":{"monitor_id":"m","event":{"event_group_id":"g_old"}}}"#;
+    {
+        let journal = Journal::open(&config(dir.path())).unwrap();
+        // As a version without the index wrote it.
+        let old = NewDelivery { event_group: None, body: body.to_vec(), ..delivery("whevent_old", 1_000) };
+        journal.append(old, &[]).await.unwrap();
+        journal.tree().unwrap().remove(keys::GROUP_INDEX_MARKER).unwrap();
+        assert!(!journal.has_event_group("parallel", "g_old").unwrap());
+    }
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    assert!(journal.has_event_group("parallel", "g_old").unwrap(), "indexed at open");
+    let backfill = NewDelivery { event_group: Some("g_old".into()), ..delivery("whbackfill_g_old", 2_000) };
+    assert!(journal.append(backfill, &[]).await.unwrap().duplicate);
+}

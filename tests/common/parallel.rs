@@ -24,6 +24,8 @@ pub struct FakeParallel {
     results: Arc<Mutex<HashMap<String, serde_json::Value>>>,
     seen: Arc<Mutex<Vec<(String, String)>>>,
     failures: Arc<Mutex<VecDeque<u16>>>,
+    /// Event groups whose queries answer 500 while listed here.
+    failing_groups: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeParallel {
@@ -36,6 +38,7 @@ impl FakeParallel {
             results: Default::default(),
             seen: Default::default(),
             failures: Default::default(),
+            failing_groups: Default::default(),
         };
         let state = fake.clone();
         tokio::spawn(async move {
@@ -66,6 +69,16 @@ impl FakeParallel {
         self.failures.lock().unwrap().extend(statuses);
     }
 
+    /// Queries for `group` answer 500 (with `Retry-After: 0`) until called
+    /// again with `false`.
+    pub fn fail_group(&self, group: &str, failing: bool) {
+        let mut groups = self.failing_groups.lock().unwrap();
+        groups.retain(|g| g != group);
+        if failing {
+            groups.push(group.to_owned());
+        }
+    }
+
     /// Every request so far: (URI, x-api-key).
     pub fn requests(&self) -> Vec<(String, String)> {
         self.seen.lock().unwrap().clone()
@@ -88,14 +101,19 @@ impl FakeParallel {
         if key != API_KEY {
             return error(401, "invalid API key");
         }
-        if let Some(status) = self.failures.lock().unwrap().pop_front() {
-            let mut response = error(status, "try again");
+        let query: HashMap<&str, &str> =
+            request.uri().query().unwrap_or("").split('&').filter_map(|pair| pair.split_once('=')).collect();
+        let failing_group = query
+            .get("event_group_id")
+            .is_some_and(|g| self.failing_groups.lock().unwrap().iter().any(|f| f == g));
+        let scripted = self.failures.lock().unwrap().pop_front();
+        if let Some(status) = scripted.or(failing_group.then_some(500)) {
+            // Echoes the key, as a careless proxy might: it must never be passed on.
+            let mut response = error(status, &format!("try again (key {key})"));
             response.headers_mut().insert("retry-after", "0".parse().unwrap());
             return response;
         }
         let path = request.uri().path();
-        let query: HashMap<&str, &str> =
-            request.uri().query().unwrap_or("").split('&').filter_map(|pair| pair.split_once('=')).collect();
         if let Some(run_id) =
             path.strip_prefix("/v1/tasks/runs/").and_then(|rest| rest.strip_suffix("/result"))
         {
