@@ -142,7 +142,10 @@ fn a_source_may_carry_a_parallel_api_key_with_defaults() {
             "api_key = \"env:SECRET\"\nreconcile = { monitors = [] }",
             "sources.parallel.parallel.reconcile.monitors",
         ),
-        ("api_key = \"env:SECRET\"\nreconcile = { monitors = [\"m\"], every = \"500ms\" }", "reconcile.every"),
+        (
+            "api_key = \"env:SECRET\"\nreconcile = { monitors = [\"m\"], every = \"500ms\" }",
+            "reconcile.every",
+        ),
     ] {
         let err = parse(&format!("{MINIMAL}[sources.parallel.parallel]\n{extra}\n")).unwrap_err().to_string();
         assert!(err.contains(key), "{extra}: {err}");

@@ -490,3 +490,32 @@ async fn journals_from_before_the_group_index_get_it_at_open() {
     let backfill = NewDelivery { event_group: Some("g_old".into()), ..delivery("whbackfill_g_old", 2_000) };
     assert!(journal.append(backfill, &[]).await.unwrap().duplicate);
 }
+
+#[tokio::test]
+async fn retention_drops_a_detections_group_entry_and_a_purge_keeps_it() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let detection = |webhook_id: &str, group: &str, at_ms: u64| {
+        NewDelivery {
+        event_group: Some(group.into()),
+        body: format!(r#"{{"type":"monitor.event.detected","data":{{"monitor_id":"m","event":{{"event_group_id":"{group}"}}}}}}"#)
+            .into_bytes(),
+        ..delivery(webhook_id, at_ms)
+    }
+    };
+    let targets = vec!["a".to_owned()];
+    let delivered = journal.append(detection("whevent_1", "g_delivered", 1_000), &targets).await.unwrap().id;
+    let dead = journal.append(detection("whevent_2", "g_dead", 1_001), &targets).await.unwrap().id;
+    settle(&journal, delivered, "a", Decision::Delivered).await;
+    settle(&journal, dead, "a", Decision::Dead).await;
+
+    assert_eq!(journal.prune_delivered(2_000).unwrap().deliveries, 1);
+    assert!(!journal.has_event_group("parallel", "g_delivered").unwrap(), "retention removes it");
+    assert_eq!(journal.purge_dead(2_000, None, false).unwrap().deliveries, 1);
+    assert!(
+        journal.has_event_group("parallel", "g_dead").unwrap(),
+        "a purge keeps it: a backfill must not revive it"
+    );
+    assert_eq!(journal.len(), 0);
+}
