@@ -141,6 +141,11 @@ const REOPEN_WAIT: Duration = Duration::from_secs(10);
 #[cfg(test)]
 const REOPEN_WAIT: Duration = Duration::from_millis(200);
 
+/// How long opening waits for another handle in this process to let go of
+/// sled's directory lock (a second process holding it is an error at once
+/// after that).
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
 /// The open database and its writer thread.
 struct Store {
     db: sled::Db,
@@ -155,7 +160,21 @@ impl Store {
         dedup_window_ms: u64,
         failed: Arc<AtomicBool>,
     ) -> Result<Store, JournalError> {
-        let db = sled::Config::new().path(path).cache_capacity(cache).open()?;
+        // sled's background threads may hold a just-closed database's lock
+        // for a moment (a reopen in place, or a restart in the same
+        // process): wait for it rather than fail.
+        let deadline = Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(path).cache_capacity(cache).open() {
+                Ok(db) => break db,
+                Err(err)
+                    if err.to_string().contains("could not acquire lock") && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(err) => return Err(err.into()),
+            }
+        };
         let tree = db.open_tree("journal")?;
         let writer = Writer::start(db.clone(), tree.clone(), dedup_window_ms, failed)
             .map_err(|err| JournalError::Storage(format!("cannot start the journal writer: {err}")))?;
