@@ -69,16 +69,6 @@ impl Enricher {
             Some(body) => Enriched::Body(body),
             None => Enriched::Failed("the payload has no data object to attach to".to_owned()),
         };
-        match self.journal.enrichment(record.id) {
-            Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
-                Ok(content) => return attach(&content),
-                Err(err) => {
-                    tracing::warn!(delivery_id = %record.id, error = %err, "journaled enrichment unreadable; fetching again")
-                }
-            },
-            Ok(None) => {}
-            Err(err) => return Enriched::Failed(err.to_string()),
-        }
         let fetch = self.fetching.lock().expect("not poisoned").entry(record.id).or_default().clone();
         // Leaves the map however this ends (an attempt aborted at shutdown too).
         let _done = FetchDone { fetching: &self.fetching, id: record.id, fetch: fetch.clone() };
@@ -95,18 +85,24 @@ impl Enricher {
         }
     }
 
-    /// Fetches and journals the content (only a success is journaled: a
-    /// later attempt tries the API again).
+    /// The journaled content, or fetches and journals it (only a success is
+    /// journaled: a later attempt tries the API again).
     async fn fetch(
         &self,
         record: &DeliveryRecord,
         source: &EnrichmentSource,
     ) -> Result<Arc<serde_json::Value>, String> {
-        // Another attempt may have journaled it since this one looked.
-        if let Ok(Some(bytes)) = self.journal.enrichment(record.id)
-            && let Ok(content) = serde_json::from_slice(&bytes)
-        {
-            return Ok(Arc::new(content));
+        // Fetched before (by another target, an earlier attempt, before a
+        // restart): journaled with the delivery.
+        match self.journal.enrichment(record.id) {
+            Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
+                Ok(content) => return Ok(Arc::new(content)),
+                Err(err) => {
+                    tracing::warn!(delivery_id = %record.id, error = %err, "journaled enrichment unreadable; fetching again")
+                }
+            },
+            Ok(None) => {}
+            Err(err) => return Err(err.to_string()),
         }
         let api = self.apis.get(&record.source).ok_or_else(|| {
             format!("source {:?} has no [sources.{}.parallel] API key", record.source, record.source)

@@ -2,7 +2,7 @@
 //! listing a monitor's events to backfill the detections whose webhooks never
 //! arrived, and fetching the content thin events leave out (enrichment).
 //!
-//! - Pure: reading a page of events ([`EventsPage::parse`]), the identity and
+//! - Pure: reading a page of events ([`EventsPage`]), the identity and
 //!   body of a backfilled delivery ([`backfill_webhook_id`],
 //!   [`detected_event_body`]).
 //! - I/O: [`ParallelApi`], a rate-limited client that retries 429s, 5xx
@@ -58,25 +58,33 @@ pub struct EventGroup {
 }
 
 /// One page of `GET /v1/monitors/{id}/events`.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct EventsPage {
-    /// Each event's group and date (events without a group, such as
-    /// completions, are left out).
-    pub events: Vec<(String, Option<u64>)>,
+    pub events: Vec<serde_json::Value>,
     pub next_cursor: Option<String>,
 }
 
 impl EventsPage {
-    /// Reads a page; the group field is `event_group_id` or, in some schema
-    /// versions, `monitor_group_id`.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let value: serde_json::Value =
+        let mut value: serde_json::Value =
             serde_json::from_slice(body).map_err(|err| ApiError::Unreadable(err.to_string()))?;
-        let events = value
-            .get("events")
-            .and_then(|events| events.as_array())
-            .ok_or_else(|| ApiError::Unreadable("no \"events\" list".to_owned()))?;
-        let events = events
+        let events = match value.get_mut("events").map(serde_json::Value::take) {
+            Some(serde_json::Value::Array(events)) => events,
+            _ => return Err(ApiError::Unreadable("no \"events\" list".to_owned())),
+        };
+        let next_cursor = value
+            .get("next_cursor")
+            .and_then(|cursor| cursor.as_str())
+            .filter(|cursor| !cursor.is_empty())
+            .map(str::to_owned);
+        Ok(EventsPage { events, next_cursor })
+    }
+
+    /// Each event's group and date; events without a group (completions)
+    /// are left out. The group field is `event_group_id` or, in some schema
+    /// versions, `monitor_group_id`.
+    pub fn dated_groups(&self) -> Vec<(String, Option<u64>)> {
+        self.events
             .iter()
             .filter_map(|event| {
                 let group = event
@@ -87,13 +95,7 @@ impl EventsPage {
                 let date = event.get("event_date").and_then(|date| date.as_str()).and_then(parse_event_date);
                 Some((group.to_owned(), date))
             })
-            .collect();
-        let next_cursor = value
-            .get("next_cursor")
-            .and_then(|cursor| cursor.as_str())
-            .filter(|cursor| !cursor.is_empty())
-            .map(str::to_owned);
-        Ok(EventsPage { events, next_cursor })
+            .collect()
     }
 }
 
@@ -281,25 +283,18 @@ impl ParallelApi {
         since_ms: u64,
     ) -> Result<Vec<EventGroup>, ApiError> {
         let mut events = Vec::new();
-        let mut cursor: Option<String> = None;
-        let mut seen_cursors = HashSet::new();
-        for _ in 0..MAX_PAGES {
-            let mut path = format!("/v1/monitors/{}/events?limit={PAGE_SIZE}", encode(monitor_id));
-            if let Some(cursor) = &cursor {
-                path.push_str(&format!("&cursor={}", encode(cursor)));
-            }
-            let page = EventsPage::parse(&self.get(&path).await?)?;
+        let path = format!("/v1/monitors/{}/events?limit={PAGE_SIZE}", encode(monitor_id));
+        self.walk_pages(&path, |page| {
+            let dated = page.dated_groups();
             // The listing runs newest first: a page wholly older than
             // `since` means the rest is too.
-            let all_older = !page.events.is_empty()
-                && page.events.iter().all(|(_, date)| date.is_some_and(|date| date < since_day(since_ms)));
-            events.extend(page.events);
-            match page.next_cursor {
-                Some(next) if !all_older && seen_cursors.insert(next.clone()) => cursor = Some(next),
-                _ => return Ok(event_groups(events, since_ms)),
-            }
-        }
-        Err(ApiError::Unreadable(format!("more than {MAX_PAGES} pages of events")))
+            let all_older = !dated.is_empty()
+                && dated.iter().all(|(_, date)| date.is_some_and(|date| date < since_day(since_ms)));
+            events.extend(dated);
+            !all_older
+        })
+        .await?;
+        Ok(event_groups(events, since_ms))
     }
 
     /// The content `source` names: a detection's events (every page), or a
@@ -312,39 +307,50 @@ impl ParallelApi {
             }
             EnrichmentSource::EventGroup { monitor_id, event_group_id } => {
                 let mut events = Vec::new();
-                let mut cursor: Option<String> = None;
-                let (mut seen_cursors, mut seen_events) = (HashSet::new(), HashSet::new());
-                for _ in 0..MAX_PAGES {
-                    let mut path = format!(
-                        "/v1/monitors/{}/events?event_group_id={}",
-                        encode(monitor_id),
-                        encode(event_group_id)
-                    );
-                    if let Some(cursor) = &cursor {
-                        path.push_str(&format!("&cursor={}", encode(cursor)));
-                    }
-                    let value: serde_json::Value = serde_json::from_slice(&self.get(&path).await?)
-                        .map_err(|err| ApiError::Unreadable(err.to_string()))?;
-                    let page = value
-                        .get("events")
-                        .and_then(|events| events.as_array())
-                        .ok_or_else(|| ApiError::Unreadable("no \"events\" list".to_owned()))?;
+                let mut seen_events = HashSet::new();
+                let path = format!(
+                    "/v1/monitors/{}/events?event_group_id={}",
+                    encode(monitor_id),
+                    encode(event_group_id)
+                );
+                self.walk_pages(&path, |page| {
                     // An event repeated across pages is attached once.
-                    events.extend(
-                        page.iter()
-                            .filter(|event| {
-                                event.get("event_id").is_none_or(|id| seen_events.insert(id.to_string()))
-                            })
-                            .cloned(),
-                    );
-                    match value.get("next_cursor").and_then(|c| c.as_str()).filter(|c| !c.is_empty()) {
-                        Some(next) if seen_cursors.insert(next.to_owned()) => cursor = Some(next.to_owned()),
-                        _ => return Ok(serde_json::Value::Array(events)),
-                    }
-                }
-                Err(ApiError::Unreadable(format!("more than {MAX_PAGES} pages of events")))
+                    events.extend(page.events.into_iter().filter(|event| {
+                        event.get("event_id").is_none_or(|id| seen_events.insert(id.to_string()))
+                    }));
+                    true
+                })
+                .await?;
+                Ok(serde_json::Value::Array(events))
             }
         }
+    }
+
+    /// Reads `path` (a query string included) and the pages its cursor
+    /// leads to, handing each to `visit`, which says whether to read on.
+    /// Stops at the last page or a cursor seen before; fails past
+    /// [`MAX_PAGES`].
+    async fn walk_pages(
+        &self,
+        path: &str,
+        mut visit: impl FnMut(EventsPage) -> bool,
+    ) -> Result<(), ApiError> {
+        let mut cursor: Option<String> = None;
+        let mut seen_cursors = HashSet::new();
+        for _ in 0..MAX_PAGES {
+            let url = match &cursor {
+                None => path.to_owned(),
+                Some(cursor) => format!("{path}&cursor={}", encode(cursor)),
+            };
+            let mut page = EventsPage::parse(&self.get(&url).await?)?;
+            let next = page.next_cursor.take();
+            let read_on = visit(page);
+            match next {
+                Some(next) if read_on && seen_cursors.insert(next.clone()) => cursor = Some(next),
+                _ => return Ok(()),
+            }
+        }
+        Err(ApiError::Unreadable(format!("more than {MAX_PAGES} pages of events")))
     }
 
     /// `GET path`, within the rate limit, retried on 429, 5xx and network
@@ -441,9 +447,10 @@ mod tests {
             ],"next_cursor":"c2"}"#,
         )
         .unwrap();
-        assert_eq!(page.events.len(), 2);
-        assert_eq!(page.events[0], ("g1".to_owned(), crate::time::parse_rfc3339("2026-11-20T10:00:00Z")));
-        assert_eq!(page.events[1].0, "g2");
+        let dated = page.dated_groups();
+        assert_eq!(dated.len(), 2);
+        assert_eq!(dated[0], ("g1".to_owned(), crate::time::parse_rfc3339("2026-11-20T10:00:00Z")));
+        assert_eq!(dated[1].0, "g2");
         assert_eq!(page.next_cursor.as_deref(), Some("c2"));
         let last = EventsPage::parse(br#"{"events":[]}"#).unwrap();
         assert_eq!(last, EventsPage::default());
