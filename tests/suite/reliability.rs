@@ -3,8 +3,6 @@
 //! that stops taking writes, hostile clients — with the invariant that no
 //! acknowledged webhook is lost. Every scenario prints its figures.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,9 +10,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::daemon::{BIN, Daemon, write_config};
-use common::target::{Received, TestTarget};
-use common::*;
+use crate::common::daemon::{BIN, Daemon, write_config};
+use crate::common::target::{Received, TestTarget};
+use crate::common::*;
 use hookrelay::config::Config;
 use hookrelay::journal::Journal;
 
@@ -289,7 +287,7 @@ async fn sigkill_under_load_loses_no_acknowledged_webhook() {
     for name in names {
         let target = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
         // A little slow, so attempts are in flight when the kill comes.
-        target.answer_with(|_| Some(common::target::Answer::Slow(Duration::from_millis(2), 200)));
+        target.answer_with(|_| Some(crate::common::target::Answer::Slow(Duration::from_millis(2), 200)));
         let filter = match name {
             "monitors" => "events = [\"monitor.*\"]",
             "research" => "match = { \"/data/metadata/team\" = \"research\" }",
@@ -395,7 +393,7 @@ async fn sigkill_under_load_loses_no_acknowledged_webhook() {
 /// a replay of what went dead deliver the rest; nothing dead is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_outages_stay_isolated_and_everything_arrives_after_recovery() {
-    use common::target::Answer;
+    use crate::common::target::Answer;
     use std::sync::atomic::{AtomicBool, Ordering};
     const N: usize = 200;
     let healthy = TestTarget::start(Some(TARGET_SECRET), vec![]).await;

@@ -3,13 +3,11 @@
 //! delivery and re-signed; plain targets get the original bytes and never
 //! wait on the API.
 
-mod common;
-
 use std::time::Duration;
 
-use common::parallel::{API_KEY, FakeParallel};
-use common::target::{Received, TestTarget};
-use common::*;
+use crate::common::parallel::{API_KEY, FakeParallel};
+use crate::common::target::{Received, TestTarget};
+use crate::common::*;
 
 const MONITOR: &str = "monitor_b0079f70";
 const PLAIN_SECRET: &str = "whsec_cGxhaW4tdGFyZ2V0LXNlY3JldA==";
@@ -234,7 +232,7 @@ fn enrich_needs_an_api_key_and_a_re_signing_target() {
 /// failure later, the key appears in no log line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_key_never_reaches_the_logs() {
-    use common::daemon::{Daemon, write_config};
+    use crate::common::daemon::{Daemon, write_config};
     let api = FakeParallel::start(MONITOR, vec![api_event(1, 1), api_event(4, 1)]).await;
     let rich = TestTarget::start(Some(RICH_SECRET), vec![]).await;
     let dir = tempfile::tempdir().unwrap();

@@ -1,11 +1,9 @@
 //! Inbound answers over HTTP, HTTPS/1.1 and HTTPS/h2 against a real gateway
 //! with a real journal.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use hookrelay::journal::DeliveryId;
 use hookrelay::signature;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,11 +1,9 @@
 //! The delivery engine against real fake targets on loopback.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::target::{Answer, Received, TestTarget};
-use common::*;
+use crate::common::target::{Answer, Received, TestTarget};
+use crate::common::*;
 use hookrelay::journal::{DeliveryId, JobState};
 
 const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";

@@ -1,8 +1,6 @@
 //! The real binary as a child process: durability across SIGKILL, graceful
 //! SIGTERM, CLI exit codes, and logs that never carry a secret.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::daemon::{BIN, Daemon, write_config};
-use common::*;
+use crate::common::daemon::{BIN, Daemon, write_config};
+use crate::common::*;
 use hookrelay::config::Config;
 use hookrelay::journal::{DeliveryId, Journal};
 
@@ -110,7 +108,7 @@ async fn acknowledged_deliveries_survive_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_and_retrying_jobs_survive_sigkill() {
-    use common::target::{Answer, TestTarget};
+    use crate::common::target::{Answer, TestTarget};
     const N: usize = 100;
     const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";
     let target = TestTarget::start(Some(TARGET_SECRET), vec![]).await;

@@ -1,16 +1,14 @@
 //! Replays, backfill, dead letters and purges: the operator's side after an
 //! outage, against a real gateway, real targets and the real CLI binary.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::target::{Received, TestTarget};
-use common::*;
+use crate::common::target::{Received, TestTarget};
+use crate::common::*;
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
@@ -462,7 +460,7 @@ fn gateway_journal_len(dir: &tempfile::TempDir) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answered_replay_survives_sigkill() {
-    use common::daemon::{Daemon, write_config};
+    use crate::common::daemon::{Daemon, write_config};
     let consumer = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &target_table("consumer", &consumer.url(), ""));

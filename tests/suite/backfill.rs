@@ -2,13 +2,11 @@
 //! webhooks never arrived are listed (cursor pagination, retried on errors)
 //! and injected once; the real webhook arriving late is a duplicate.
 
-mod common;
-
 use std::time::Duration;
 
-use common::parallel::{API_KEY, FakeParallel};
-use common::target::TestTarget;
-use common::*;
+use crate::common::parallel::{API_KEY, FakeParallel};
+use crate::common::target::TestTarget;
+use crate::common::*;
 
 const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC1iYWNrZmlsbA==";
 const MONITOR: &str = "monitor_b0079f70";
@@ -183,7 +181,7 @@ async fn the_backfill_command_lists_and_injects_through_the_admin_api() {
     let gateway = gateway(&api, &consumer).await;
     let admin = format!("http://{}", gateway.admin_addr);
     let run = |extra: &[&str]| {
-        let mut command = std::process::Command::new(common::daemon::BIN);
+        let mut command = std::process::Command::new(crate::common::daemon::BIN);
         command
             .args(["backfill", "--admin", &admin, "--source", "parallel", "--monitor", MONITOR])
             .args(extra);

@@ -1,12 +1,10 @@
 //! Reloading a running gateway in process (what SIGHUP triggers): each part
 //! that may change without a restart does, and a bad file changes nothing.
 
-mod common;
-
 use std::time::Duration;
 
-use common::target::{Answer, TestTarget};
-use common::*;
+use crate::common::target::{Answer, TestTarget};
+use crate::common::*;
 
 const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";
 const NEW_SOURCE_SECRET: &str = "whsec_bmV3LXNvdXJjZS1zZWNyZXQ=";

@@ -1,13 +1,11 @@
 //! The admin listener: health, readiness and Prometheus metrics.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::common::target::TestTarget;
+use crate::common::*;
 use bytes::Bytes;
-use common::target::TestTarget;
-use common::*;
 use http_body_util::Full;
 use tokio::io::AsyncWriteExt;
 
@@ -177,7 +175,7 @@ async fn metrics_parse_and_move_with_traffic() {
 async fn pending_jobs_and_their_age_show_while_a_target_is_down() {
     const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";
     let target = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
-    target.answer_with(|_| Some(common::target::Answer::Status(503)));
+    target.answer_with(|_| Some(crate::common::target::Answer::Status(503)));
     let targets = format!(
         "[targets.t]\nsource = \"parallel\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\n\
          retry = {{ initial = \"10s\", max_delay = \"10s\" }}\nbreaker = {{ failures = 1, probe_interval = \"10s\" }}\n",
@@ -268,7 +266,7 @@ async fn a_paused_target_accumulates_jobs_and_resume_delivers_them() {
 
 #[tokio::test]
 async fn deliveries_list_filter_paginate_and_show() {
-    use common::target::Answer;
+    use crate::common::target::Answer;
     const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";
     let ok = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
     let flaky = TestTarget::start(Some(TARGET_SECRET), vec![]).await;

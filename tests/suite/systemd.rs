@@ -3,16 +3,14 @@
 //! test owns, SIGHUP reload, and socket activation through systemd's own
 //! `systemd-socket-activate`. `.ci/run` installs the systemd package.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::daemon::{BIN, Daemon, write_config};
-use common::target::{Answer, TestTarget};
-use common::*;
+use crate::common::daemon::{BIN, Daemon, write_config};
+use crate::common::target::{Answer, TestTarget};
+use crate::common::*;
 
 const SYSTEMD_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd");
 const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";

@@ -1,7 +1,7 @@
 //! Test harness: a real gateway on 127.0.0.1:0 with a real sled journal in a
 //! temp dir, optional TLS with a certificate made for the test, and a small
 //! client speaking HTTP/1.1, HTTP/1.1 over TLS or h2 over TLS.
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code)] // not every helper is used yet
 
 pub mod daemon;
 pub mod parallel;
