@@ -20,7 +20,7 @@ use crate::config::{Config, Reconcile};
 use crate::ingress::Ingress;
 use crate::journal::{Journal, JournalError};
 use crate::live::Live;
-use crate::parallel::{ApiError, ParallelApis, backfill_webhook_id, detected_event_body};
+use crate::parallel::{ApiError, MetadataLookup, ParallelApis, backfill_webhook_id, detected_event_body};
 
 /// How far back a backfill looks when the request does not say.
 pub const DEFAULT_SINCE: &str = "7d";
@@ -157,10 +157,26 @@ impl Backfiller {
             }
         }
         let mut injected = Vec::new();
-        if !dry_run {
+        if !dry_run && !missing.is_empty() {
+            // Without the monitor's metadata, a target that matches on it
+            // would never get the detection (and the real webhook, arriving
+            // late, is a duplicate): a failed lookup fails the backfill, to be
+            // tried again. Only an API with no monitor objects at all gets
+            // detections without it.
+            let metadata = match api.monitor_metadata(monitor).await.map_err(BackfillError::Api)? {
+                MetadataLookup::Found(metadata) => metadata,
+                MetadataLookup::NotServed => {
+                    tracing::warn!(
+                        source,
+                        monitor,
+                        "the Parallel API serves no monitor object; backfilled detections carry no metadata"
+                    );
+                    None
+                }
+            };
             let now = crate::time::now_ms();
             for group in &missing {
-                let body = detected_event_body(monitor, group, now);
+                let body = detected_event_body(monitor, group, metadata.as_ref(), now);
                 let appended = self
                     .ingress
                     .inject(source, backfill_webhook_id(&group.id), body)

@@ -2,9 +2,9 @@
 //! listing a monitor's events to backfill the detections whose webhooks never
 //! arrived, and fetching the content thin events leave out (enrichment).
 //!
-//! - Pure: reading a page of events ([`EventsPage`]), the identity and
-//!   body of a backfilled delivery ([`backfill_webhook_id`],
-//!   [`detected_event_body`]).
+//! - Pure: reading a page of events ([`EventsPage`]) and a monitor's
+//!   metadata ([`monitor_metadata`]), the identity and body of a backfilled
+//!   delivery ([`backfill_webhook_id`], [`detected_event_body`]).
 //! - I/O: [`ParallelApi`], a rate-limited client that retries 429s, 5xx
 //!   and network errors with backoff. The API key goes in `x-api-key` and
 //!   nowhere else: not in errors, logs or answers.
@@ -47,6 +47,15 @@ pub enum ApiError {
     Unreachable(String),
     #[error("the Parallel API answered something unreadable: {0}")]
     Unreadable(String),
+}
+
+/// What [`ParallelApi::monitor_metadata`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetadataLookup {
+    /// The monitor, with its metadata if it has any.
+    Found(Option<serde_json::Value>),
+    /// No monitor at either path: the API does not serve monitors by id.
+    NotServed,
 }
 
 /// A detection (event group) seen in a monitor's events.
@@ -147,17 +156,38 @@ pub fn backfill_webhook_id(event_group: &str) -> String {
 }
 
 /// The body of a backfilled detection: the thin payload Parallel's webhook
-/// would have carried (`metadata` is not in the events listing, so it is
-/// absent).
-pub fn detected_event_body(monitor_id: &str, group: &EventGroup, now_ms: u64) -> Vec<u8> {
+/// would have carried, with the monitor's `metadata` as Parallel attaches it
+/// (read from the monitor now, so targets that `match` on it get the
+/// detection), or without when the monitor has none.
+pub fn detected_event_body(
+    monitor_id: &str,
+    group: &EventGroup,
+    metadata: Option<&serde_json::Value>,
+    now_ms: u64,
+) -> Vec<u8> {
     let at = group.first_event_ms.unwrap_or(now_ms);
+    let mut data = serde_json::json!({"monitor_id": monitor_id, "event": {"event_group_id": group.id}});
+    if let Some(metadata) = metadata {
+        data["metadata"] = metadata.clone();
+    }
     serde_json::json!({
         "type": MONITOR_EVENT_DETECTED,
         "timestamp": crate::time::rfc3339(at / 1000),
-        "data": {"monitor_id": monitor_id, "event": {"event_group_id": group.id}},
+        "data": data,
     })
     .to_string()
     .into_bytes()
+}
+
+/// The `metadata` of a monitor object (`GET /v1/monitors/{id}`): `None`
+/// when it has none (absent, null or empty).
+pub fn monitor_metadata(body: &[u8]) -> Result<Option<serde_json::Value>, ApiError> {
+    let monitor: serde_json::Value =
+        serde_json::from_slice(body).map_err(|err| ApiError::Unreadable(format!("monitor: {err}")))?;
+    Ok(match &monitor["metadata"] {
+        serde_json::Value::Object(fields) if !fields.is_empty() => Some(monitor["metadata"].clone()),
+        _ => None,
+    })
 }
 
 /// What enriching a delivery takes, read from its verified body.
@@ -297,6 +327,21 @@ impl ParallelApi {
         Ok(event_groups(events, since_ms))
     }
 
+    /// The monitor's `metadata`, which Parallel puts in every webhook of the
+    /// monitor and the events listing leaves out. Read at `/v1/monitors/{id}`,
+    /// or at `/v1alpha/` where the API still serves monitors there;
+    /// [`MetadataLookup::NotServed`] when neither knows the monitor.
+    pub async fn monitor_metadata(&self, monitor_id: &str) -> Result<MetadataLookup, ApiError> {
+        for version in ["v1", "v1alpha"] {
+            match self.get(&format!("/{version}/monitors/{}", encode(monitor_id))).await {
+                Ok(body) => return monitor_metadata(&body).map(MetadataLookup::Found),
+                Err(ApiError::Status { status: 404, .. }) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(MetadataLookup::NotServed)
+    }
+
     /// The content `source` names: a detection's events (every page), or a
     /// task run's result.
     pub async fn enrichment(&self, source: &EnrichmentSource) -> Result<serde_json::Value, ApiError> {
@@ -388,7 +433,12 @@ impl ParallelApi {
             .body(Full::new(Bytes::new()))
             .map_err(|err| (false, None, ApiError::Unreadable(err.to_string())))?;
         let sent = tokio::time::timeout(self.config.timeout, async {
-            let response = self.client.request(request).await.map_err(|err| err.to_string())?;
+            // The whole cause chain: hyper's own text is only "client error (Connect)".
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|err| crate::delivery::outbound::error_chain(&err))?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_ANSWER).collect().await;
             Ok::<_, String>((parts, body))
@@ -489,14 +539,30 @@ mod tests {
     #[test]
     fn a_backfilled_detection_looks_like_the_webhook_and_routes_the_same() {
         let group = EventGroup { id: "mevtgrp_1".into(), first_event_ms: Some(1_764_000_000_000) };
-        let body = detected_event_body("monitor_a", &group, 0);
+        let metadata = serde_json::json!({"team": "research", "thread": "1234.5"});
+        let body = detected_event_body("monitor_a", &group, Some(&metadata), 0);
         let envelope = crate::envelope::Envelope::from_body(&body);
         assert_eq!(envelope.event_type.as_deref(), Some(MONITOR_EVENT_DETECTED));
         assert_eq!(envelope.monitor_id.as_deref(), Some("monitor_a"));
         assert_eq!(envelope.event_group_id.as_deref(), Some("mevtgrp_1"));
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["timestamp"], crate::time::rfc3339(1_764_000_000));
+        assert_eq!(value["data"]["metadata"], metadata);
         assert_eq!(backfill_webhook_id("mevtgrp_1"), "whbackfill_mevtgrp_1");
+        // A monitor without metadata: the key is left out, as Parallel does.
+        let bare: serde_json::Value =
+            serde_json::from_slice(&detected_event_body("monitor_a", &group, None, 0)).unwrap();
+        assert!(bare["data"].get("metadata").is_none(), "{bare}");
+    }
+
+    #[test]
+    fn monitor_metadata_is_read_from_the_monitor_object() {
+        let with = br#"{"monitor_id":"m","status":"active","metadata":{"team":"research"}}"#;
+        assert_eq!(monitor_metadata(with), Ok(Some(serde_json::json!({"team": "research"}))));
+        for without in [&br#"{"monitor_id":"m"}"#[..], br#"{"metadata":null}"#, br#"{"metadata":{}}"#] {
+            assert_eq!(monitor_metadata(without), Ok(None));
+        }
+        assert!(matches!(monitor_metadata(b"<html>"), Err(ApiError::Unreadable(_))));
     }
 
     #[test]

@@ -146,7 +146,7 @@ pub(crate) async fn send(client: &HttpClient, request: Request<Full<Bytes>>) -> 
 }
 
 /// "client error (Connect): tcp connect error: Connection refused (os error 111)".
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

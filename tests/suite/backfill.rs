@@ -222,15 +222,139 @@ async fn reconcile_backfills_on_its_own_at_start_and_on_schedule() {
     // The pass at start injects the two recent detections (not the 20-day-old one).
     let received = consumer.wait_for(2, WAIT).await;
     assert!(received.iter().all(|r| r.header("hookrelay-backfill") == "1"));
-    assert!(api.requests().len() <= 2, "a monitor listed twice is reconciled once: {:?}", api.requests());
+    let listings = || api.requests().iter().filter(|(uri, _)| uri.contains("/events")).count();
+    assert!(listings() <= 2, "a monitor listed twice is reconciled once: {:?}", api.requests());
     // Later passes find nothing new.
-    let listed = api.requests().len();
+    let listed = listings();
     let deadline = std::time::Instant::now() + WAIT;
-    while api.requests().len() < listed + 2 {
+    while listings() < listed + 2 {
         assert!(std::time::Instant::now() < deadline, "reconcile stopped running");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(consumer.received().len(), 2);
     let late = gateway.post_signed(Transport::Http, "parallel", "whevent_real_2", &detected(2)).await;
     assert_eq!(late.json()["duplicate"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_is_retried_then_a_clear_502() {
+    // A port bound but never listening: connections are refused, and no
+    // other test can take it meanwhile.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let refused_at = reserved.local_addr().unwrap();
+    let consumer = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let gateway = TestGateway::with(Options {
+        sources: Some(format!(
+            "[sources.parallel]\nsecrets = [\"{SECRET}\"]\n\
+             [sources.parallel.parallel]\napi_key = \"{API_KEY}\"\nbase_url = \"http://{refused_at}\"\n"
+        )),
+        targets: format!(
+            "[targets.consumer]\nsource = \"parallel\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\n",
+            consumer.url()
+        ),
+        ..Options::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let reply = backfill(&gateway, serde_json::json!({"source": "parallel", "monitor": MONITOR})).await;
+    let took = started.elapsed();
+    assert_eq!((reply.status, reply.error_code().as_str()), (502, "parallel_api_failed"), "{}", reply.text());
+    assert!(reply.text().contains("refused"), "the cause is named: {}", reply.text());
+    assert!(!reply.text().contains(API_KEY));
+    // Five tries with backoff 0.5 + 1 + 2 + 4 s between them: not given up at once.
+    assert!(took >= Duration::from_secs(7), "gave up after {took:?}");
+    assert_eq!(gateway.journal.len(), 0);
+    drop(reserved);
+}
+
+/// A gateway whose targets route by the monitor's metadata, as most fan-outs do.
+async fn metadata_routed_gateway(api: &FakeParallel, research: &TestTarget, ops: &TestTarget) -> TestGateway {
+    let table = |name: &str, target: &TestTarget, team: &str| {
+        format!(
+            "[targets.{name}]\nsource = \"parallel\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\n\
+             match = {{ \"/data/metadata/team\" = \"{team}\" }}\n",
+            target.url()
+        )
+    };
+    TestGateway::with(Options {
+        sources: Some(format!(
+            "[sources.parallel]\nsecrets = [\"{SECRET}\"]\n\
+             [sources.parallel.parallel]\napi_key = \"{API_KEY}\"\nbase_url = \"http://{}\"\n",
+            api.addr
+        )),
+        targets: table("research", research, "research") + &table("ops", ops, "ops"),
+        ..Options::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfilled_detections_carry_the_monitors_metadata_and_route_like_the_webhook() {
+    let api = FakeParallel::start(MONITOR, (1..=3).map(|n| api_event(n, 1)).collect()).await;
+    api.set_metadata(Some(serde_json::json!({"team": "research", "slack_thread_id": "1234.5"})));
+    let research = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let ops = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let gateway = metadata_routed_gateway(&api, &research, &ops).await;
+    // Detection 1 arrived as Parallel's webhook (metadata team = research).
+    let real = gateway.post_signed(Transport::Http, "parallel", "whevent_real_1", &detected(1)).await;
+    assert_eq!(real.status, 200);
+
+    // A dry run does not read the monitor.
+    let dry =
+        backfill(&gateway, serde_json::json!({"source": "parallel", "monitor": MONITOR, "dry_run": true}))
+            .await;
+    assert_eq!(dry.json()["missing"], serde_json::json!(["mevtgrp_2", "mevtgrp_3"]));
+    assert!(!api.requests().iter().any(|(uri, _)| uri.ends_with(MONITOR)), "{:?}", api.requests());
+
+    // The monitor cannot be read (five 500s): nothing is injected without its
+    // metadata, and the answer says why.
+    let failing = backfill_with_monitor_failing(&gateway, &api).await;
+    assert_eq!(
+        (failing.status, failing.error_code().as_str()),
+        (502, "parallel_api_failed"),
+        "{}",
+        failing.text()
+    );
+    assert_eq!(gateway.journal.len(), 1);
+
+    let done = backfill(&gateway, serde_json::json!({"source": "parallel", "monitor": MONITOR})).await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(done.json()["injected"].as_array().unwrap().len(), 2, "{}", done.text());
+    // The metadata-matching target gets every detection, the real one and the
+    // two backfilled; the other team's target none.
+    let received = research.wait_for(3, WAIT).await;
+    for r in received.iter().filter(|r| r.header("hookrelay-backfill") == "1") {
+        assert!(matches!(r.verified, Some(Ok(()))));
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["data"]["metadata"]["slack_thread_id"], "1234.5", "{body}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ops.received().len(), 0);
+    assert_eq!(research.received().len(), 3);
+}
+
+/// Backfills while every request for the monitor object answers 500.
+async fn backfill_with_monitor_failing(gateway: &TestGateway, api: &FakeParallel) -> Reply {
+    api.fail_monitor(true);
+    let reply = backfill(gateway, serde_json::json!({"source": "parallel", "monitor": MONITOR})).await;
+    api.fail_monitor(false);
+    reply
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_without_monitor_objects_still_backfills_without_metadata() {
+    let api = FakeParallel::start(MONITOR, vec![api_event(1, 1)]).await;
+    api.set_metadata(None);
+    let consumer = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let gateway = gateway(&api, &consumer).await;
+    let done = backfill(&gateway, serde_json::json!({"source": "parallel", "monitor": MONITOR})).await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    let received = consumer.wait_for(1, WAIT).await;
+    let body: serde_json::Value = serde_json::from_slice(&received[0].body).unwrap();
+    assert!(body["data"].get("metadata").is_none(), "{body}");
+    // Both API versions were asked before giving up on the metadata.
+    let asked: Vec<_> =
+        api.requests().into_iter().map(|(uri, _)| uri).filter(|uri| uri.ends_with(MONITOR)).collect();
+    assert_eq!(asked, [format!("/v1/monitors/{MONITOR}"), format!("/v1alpha/monitors/{MONITOR}")]);
 }

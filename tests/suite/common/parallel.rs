@@ -1,6 +1,7 @@
 //! A fake Parallel API on 127.0.0.1:0 for backfill and enrichment tests:
 //! `GET /v1/monitors/{id}/events` (in pages of two, cursor "p1", "p2", …;
-//! `event_group_id=` narrows to one group) and `GET /v1/tasks/runs/{id}/result`,
+//! `event_group_id=` narrows to one group), `GET /v1/monitors/{id}` (the
+//! monitor object, with its metadata) and `GET /v1/tasks/runs/{id}/result`,
 //! after any scripted failures. Records every request's URI and `x-api-key`.
 
 use std::collections::{HashMap, VecDeque};
@@ -26,6 +27,11 @@ pub struct FakeParallel {
     failures: Arc<Mutex<VecDeque<u16>>>,
     /// Event groups whose queries answer 500 while listed here.
     failing_groups: Arc<Mutex<Vec<String>>>,
+    /// The monitor object's `metadata`; `None` answers 404 for the object,
+    /// as an API that serves no monitors by id would.
+    metadata: Arc<Mutex<Option<serde_json::Value>>>,
+    /// While set, requests for the monitor object answer 500.
+    failing_monitor: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeParallel {
@@ -39,6 +45,8 @@ impl FakeParallel {
             seen: Default::default(),
             failures: Default::default(),
             failing_groups: Default::default(),
+            metadata: Arc::new(Mutex::new(Some(serde_json::Value::Null))),
+            failing_monitor: Default::default(),
         };
         let state = fake.clone();
         tokio::spawn(async move {
@@ -79,6 +87,18 @@ impl FakeParallel {
         }
     }
 
+    /// The monitor object's `metadata` (`null` at start); `None`: no monitor
+    /// object is served at all.
+    pub fn set_metadata(&self, metadata: Option<serde_json::Value>) {
+        *self.metadata.lock().unwrap() = metadata;
+    }
+
+    /// Requests for the monitor object answer 500 (with `Retry-After: 0`)
+    /// while `failing`.
+    pub fn fail_monitor(&self, failing: bool) {
+        self.failing_monitor.store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Every request so far: (URI, x-api-key).
     pub fn requests(&self) -> Vec<(String, String)> {
         self.seen.lock().unwrap().clone()
@@ -106,8 +126,10 @@ impl FakeParallel {
         let failing_group = query
             .get("event_group_id")
             .is_some_and(|g| self.failing_groups.lock().unwrap().iter().any(|f| f == g));
+        let failing_monitor = self.failing_monitor.load(std::sync::atomic::Ordering::SeqCst)
+            && request.uri().path() == format!("/v1/monitors/{}", self.monitor);
         let scripted = self.failures.lock().unwrap().pop_front();
-        if let Some(status) = scripted.or(failing_group.then_some(500)) {
+        if let Some(status) = scripted.or((failing_group || failing_monitor).then_some(500)) {
             // Echoes the key, as a careless proxy might: it must never be passed on.
             let mut response = error(status, &format!("try again (key {key})"));
             response.headers_mut().insert("retry-after", "0".parse().unwrap());
@@ -120,6 +142,18 @@ impl FakeParallel {
             return match self.results.lock().unwrap().get(run_id) {
                 Some(result) => reply(200, result.clone()),
                 None => error(404, "run not found"),
+            };
+        }
+        if path == format!("/v1/monitors/{}", self.monitor) {
+            return match self.metadata.lock().unwrap().clone() {
+                Some(metadata) => reply(
+                    200,
+                    serde_json::json!({
+                        "monitor_id": self.monitor, "query": "filings", "status": "active",
+                        "cadence": "daily", "metadata": metadata, "created_at": "2026-01-01T00:00:00Z",
+                    }),
+                ),
+                None => error(404, "not found"),
             };
         }
         if path != format!("/v1/monitors/{}/events", self.monitor) {
