@@ -316,6 +316,7 @@ async fn admin_post(addr: SocketAddr, path: &str, body: &'static str) -> serde_j
 }
 
 fn main() {
+    allocator::return_freed_memory_promptly();
     let secs = env("LOAD_SECS", 5);
     let concurrency = env("LOAD_CONCURRENCY", 32);
     let target_counts: Vec<u64> = std::env::var("LOAD_TARGETS")
@@ -420,6 +421,6 @@ fn main() {
     });
 }
 
-/// The binary's allocator (see src/main.rs), so the figures are the daemon's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The binary's allocator and its tuning, so the figures are the daemon's.
+#[path = "../src/allocator.rs"]
+mod allocator;
