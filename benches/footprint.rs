@@ -37,7 +37,8 @@ fn body() -> Vec<u8> {
 }
 
 fn main() {
-    allocator::return_freed_memory_promptly();
+    // SAFETY: the first thing the bench does; no other thread exists yet.
+    unsafe { allocator::return_freed_memory_promptly() };
     let deliveries: u64 =
         std::env::var("FOOTPRINT_DELIVERIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let cache_mib: u64 = std::env::var("FOOTPRINT_CACHE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
@@ -144,6 +145,8 @@ fn main() {
     // A restarted daemon is a fresh process: measure the reopen in one, so
     // memory this process freed but still maps is not counted.
     // Three times: what sled rebuilds at recovery varies from run to run.
+    // (The second and third open a journal the first has recovered and
+    // flushed: restarts after a clean stop, the first after the bench's.)
     for _ in 0..3 {
         let child = std::process::Command::new(std::env::current_exe().unwrap())
             .env(REOPEN_ENV, &config.path)
@@ -164,7 +167,7 @@ fn reopen(config: &JournalConfig, deliveries: u64) {
     let journal = Journal::open(config).unwrap();
     let pending = journal.queued("analytics").unwrap().len();
     let rss_open = status_kib("VmRSS:");
-    // Give sled's background flusher a chance to compact, then measure again.
+    // Give sled's background flusher a chance to compact, then measure the disk.
     std::thread::sleep(Duration::from_secs(5));
     journal.flush().unwrap();
     let disk = journal.size_on_disk().unwrap();

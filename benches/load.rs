@@ -316,7 +316,8 @@ async fn admin_post(addr: SocketAddr, path: &str, body: &'static str) -> serde_j
 }
 
 fn main() {
-    allocator::return_freed_memory_promptly();
+    // SAFETY: the first thing the bench does; no other thread exists yet.
+    unsafe { allocator::return_freed_memory_promptly() };
     let secs = env("LOAD_SECS", 5);
     let concurrency = env("LOAD_CONCURRENCY", 32);
     let target_counts: Vec<u64> = std::env::var("LOAD_TARGETS")

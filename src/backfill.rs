@@ -169,7 +169,7 @@ impl Backfiller {
                     tracing::warn!(
                         source,
                         monitor,
-                        "the Parallel API serves no monitor object; backfilled detections carry no metadata"
+                        "the Parallel API has no monitor object for this monitor (at /v1 or /v1alpha); backfilled detections carry no metadata"
                     );
                     None
                 }

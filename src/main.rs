@@ -3,6 +3,7 @@
 mod allocator;
 
 fn main() -> std::process::ExitCode {
-    allocator::return_freed_memory_promptly();
+    // SAFETY: the first thing the process does; no other thread exists yet.
+    unsafe { allocator::return_freed_memory_promptly() };
     hookrelay::cli::main()
 }

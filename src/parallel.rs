@@ -49,12 +49,26 @@ pub enum ApiError {
     Unreadable(String),
 }
 
+impl ApiError {
+    /// The same error, saying which call it came from.
+    fn context(self, call: &str) -> Self {
+        match self {
+            ApiError::Status { status, message } => {
+                ApiError::Status { status, message: format!("{call}: {message}") }
+            }
+            ApiError::Unreachable(text) => ApiError::Unreachable(format!("{call}: {text}")),
+            ApiError::Unreadable(text) => ApiError::Unreadable(format!("{call}: {text}")),
+        }
+    }
+}
+
 /// What [`ParallelApi::monitor_metadata`] found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetadataLookup {
     /// The monitor, with its metadata if it has any.
     Found(Option<serde_json::Value>),
-    /// No monitor at either path: the API does not serve monitors by id.
+    /// No monitor object at either path (the API does not serve them, or
+    /// the monitor was deleted since its events were listed).
     NotServed,
 }
 
@@ -335,8 +349,9 @@ impl ParallelApi {
         for version in ["v1", "v1alpha"] {
             match self.get(&format!("/{version}/monitors/{}", encode(monitor_id))).await {
                 Ok(body) => return monitor_metadata(&body).map(MetadataLookup::Found),
-                Err(ApiError::Status { status: 404, .. }) => continue,
-                Err(err) => return Err(err),
+                // Not there (or a path retired): try the other version.
+                Err(ApiError::Status { status: 404 | 405 | 410, .. }) => continue,
+                Err(err) => return Err(err.context("reading the monitor")),
             }
         }
         Ok(MetadataLookup::NotServed)
@@ -468,19 +483,25 @@ impl ParallelApi {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| crate::delivery::policy::parse_retry_after(value, SystemTime::now()));
         // A proxy may echo request headers back: the key never leaves in a message.
-        let message = error_message(&body).replace(self.config.api_key.expose(), "[redacted]");
+        let message = error_message(&body, self.config.api_key.expose());
         Err((retryable, retry_after, ApiError::Status { status: parts.status.as_u16(), message }))
     }
 }
 
 /// The message of Parallel's error shape `{"type":"error","error":{"message"}}`,
-/// or the start of whatever came back.
-fn error_message(body: &[u8]) -> String {
+/// or the start of whatever came back: at most 300 characters, with `secret`
+/// redacted before the cut (so no part of it survives at the edge).
+fn error_message(body: &[u8], secret: &str) -> String {
+    const SHOWN: usize = 300;
     let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
-    match parsed.as_ref().and_then(|value| value["error"]["message"].as_str()) {
-        Some(message) => message.chars().take(300).collect(),
-        None => String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
-    }
+    let text = match parsed.as_ref().and_then(|value| value["error"]["message"].as_str()) {
+        Some(message) => message.to_owned(),
+        None => String::from_utf8_lossy(&body[..body.len().min(4 * (SHOWN + secret.len()))]).into_owned(),
+    };
+    // Every occurrence starting within the shown part lies wholly inside this window.
+    let window: String = text.chars().take(SHOWN + secret.chars().count()).collect();
+    let redacted = if secret.is_empty() { window } else { window.replace(secret, "[redacted]") };
+    redacted.chars().take(SHOWN).collect()
 }
 
 #[cfg(test)]
@@ -609,7 +630,21 @@ mod tests {
     #[test]
     fn error_messages_come_from_parallels_error_shape() {
         let body = br#"{"type":"error","error":{"ref_id":"r","message":"monitor not found"}}"#;
-        assert_eq!(error_message(body), "monitor not found");
-        assert_eq!(error_message(b"<html>bad gateway</html>"), "<html>bad gateway</html>");
+        assert_eq!(error_message(body, "key"), "monitor not found");
+        assert_eq!(error_message(b"<html>bad gateway</html>", "key"), "<html>bad gateway</html>");
+    }
+
+    #[test]
+    fn an_echoed_key_is_redacted_even_across_the_cut() {
+        let key = "par_secret_key_0123456789";
+        // The key starts a few characters before the 300th, in both shapes.
+        let prose = format!("{}{key} and more", "x".repeat(290));
+        let json = serde_json::json!({"type": "error", "error": {"message": prose}}).to_string();
+        for body in [prose.as_bytes(), json.as_bytes()] {
+            let message = error_message(body, key);
+            assert!(message.chars().count() <= 300);
+            assert!(!message.contains("par_secret"), "{message}");
+            assert!(message.ends_with("[redacted]"), "{message}");
+        }
     }
 }

@@ -316,6 +316,8 @@ async fn backfilled_detections_carry_the_monitors_metadata_and_route_like_the_we
         "{}",
         failing.text()
     );
+    assert!(failing.text().contains("reading the monitor"), "which call failed: {}", failing.text());
+    assert!(!failing.text().contains(API_KEY), "{}", failing.text());
     assert_eq!(gateway.journal.len(), 1);
 
     let done = backfill(&gateway, serde_json::json!({"source": "parallel", "monitor": MONITOR})).await;
@@ -357,4 +359,20 @@ async fn an_api_without_monitor_objects_still_backfills_without_metadata() {
     let asked: Vec<_> =
         api.requests().into_iter().map(|(uri, _)| uri).filter(|uri| uri.ends_with(MONITOR)).collect();
     assert_eq!(asked, [format!("/v1/monitors/{MONITOR}"), format!("/v1alpha/monitors/{MONITOR}")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_is_read_under_v1alpha_where_v1_does_not_serve_it() {
+    let api = FakeParallel::start(MONITOR, vec![api_event(1, 1)]).await;
+    api.set_metadata(Some(serde_json::json!({"team": "research"})));
+    api.serve_monitor_at("v1alpha");
+    let research = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let ops = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let gateway = metadata_routed_gateway(&api, &research, &ops).await;
+    let done = backfill(&gateway, serde_json::json!({"source": "parallel", "monitor": MONITOR})).await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    let received = research.wait_for(1, WAIT).await;
+    let body: serde_json::Value = serde_json::from_slice(&received[0].body).unwrap();
+    assert_eq!(body["data"]["metadata"]["team"], "research", "{body}");
+    assert_eq!(ops.received().len(), 0);
 }

@@ -1,7 +1,7 @@
 //! A fake Parallel API on 127.0.0.1:0 for backfill and enrichment tests:
 //! `GET /v1/monitors/{id}/events` (in pages of two, cursor "p1", "p2", …;
 //! `event_group_id=` narrows to one group), `GET /v1/monitors/{id}` (the
-//! monitor object, with its metadata) and `GET /v1/tasks/runs/{id}/result`,
+//! monitor object, with its metadata; or under `/v1alpha/`) and `GET /v1/tasks/runs/{id}/result`,
 //! after any scripted failures. Records every request's URI and `x-api-key`.
 
 use std::collections::{HashMap, VecDeque};
@@ -32,6 +32,8 @@ pub struct FakeParallel {
     metadata: Arc<Mutex<Option<serde_json::Value>>>,
     /// While set, requests for the monitor object answer 500.
     failing_monitor: Arc<std::sync::atomic::AtomicBool>,
+    /// The API version the monitor object is served under ("v1" at start).
+    monitor_version: Arc<Mutex<&'static str>>,
 }
 
 impl FakeParallel {
@@ -47,6 +49,7 @@ impl FakeParallel {
             failing_groups: Default::default(),
             metadata: Arc::new(Mutex::new(Some(serde_json::Value::Null))),
             failing_monitor: Default::default(),
+            monitor_version: Arc::new(Mutex::new("v1")),
         };
         let state = fake.clone();
         tokio::spawn(async move {
@@ -93,6 +96,11 @@ impl FakeParallel {
         *self.metadata.lock().unwrap() = metadata;
     }
 
+    /// Serves the monitor object under `/{version}/monitors/{id}` only.
+    pub fn serve_monitor_at(&self, version: &'static str) {
+        *self.monitor_version.lock().unwrap() = version;
+    }
+
     /// Requests for the monitor object answer 500 (with `Retry-After: 0`)
     /// while `failing`.
     pub fn fail_monitor(&self, failing: bool) {
@@ -126,8 +134,9 @@ impl FakeParallel {
         let failing_group = query
             .get("event_group_id")
             .is_some_and(|g| self.failing_groups.lock().unwrap().iter().any(|f| f == g));
+        let monitor_path = format!("/{}/monitors/{}", self.monitor_version.lock().unwrap(), self.monitor);
         let failing_monitor = self.failing_monitor.load(std::sync::atomic::Ordering::SeqCst)
-            && request.uri().path() == format!("/v1/monitors/{}", self.monitor);
+            && request.uri().path() == monitor_path;
         let scripted = self.failures.lock().unwrap().pop_front();
         if let Some(status) = scripted.or((failing_group || failing_monitor).then_some(500)) {
             // Echoes the key, as a careless proxy might: it must never be passed on.
@@ -144,7 +153,7 @@ impl FakeParallel {
                 None => error(404, "run not found"),
             };
         }
-        if path == format!("/v1/monitors/{}", self.monitor) {
+        if path == monitor_path {
             return match self.metadata.lock().unwrap().clone() {
                 Some(metadata) => reply(
                     200,
