@@ -63,6 +63,19 @@ async fn wait_for_json(
     }
 }
 
+/// Once `delivery` has reached `consumer`: pauses the target and replays the
+/// delivery to it; the replay's id. The replayed job stays pending.
+async fn replay_while_paused(admin_addr: SocketAddr, consumer: &TestTarget, delivery: &str) -> String {
+    consumer.wait_for(1, WAIT).await;
+    wait_for_json(admin_addr, "/v1/targets", "delivered", |t| target_field(t, "consumer", "pending") == 0)
+        .await;
+    assert_eq!(admin_post(admin_addr, "/v1/targets/consumer/pause", json!({})).await.status, 200);
+    let started = admin_post(admin_addr, "/v1/replays", json!({"ids": [delivery]})).await;
+    assert_eq!(started.status, 201, "{}", started.text());
+    assert_eq!(started.json()["matched"], 1);
+    started.json()["id"].as_str().unwrap().to_owned()
+}
+
 fn target_field(targets: &serde_json::Value, name: &str, field: &str) -> u64 {
     targets["targets"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap()[field]
         .as_u64()
@@ -261,18 +274,8 @@ async fn a_replay_survives_a_restart() {
         .post_signed(Transport::Http, "parallel", "whevent_r", &event("monitor.event.detected", 1))
         .await;
     let delivery = reply.json()["id"].as_str().unwrap().to_owned();
-    consumer.wait_for(1, WAIT).await;
-    wait_for_json(gateway.admin_addr, "/v1/targets", "delivered", |t| {
-        target_field(t, "consumer", "pending") == 0
-    })
-    .await;
-
     // Paused, so the replayed job is still pending when the gateway stops.
-    assert_eq!(admin_post(gateway.admin_addr, "/v1/targets/consumer/pause", json!({})).await.status, 200);
-    let started = admin_post(gateway.admin_addr, "/v1/replays", json!({"ids": [delivery]})).await;
-    assert_eq!(started.status, 201, "{}", started.text());
-    let id = started.json()["id"].as_str().unwrap().to_owned();
-    assert_eq!(started.json()["matched"], 1);
+    let id = replay_while_paused(gateway.admin_addr, &consumer, &delivery).await;
     gateway.stop().await.unwrap();
 
     let gateway = TestGateway::with(options()).await;
@@ -472,16 +475,8 @@ async fn an_answered_replay_survives_sigkill() {
     )
     .await;
     let delivery = reply.json()["id"].as_str().unwrap().to_owned();
-    consumer.wait_for(1, WAIT).await;
-    wait_for_json(daemon.admin_addr, "/v1/targets", "delivered", |t| {
-        target_field(t, "consumer", "pending") == 0
-    })
-    .await;
     // Paused, so the replayed job can only be pending when the process dies.
-    assert_eq!(admin_post(daemon.admin_addr, "/v1/targets/consumer/pause", json!({})).await.status, 200);
-    let started = admin_post(daemon.admin_addr, "/v1/replays", json!({"ids": [delivery]})).await;
-    assert_eq!(started.status, 201, "{}", started.text());
-    let id = started.json()["id"].as_str().unwrap().to_owned();
+    let id = replay_while_paused(daemon.admin_addr, &consumer, &delivery).await;
     // Killed the moment the replay was answered: no clean shutdown, no final flush.
     daemon.child.kill().unwrap();
     daemon.child.wait().unwrap();
