@@ -332,6 +332,15 @@ impl Gateway {
             task.abort();
             let _ = task.await;
         }
+        // Nothing is attempted any more: index what is still pending, so the
+        // journal left behind is one an earlier version reads whole.
+        match journal.queue_fresh_jobs().await {
+            Ok(0) => {}
+            Ok(jobs) => tracing::info!(jobs, "pending fresh jobs queued for the next start"),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not queue the pending fresh jobs; the next start will")
+            }
+        }
         // (Cancelled only when the runtime itself is going away.)
         let flushed = tokio::task::spawn_blocking(move || journal.flush())
             .await

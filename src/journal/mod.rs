@@ -13,15 +13,18 @@
 //! - `J` delivery id ++ target → encoded [`Job`] (state and attempt history).
 //! - `P` target → present while an operator has the target paused.
 //! - `Q` target `\0` class due_ms delivery id → empty: the work index of
-//!   pending jobs. Class 0 is a fresh job (due = arrival, so FIFO), class 1 a
-//!   retry (ordered by due time), class 2 a replayed job or its retry. A job
-//!   stays indexed while its attempt is in flight, so a crash leaves it
-//!   pending and it is retried at the next start.
+//!   pending jobs. Class 1 is a retry (ordered by due time), class 2 a
+//!   replayed job or its retry, class 0 a fresh job (due = arrival, so FIFO)
+//!   left pending at the last open. A job stays indexed while its attempt is
+//!   in flight, so a crash leaves it pending and it is retried at the next
+//!   start. Fresh jobs appended since the open are not indexed: they are the
+//!   pending jobs from the `M:fresh-from` mark on (see `fresh`).
 //! - `K` target `\0` delivery id → empty: the dead jobs of a target, for the
 //!   dead-jobs gauge (counted once at open, then kept in step).
 //! - `E` delivery id → the content fetched from Parallel's API to enrich it
 //!   (JSON), written once; deleted with the delivery.
-//! - `M` name → journal metadata (markers of one-off index builds).
+//! - `M` name → journal metadata (markers of one-off index builds, and the
+//!   fresh-job low-water mark).
 //! - `R` replay id → the replay's selection; `X` replay id ++ delivery id ++
 //!   target → empty: the pairs it requeued (see `replays`).
 //!
@@ -41,6 +44,7 @@
 //! and the lanes reload their queues from it.
 
 mod codec;
+mod fresh;
 mod job;
 mod record;
 mod replays;
@@ -176,6 +180,10 @@ impl Store {
             }
         };
         let tree = db.open_tree("journal")?;
+        let queued = fresh::queue_leftovers(&db, &tree)?;
+        if queued > 0 {
+            tracing::debug!(jobs = queued, "queued the fresh jobs left pending");
+        }
         let writer = Writer::start(db.clone(), tree.clone(), dedup_window_ms, failed)
             .map_err(|err| JournalError::Storage(format!("cannot start the journal writer: {err}")))?;
         Ok(Store { db, tree, writer })
@@ -337,10 +345,13 @@ impl Journal {
         Ok(())
     }
 
-    /// Every queued (pending) job of `target`, fresh ones in arrival order,
-    /// then retries by due time. Read once per lane at start.
+    /// Every pending job of `target`: the queue index (fresh ones left at
+    /// the last open in arrival order, retries and replays by due time), then
+    /// the fresh ones appended since, in arrival order. Read once per lane at
+    /// start.
     pub fn queued(&self, target: &str) -> Result<Vec<QueueEntry>, JournalError> {
-        self.tree()?
+        let tree = self.tree()?;
+        let mut entries = tree
             .scan_prefix(keys::queue_target_prefix(target))
             .map(|entry| {
                 let (key, _) = entry?;
@@ -349,7 +360,9 @@ impl Journal {
                     error: DecodeError::Truncated,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        entries.extend(fresh::unqueued(&tree, Some(target))?.into_iter().map(|(_, entry)| entry));
+        Ok(entries)
     }
 
     /// How many jobs of `target` are dead (kept until replayed or purged).
@@ -364,7 +377,7 @@ impl Journal {
 
     /// How many jobs of `target` are pending (fresh, retries and replays).
     pub fn pending_count(&self, target: &str) -> usize {
-        self.tree().map_or(0, |tree| tree.scan_prefix(keys::queue_target_prefix(target)).count())
+        self.queued(target).map_or(0, |entries| entries.len())
     }
 
     pub fn job(&self, delivery: DeliveryId, target: &str) -> Result<Option<Job>, JournalError> {
@@ -496,6 +509,14 @@ impl Journal {
         self.len() == 0
     }
 
+    /// Puts every pending fresh job into the queue index, as opening does
+    /// (see `fresh`); returns how many. Called at shutdown: a journal closed
+    /// cleanly is then one that earlier versions, which know only the queue
+    /// index, read whole, so a rollback loses nothing.
+    pub async fn queue_fresh_jobs(&self) -> Result<usize, JournalError> {
+        self.store()?.writer.queue_fresh_jobs().await
+    }
+
     /// Flushes everything to disk now (used at shutdown).
     pub fn flush(&self) -> Result<(), JournalError> {
         self.wrote(self.db()?.flush())?;
@@ -564,7 +585,15 @@ fn attempt_writes(
 ) -> (Vec<writer::Write>, Option<QueueEntry>) {
     use writer::Write;
     job.push_attempt(attempt);
-    let mut writes = vec![Write::Remove(entry.key.clone())];
+    let mut writes = vec![match entry.class {
+        // Not indexed unless it was left pending at the last open.
+        QueueClass::Fresh => Write::SettleFresh {
+            delivery: entry.delivery,
+            target: job.target.clone(),
+            queue_key: entry.key.clone(),
+        },
+        QueueClass::Retry | QueueClass::Replay => Write::Remove(entry.key.clone()),
+    }];
     let retry = match decision {
         Decision::Delivered => {
             job.state = JobState::Delivered;
@@ -649,7 +678,7 @@ fn decode(key: &[u8], bytes: &[u8]) -> Result<DeliveryRecord, JournalError> {
 
 /// Key layout of the journal tree (see the module docs).
 mod keys {
-    use super::{DeliveryId, QueueClass};
+    use super::{DeliveryId, QueueClass, QueueEntry};
 
     pub const DELIVERY: &[u8] = b"D";
     pub const DEDUP: &[u8] = b"U";
@@ -663,6 +692,10 @@ mod keys {
     pub const REPLAY: &[u8] = b"R";
     const REPLAY_PAIR: &[u8] = b"X";
     const QUEUE: u8 = b'Q';
+    /// Every queue entry of every target.
+    pub const QUEUE_ALL: &[u8] = b"Q";
+    /// The fresh-job low-water mark (see `fresh`).
+    pub const FRESH_FROM: &[u8] = b"M:fresh-from";
     const PAUSED: &[u8] = b"P";
 
     /// A dead job of `target` (present = dead).
@@ -738,6 +771,16 @@ mod keys {
     /// Every queued job of one target (target names never contain `\0`).
     pub fn queue_target_prefix(target: &str) -> Vec<u8> {
         [&[QUEUE][..], target.as_bytes(), b"\0"].concat()
+    }
+
+    /// The target of a queue key, and the entry it stands for.
+    pub fn parse_queue(key: &[u8]) -> Option<(&str, QueueEntry)> {
+        let target_end = key.len().checked_sub(1 + 1 + 8 + DeliveryId::KEY_LEN)?;
+        if key.first() != Some(&QUEUE) || target_end < 1 || key[target_end] != 0 {
+            return None;
+        }
+        let target = std::str::from_utf8(&key[1..target_end]).ok()?;
+        Some((target, QueueEntry::parse(key, target.len())?))
     }
 
     pub fn queue_prefix(target: &str, class: QueueClass) -> Vec<u8> {

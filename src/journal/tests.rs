@@ -519,3 +519,122 @@ async fn retention_drops_a_detections_group_entry_and_a_purge_keeps_it() {
     );
     assert_eq!(journal.len(), 0);
 }
+
+/// Every key of the queue index, as `(target, delivery)`.
+fn queue_index(journal: &Journal) -> Vec<(String, DeliveryId)> {
+    journal
+        .tree()
+        .unwrap()
+        .scan_prefix(keys::QUEUE_ALL)
+        .map(|entry| {
+            let (key, _) = entry.unwrap();
+            let (target, entry) = keys::parse_queue(&key).unwrap();
+            (target.to_owned(), entry.delivery)
+        })
+        .collect()
+}
+
+fn fresh_mark(journal: &Journal) -> Option<Vec<u8>> {
+    journal.tree().unwrap().get(keys::FRESH_FROM).unwrap().map(|value| value.to_vec())
+}
+
+#[tokio::test]
+async fn fresh_jobs_stay_out_of_the_queue_index_and_are_found_again_after_a_restart() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let targets = vec!["a".to_owned(), "b".to_owned()];
+    let (first, second, late) = {
+        let journal = Journal::open(&config(dir.path())).unwrap();
+        let first = journal.append(delivery("evt_1", 5_000), &targets).await.unwrap().id;
+        let second = journal.append(delivery("evt_2", 6_000), &targets).await.unwrap().id;
+        // Received before the others (a slow request, a clock step), appended
+        // after them: it sorts first, and the mark must cover it.
+        let late = journal.append(delivery("evt_late", 1_000), &targets).await.unwrap().id;
+        assert!(late < first);
+        assert!(queue_index(&journal).is_empty(), "no queue entry for a fresh job");
+        assert_eq!(fresh_mark(&journal), Some(late.to_key().to_vec()), "lowered with the late append");
+        let ids =
+            |entries: Vec<QueueEntry>| entries.into_iter().map(|e| (e.class, e.delivery)).collect::<Vec<_>>();
+        let fresh = |id| (QueueClass::Fresh, id);
+        assert_eq!(ids(journal.queued("a").unwrap()), [fresh(late), fresh(first), fresh(second)]);
+
+        settle(&journal, late, "a", Decision::Delivered).await;
+        settle(&journal, late, "b", Decision::Delivered).await;
+        settle(&journal, first, "a", Decision::RetryAt(9_000)).await;
+        assert_eq!(queue_index(&journal), [("a".to_owned(), first)], "only the retry is indexed");
+        // The mark moves with the next group, once the outcomes are on disk.
+        journal.append(delivery("evt_none", 7_000), &[]).await.unwrap();
+        assert_eq!(fresh_mark(&journal), Some(first.to_key().to_vec()));
+        assert_eq!(ids(journal.queued("a").unwrap()), [(QueueClass::Retry, first), fresh(second)]);
+        assert_eq!(ids(journal.queued("b").unwrap()), [fresh(first), fresh(second)]);
+        (first, second, late)
+    };
+
+    // What a restart sees: the same pending jobs, now indexed, and no mark.
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    assert_eq!(fresh_mark(&journal), Some(Vec::new()));
+    let mut index = queue_index(&journal);
+    index.sort();
+    let pair = |t: &str, id| (t.to_owned(), id);
+    assert_eq!(index, [pair("a", first), pair("a", second), pair("b", first), pair("b", second)]);
+    assert_eq!(journal.pending_count("a"), 2);
+    assert!(journal.jobs_of(late).unwrap().iter().all(|job| job.state == JobState::Delivered));
+
+    // A job queued at the open leaves the index with its outcome.
+    settle(&journal, second, "b", Decision::Delivered).await;
+    assert!(!queue_index(&journal).contains(&pair("b", second)));
+    // One appended since is not indexed, and pins the mark until settled.
+    let new = journal.append(delivery("evt_3", 8_000), &targets).await.unwrap().id;
+    assert_eq!(fresh_mark(&journal), Some(new.to_key().to_vec()));
+    assert_eq!(journal.queued("b").unwrap().iter().map(|e| e.delivery).collect::<Vec<_>>(), [first, new]);
+    settle(&journal, new, "a", Decision::Delivered).await;
+    settle(&journal, new, "b", Decision::Dead).await;
+    journal.append(delivery("evt_none2", 9_000), &[]).await.unwrap();
+    assert_eq!(fresh_mark(&journal), Some(Vec::new()), "nothing unindexed is pending");
+}
+
+#[tokio::test]
+async fn a_journal_from_before_the_mark_keeps_its_queued_fresh_jobs() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let journal = Journal::open(&config(dir.path())).unwrap();
+        let id = journal.append(delivery("evt_old", 1_000), &["a".to_owned()]).await.unwrap().id;
+        // What an older version wrote: the fresh job in the index, no mark.
+        let tree = journal.tree().unwrap();
+        tree.insert(keys::queue("a", QueueClass::Fresh, 1_000, id), &[]).unwrap();
+        tree.remove(keys::FRESH_FROM).unwrap();
+        journal.flush().unwrap();
+        id
+    };
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let queued = journal.queued("a").unwrap();
+    assert_eq!(queued.iter().map(|e| (e.class, e.delivery)).collect::<Vec<_>>(), [(QueueClass::Fresh, id)]);
+    settle(&journal, id, "a", Decision::Delivered).await;
+    assert!(queue_index(&journal).is_empty());
+    assert!(journal.queued("a").unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn queueing_the_fresh_jobs_indexes_the_pending_ones_and_their_outcomes_still_land() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let targets = vec!["a".to_owned()];
+    let done = journal.append(delivery("evt_1", 1_000), &targets).await.unwrap().id;
+    let waiting = journal.append(delivery("evt_2", 2_000), &targets).await.unwrap().id;
+    // The entry as the lane holds it, taken before the jobs are indexed.
+    let held = journal.queued("a").unwrap().into_iter().find(|e| e.delivery == waiting).unwrap();
+    settle(&journal, done, "a", Decision::Delivered).await;
+
+    assert_eq!(journal.queue_fresh_jobs().await.unwrap(), 1);
+    assert_eq!(queue_index(&journal), [("a".to_owned(), waiting)], "the pending one, not the delivered one");
+    assert_eq!(fresh_mark(&journal), Some(Vec::new()));
+    assert_eq!(journal.queue_fresh_jobs().await.unwrap(), 0, "nothing left to index");
+
+    let attempt = Attempt { at_ms: 5_000, latency_ms: 1, status: Some(200), error: None };
+    let job = journal.job(waiting, "a").unwrap().unwrap();
+    journal.record_attempt(&held, job, attempt, Decision::Delivered).await.unwrap();
+    assert!(queue_index(&journal).is_empty(), "its outcome took the entry out");
+    assert!(journal.queued("a").unwrap().is_empty());
+}

@@ -16,8 +16,9 @@ use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
+use super::fresh::{self, FreshJobs};
 use super::keys;
-use super::{Appended, DeliveryId, DeliveryRecord, Job, JournalError, NewDelivery, QueueClass};
+use super::{Appended, DeliveryId, DeliveryRecord, Job, JournalError, NewDelivery};
 
 /// Most appends written in one group; bounds the latency a group adds.
 const MAX_GROUP: usize = 512;
@@ -33,6 +34,8 @@ pub(crate) enum Request {
     /// Answer once every append queued before it is written: proves the
     /// thread is alive and keeping up (the systemd watchdog asks).
     Ping(oneshot::Sender<()>),
+    /// Queue every pending fresh job in `Q` and clear the mark.
+    QueueFresh(oneshot::Sender<Result<usize, JournalError>>),
 }
 
 /// Answers a [`Request::Write`] once its group is flushed.
@@ -42,6 +45,14 @@ pub(crate) type WriteReply = oneshot::Sender<Result<(), JournalError>>;
 pub(crate) enum Write {
     Insert(Vec<u8>, Vec<u8>),
     Remove(Vec<u8>),
+    /// A fresh job's first outcome is in this group: its queue entry goes if
+    /// it has one (left pending at the open); otherwise the fresh-job mark
+    /// may move past it once the group is flushed (see `fresh`).
+    SettleFresh {
+        delivery: DeliveryId,
+        target: String,
+        queue_key: Vec<u8>,
+    },
 }
 
 pub(crate) struct Append {
@@ -69,19 +80,25 @@ impl Writer {
         let flushes = Arc::new(AtomicU64::new(0));
         let counter = flushes.clone();
         let thread = std::thread::Builder::new().name("journal-writer".into()).spawn(move || {
+            // Opening the journal queued every fresh job left pending.
+            let mut fresh = FreshJobs::default();
             // Ends when the journal, and with it the sender, is dropped.
             while let Ok(first) = requests.recv() {
                 let mut group = Group::default();
                 let mut pings = Vec::new();
+                let mut queue_fresh = Vec::new();
                 for request in std::iter::once(first).chain(requests.try_iter().take(MAX_GROUP - 1)) {
                     match request {
                         Request::Append(append) => group.appends.push(append),
                         Request::Write(writes, reply) => group.writes.push((writes, reply)),
                         Request::Ping(reply) => pings.push(reply),
+                        Request::QueueFresh(reply) => queue_fresh.push(reply),
                     }
                 }
                 if !group.is_empty() {
-                    if !group.commit(&db, &tree, dedup_window_ms) && !failed.swap(true, Ordering::AcqRel) {
+                    if !group.commit(&db, &tree, dedup_window_ms, &mut fresh)
+                        && !failed.swap(true, Ordering::AcqRel)
+                    {
                         tracing::error!(
                             "journal write failed; refusing writes until the journal is reopened"
                         );
@@ -90,6 +107,17 @@ impl Writer {
                 }
                 for ping in pings {
                     let _ = ping.send(());
+                }
+                if !queue_fresh.is_empty() {
+                    // Afterwards the journal is as an open leaves it: nothing
+                    // unqueued, and a later outcome removes its job's entry.
+                    let queued = fresh::queue_leftovers(&db, &tree);
+                    if queued.is_ok() {
+                        fresh = FreshJobs::default();
+                    }
+                    for reply in queue_fresh {
+                        let _ = reply.send(queued.clone());
+                    }
                 }
             }
         })?;
@@ -127,6 +155,15 @@ impl Writer {
         answer.await.map_err(|_| stopped())
     }
 
+    /// Queues every pending fresh job in `Q` (see `fresh`).
+    pub(crate) async fn queue_fresh_jobs(&self) -> Result<usize, JournalError> {
+        let stopped = || JournalError::Storage("the journal writer has stopped".to_owned());
+        let (reply, answer) = oneshot::channel();
+        let queue = self.queue.as_ref().expect("queue lives until drop");
+        queue.send(Request::QueueFresh(reply)).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
     /// Groups written (= flushes) so far; with concurrent writers, fewer than appends.
     pub(crate) fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
@@ -159,28 +196,54 @@ impl Group {
     /// Writes the whole group as one batch, flushes, and answers every
     /// caller; false when the write or the flush failed (every caller got
     /// the error).
-    fn commit(self, db: &sled::Db, tree: &sled::Tree, dedup_window_ms: u64) -> bool {
+    fn commit(self, db: &sled::Db, tree: &sled::Tree, dedup_window_ms: u64, fresh: &mut FreshJobs) -> bool {
         let mut batch = sled::Batch::default();
         // Dedup keys written by this group: a duplicate within the group
         // points at the first one.
         let mut in_group: HashMap<Vec<u8>, (DeliveryId, bool)> = HashMap::new();
         let mut outcomes = Vec::with_capacity(self.appends.len());
         for Append { new, targets, reply } in self.appends {
-            outcomes.push((reply, plan(db, tree, dedup_window_ms, new, &targets, &mut in_group, &mut batch)));
+            let outcome = plan(db, tree, dedup_window_ms, new, &targets, &mut in_group, &mut batch);
+            if let Ok(Appended { id, duplicate: false }) = outcome {
+                fresh.appended(id, &targets);
+            }
+            outcomes.push((reply, outcome));
         }
         // Outcomes touch jobs of earlier deliveries only: never a key an
         // append of this group writes.
         let mut written_replies = Vec::with_capacity(self.writes.len());
+        let mut settled = Vec::new();
         for (writes, reply) in self.writes {
             for write in writes {
                 match write {
                     Write::Insert(key, value) => batch.insert(key, value),
                     Write::Remove(key) => batch.remove(key),
+                    Write::SettleFresh { delivery, target, queue_key } => {
+                        if fresh.tracks(delivery, &target) {
+                            settled.push((delivery, target));
+                        } else {
+                            batch.remove(queue_key);
+                        }
+                    }
                 }
             }
             written_replies.push(reply);
         }
+        // Covers this group's appends, not yet its settled jobs: the mark
+        // passes a job only once its outcome is on disk.
+        let mark = fresh.mark_update();
+        if let Some(mark) = mark {
+            batch.insert(keys::FRESH_FROM, fresh::encode_mark(mark));
+        }
         let written = tree.apply_batch(batch).and_then(|()| db.flush().map(drop));
+        if written.is_ok() {
+            if let Some(mark) = mark {
+                fresh.mark_written(mark);
+            }
+            for (delivery, target) in &settled {
+                fresh.settled(*delivery, target);
+            }
+        }
         let failure = || written.as_ref().err().map(|err| JournalError::Storage(err.to_string()));
         for (reply, outcome) in outcomes {
             // A caller whose request was cancelled is gone; fine.
@@ -247,9 +310,9 @@ fn plan(
         body: new.body,
     };
     batch.insert(keys::delivery(id), record.encode());
+    // Not queued in `Q`: found from the fresh-job mark (see `fresh`).
     for target in targets {
         batch.insert(keys::job(id, target), Job::new(id, target, received_at_ms, None).encode());
-        batch.insert(keys::queue(target, QueueClass::Fresh, received_at_ms, id), &[]);
     }
     batch.insert(dedup_key.clone(), &id.to_key());
     in_group.insert(dedup_key, (id, false));

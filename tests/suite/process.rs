@@ -497,3 +497,38 @@ fn targets_cli_lists_pauses_and_resumes_through_the_admin_api() {
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach the admin API"));
     drop(daemon);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_leaves_pending_jobs_where_an_earlier_version_looks_for_them() {
+    const N: usize = 20;
+    const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";
+    let dir = tempfile::tempdir().unwrap();
+    let target = crate::common::target::TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let targets = format!(
+        "[targets.t]\nsource = \"parallel\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\n",
+        target.url()
+    );
+    let config_path = write_config(dir.path(), &targets);
+    let mut daemon = Daemon::start(&config_path);
+    // Paused, so every job is still fresh and pending at the stop.
+    let pause = hyper::Request::post("/v1/targets/t/pause")
+        .header("host", "localhost")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(send_plain(daemon.admin_addr, pause).await.status, 200);
+    let bodies: Vec<(String, String)> = (0..N)
+        .map(|i| (format!("whevent_p{i:02}"), format!(r#"{{"type":"monitor.event.detected","n":{i}}}"#)))
+        .collect();
+    assert!(send_all(daemon.addr, &bodies, 4).await.iter().all(|(status, _)| *status == 200));
+    daemon.signal("TERM");
+    assert!(daemon.wait().success());
+    assert!(daemon.logs().contains("pending fresh jobs queued for the next start"), "{}", daemon.logs());
+    drop(daemon);
+
+    // Earlier versions find pending jobs through the queue index alone
+    // (keys `Q` target `\0` ...): every job is there.
+    let db = sled::open(Config::load(&config_path).unwrap().journal.path).unwrap();
+    let index = db.open_tree("journal").unwrap().scan_prefix(b"Qt\0").count();
+    assert_eq!(index, N);
+    assert!(target.received().is_empty());
+}

@@ -1,0 +1,206 @@
+//! Fresh jobs stay out of the queue index.
+//!
+//! A fresh job (a delivery's first attempt at a target) is found by its job
+//! key alone: jobs are keyed by delivery id, so the pending fresh jobs are
+//! the pending, unqueued jobs from a low-water mark on. Leaving them out of
+//! `Q` saves two writes per job (the entry at append, its removal at the
+//! first outcome), most of sled's work per delivery with fan-out.
+//!
+//! The mark (`M:fresh-from`) is the smallest delivery id that may still have
+//! an unqueued pending job; absent or empty, there is none. The writer thread
+//! keeps it true:
+//! - an append below the mark lowers it in the same atomic batch (ids follow
+//!   the receive clock, so a late request can sort before an earlier one);
+//! - a first outcome takes its job out of [`FreshJobs`] only once flushed, and
+//!   the mark moves up with a later group: it only ever lags, never leads.
+//!
+//! Opening the journal queues (in `Q`) every unqueued pending job it finds from
+//! the mark on and clears the mark, so a writer starts with nothing in flight
+//! and a job whose target is gone from the configuration is indexed as before.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::{DeliveryId, Job, JobState, JournalError, QueueClass, QueueEntry, decode_job, keys};
+
+/// The writer thread's record of the fresh jobs it appended and whose first
+/// outcome is not yet flushed: what pins the mark.
+#[derive(Debug, Default)]
+pub(crate) struct FreshJobs {
+    unsettled: BTreeMap<DeliveryId, Vec<String>>,
+    /// The mark as last written (`None`: no unqueued pending job).
+    persisted: Option<DeliveryId>,
+}
+
+impl FreshJobs {
+    /// A delivery's fresh jobs, about to be written.
+    pub(crate) fn appended(&mut self, id: DeliveryId, targets: &[String]) {
+        if !targets.is_empty() {
+            self.unsettled.entry(id).or_default().extend(targets.iter().cloned());
+        }
+    }
+
+    /// Whether this writer appended the job and it is still unsettled: if
+    /// not, it was queued when the journal was opened and its `Q` entry
+    /// must go.
+    pub(crate) fn tracks(&self, id: DeliveryId, target: &str) -> bool {
+        self.unsettled.get(&id).is_some_and(|targets| targets.iter().any(|t| t == target))
+    }
+
+    /// The job's first outcome is flushed. Idempotent.
+    pub(crate) fn settled(&mut self, id: DeliveryId, target: &str) {
+        if let Some(targets) = self.unsettled.get_mut(&id) {
+            targets.retain(|t| t != target);
+            if targets.is_empty() {
+                self.unsettled.remove(&id);
+            }
+        }
+    }
+
+    /// The mark to write with the group being built, if it changed.
+    pub(crate) fn mark_update(&self) -> Option<Option<DeliveryId>> {
+        let wanted = self.wanted();
+        (wanted != self.persisted).then_some(wanted)
+    }
+
+    /// The group that carried [`FreshJobs::mark_update`] is flushed.
+    pub(crate) fn mark_written(&mut self, mark: Option<DeliveryId>) {
+        self.persisted = mark;
+    }
+
+    pub(crate) fn wanted(&self) -> Option<DeliveryId> {
+        self.unsettled.keys().next().copied()
+    }
+}
+
+pub(crate) fn encode_mark(mark: Option<DeliveryId>) -> Vec<u8> {
+    mark.map_or_else(Vec::new, |id| id.to_key().to_vec())
+}
+
+/// The persisted mark: `None` when no job needs looking for.
+fn read_mark(tree: &sled::Tree) -> Result<Option<DeliveryId>, JournalError> {
+    let Some(value) = tree.get(keys::FRESH_FROM)? else { return Ok(None) };
+    if value.is_empty() {
+        return Ok(None);
+    }
+    DeliveryId::from_key(&value).map(Some).ok_or_else(|| JournalError::Corrupt {
+        key: "fresh-job mark".to_owned(),
+        error: super::DecodeError::Truncated,
+    })
+}
+
+/// Every `(delivery, target)` pair the queue index holds.
+fn queued_pairs(tree: &sled::Tree, prefix: &[u8]) -> Result<HashSet<(DeliveryId, String)>, JournalError> {
+    tree.scan_prefix(prefix)
+        .map(|entry| {
+            let (key, _) = entry?;
+            keys::parse_queue(&key).map(|(target, entry)| (entry.delivery, target.to_owned())).ok_or_else(
+                || JournalError::Corrupt { key: format!("{key:02x?}"), error: super::DecodeError::Truncated },
+            )
+        })
+        .collect()
+}
+
+/// The pending jobs from the mark on that the queue index lacks (of one
+/// target, or of all), each with the queue entry it stands for.
+pub(super) fn unqueued(
+    tree: &sled::Tree,
+    target: Option<&str>,
+) -> Result<Vec<(Job, QueueEntry)>, JournalError> {
+    let Some(from) = read_mark(tree)? else { return Ok(Vec::new()) };
+    let queued =
+        queued_pairs(tree, &target.map_or_else(|| keys::QUEUE_ALL.to_vec(), keys::queue_target_prefix))?;
+    let mut found = Vec::new();
+    for entry in tree.range(keys::job_prefix(from)..) {
+        let (key, value) = entry?;
+        if !key.starts_with(keys::JOB) {
+            break;
+        }
+        if target
+            .is_some_and(|t| !key.ends_with(t.as_bytes()) || key.len() != 1 + DeliveryId::KEY_LEN + t.len())
+        {
+            continue;
+        }
+        let job = decode_job(&key, &value)?;
+        if job.state != JobState::Pending || queued.contains(&(job.delivery, job.target.clone())) {
+            continue;
+        }
+        let entry = queue_entry_for(&job);
+        found.push((job, entry));
+    }
+    Ok(found)
+}
+
+/// Where a pending job belongs in its target's queue.
+fn queue_entry_for(job: &Job) -> QueueEntry {
+    let (class, due_ms) = if job.replay.is_some() {
+        (QueueClass::Replay, job.next_attempt_at_ms)
+    } else if job.attempts > 0 {
+        (QueueClass::Retry, job.next_attempt_at_ms)
+    } else {
+        (QueueClass::Fresh, job.delivery.received_at_ms)
+    };
+    QueueEntry::new(&job.target, class, due_ms, job.delivery)
+}
+
+/// At open: queues every unqueued pending job and clears the mark, in one
+/// flushed batch. Returns how many jobs it queued.
+pub(super) fn queue_leftovers(db: &sled::Db, tree: &sled::Tree) -> Result<usize, JournalError> {
+    if read_mark(tree)?.is_none() {
+        return Ok(0);
+    }
+    let found = unqueued(tree, None)?;
+    let mut batch = sled::Batch::default();
+    for (_, entry) in &found {
+        batch.insert(entry.key.as_slice(), &[]);
+    }
+    batch.insert(keys::FRESH_FROM, encode_mark(None));
+    tree.apply_batch(batch)?;
+    db.flush()?;
+    Ok(found.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ms: u64) -> DeliveryId {
+        DeliveryId { received_at_ms: ms, seq: ms }
+    }
+
+    fn targets(names: &[&str]) -> Vec<String> {
+        names.iter().map(|&n| n.to_owned()).collect()
+    }
+
+    #[test]
+    fn the_mark_is_the_oldest_unsettled_delivery_and_only_moves_when_written() {
+        let mut fresh = FreshJobs::default();
+        assert_eq!(fresh.mark_update(), None, "nothing appended, nothing to write");
+        fresh.appended(id(20), &targets(&["a", "b"]));
+        fresh.appended(id(10), &targets(&["a"])); // received earlier, appended later
+        fresh.appended(id(30), &[]); // no jobs: no pin
+        assert_eq!(fresh.wanted(), Some(id(10)));
+        assert_eq!(fresh.mark_update(), Some(Some(id(10))));
+        fresh.mark_written(Some(id(10)));
+        assert_eq!(fresh.mark_update(), None, "unchanged");
+
+        fresh.settled(id(10), "a");
+        assert_eq!(fresh.wanted(), Some(id(20)));
+        fresh.settled(id(20), "a");
+        fresh.settled(id(20), "a"); // twice: still waits for b
+        assert_eq!(fresh.wanted(), Some(id(20)));
+        assert!(fresh.tracks(id(20), "b") && !fresh.tracks(id(20), "a"));
+        fresh.settled(id(20), "b");
+        assert_eq!(fresh.wanted(), None);
+        assert_eq!(fresh.mark_update(), Some(None), "cleared");
+    }
+
+    #[test]
+    fn a_job_it_did_not_append_is_not_tracked() {
+        let mut fresh = FreshJobs::default();
+        fresh.appended(id(5), &targets(&["a"]));
+        assert!(!fresh.tracks(id(5), "b"));
+        assert!(!fresh.tracks(id(6), "a"));
+        fresh.settled(id(6), "a"); // unknown: no effect
+        assert_eq!(fresh.wanted(), Some(id(5)));
+    }
+}
