@@ -338,7 +338,10 @@ impl Gateway {
             Ok(0) => {}
             Ok(jobs) => tracing::info!(jobs, "pending fresh jobs queued for the next start"),
             Err(err) => {
-                tracing::warn!(error = %err, "could not queue the pending fresh jobs; the next start will")
+                tracing::error!(
+                    error = %err,
+                    "could not queue the pending fresh jobs: the next start will, but an earlier version would not see them (do not roll back before that)"
+                )
             }
         }
         // (Cancelled only when the runtime itself is going away.)

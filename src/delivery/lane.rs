@@ -217,7 +217,7 @@ impl Lane {
         }
     }
 
-    /// Queues every job the journal's queue index holds for this target
+    /// Queues every pending job the journal holds for this target
     /// that is neither queued nor in flight here: after a reopen, the jobs
     /// whose outcomes could not be recorded. Entries already queued stay
     /// (each is durable: pushed only after its write was flushed), and

@@ -18,15 +18,17 @@
 //! the mark on and clears the mark, so a writer starts with nothing in flight
 //! and a job whose target is gone from the configuration is indexed as before.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::{DeliveryId, Job, JobState, JournalError, QueueClass, QueueEntry, decode_job, keys};
 
 /// The writer thread's record of the fresh jobs it appended and whose first
-/// outcome is not yet flushed: what pins the mark.
+/// outcome is not yet flushed: what pins the mark. One ordered set of
+/// delivery ids per target (about 30 bytes a job): a target that is down
+/// or paused can hold a million of them.
 #[derive(Debug, Default)]
 pub(crate) struct FreshJobs {
-    unsettled: BTreeMap<DeliveryId, Vec<String>>,
+    unsettled: HashMap<String, BTreeSet<DeliveryId>>,
     /// The mark as last written (`None`: no unqueued pending job).
     persisted: Option<DeliveryId>,
 }
@@ -34,8 +36,11 @@ pub(crate) struct FreshJobs {
 impl FreshJobs {
     /// A delivery's fresh jobs, about to be written.
     pub(crate) fn appended(&mut self, id: DeliveryId, targets: &[String]) {
-        if !targets.is_empty() {
-            self.unsettled.entry(id).or_default().extend(targets.iter().cloned());
+        for target in targets {
+            match self.unsettled.get_mut(target) {
+                Some(ids) => ids.insert(id),
+                None => self.unsettled.entry(target.clone()).or_default().insert(id),
+            };
         }
     }
 
@@ -43,16 +48,13 @@ impl FreshJobs {
     /// not, it was queued when the journal was opened and its `Q` entry
     /// must go.
     pub(crate) fn tracks(&self, id: DeliveryId, target: &str) -> bool {
-        self.unsettled.get(&id).is_some_and(|targets| targets.iter().any(|t| t == target))
+        self.unsettled.get(target).is_some_and(|ids| ids.contains(&id))
     }
 
     /// The job's first outcome is flushed. Idempotent.
     pub(crate) fn settled(&mut self, id: DeliveryId, target: &str) {
-        if let Some(targets) = self.unsettled.get_mut(&id) {
-            targets.retain(|t| t != target);
-            if targets.is_empty() {
-                self.unsettled.remove(&id);
-            }
+        if let Some(ids) = self.unsettled.get_mut(target) {
+            ids.remove(&id);
         }
     }
 
@@ -68,7 +70,7 @@ impl FreshJobs {
     }
 
     pub(crate) fn wanted(&self) -> Option<DeliveryId> {
-        self.unsettled.keys().next().copied()
+        self.unsettled.values().filter_map(|ids| ids.first()).min().copied()
     }
 }
 
@@ -90,18 +92,21 @@ fn read_mark(tree: &sled::Tree) -> Result<Option<DeliveryId>, JournalError> {
 
 /// Every `(delivery, target)` pair the queue index holds.
 fn queued_pairs(tree: &sled::Tree, prefix: &[u8]) -> Result<HashSet<(DeliveryId, String)>, JournalError> {
-    tree.scan_prefix(prefix)
-        .map(|entry| {
-            let (key, _) = entry?;
-            keys::parse_queue(&key).map(|(target, entry)| (entry.delivery, target.to_owned())).ok_or_else(
-                || JournalError::Corrupt { key: format!("{key:02x?}"), error: super::DecodeError::Truncated },
-            )
-        })
-        .collect()
+    let mut pairs = HashSet::new();
+    for entry in tree.scan_prefix(prefix) {
+        let (key, _) = entry?;
+        match keys::parse_queue(&key) {
+            Some((target, entry)) => pairs.insert((entry.delivery, target.to_owned())),
+            None => continue, // not ours to judge here: `Journal::queued` reports it
+        };
+    }
+    Ok(pairs)
 }
 
 /// The pending jobs from the mark on that the queue index lacks (of one
-/// target, or of all), each with the queue entry it stands for.
+/// target, or of all), each with the queue entry it stands for. A job that
+/// cannot be decoded could not be attempted either: it is logged and left
+/// out, so one damaged record never stops the journal from opening.
 pub(super) fn unqueued(
     tree: &sled::Tree,
     target: Option<&str>,
@@ -120,7 +125,13 @@ pub(super) fn unqueued(
         {
             continue;
         }
-        let job = decode_job(&key, &value)?;
+        let job = match decode_job(&key, &value) {
+            Ok(job) => job,
+            Err(err) => {
+                tracing::error!(error = %err, "skipping a job that cannot be decoded");
+                continue;
+            }
+        };
         if job.state != JobState::Pending || queued.contains(&(job.delivery, job.target.clone())) {
             continue;
         }
@@ -142,21 +153,60 @@ fn queue_entry_for(job: &Job) -> QueueEntry {
     QueueEntry::new(&job.target, class, due_ms, job.delivery)
 }
 
-/// At open: queues every unqueued pending job and clears the mark, in one
-/// flushed batch. Returns how many jobs it queued.
-pub(super) fn queue_leftovers(db: &sled::Db, tree: &sled::Tree) -> Result<usize, JournalError> {
-    if read_mark(tree)?.is_none() {
-        return Ok(0);
-    }
-    let found = unqueued(tree, None)?;
+/// The batch that queues `jobs` and clears the mark.
+fn index_batch(jobs: &[(Job, QueueEntry)]) -> sled::Batch {
     let mut batch = sled::Batch::default();
-    for (_, entry) in &found {
+    for (_, entry) in jobs {
         batch.insert(entry.key.as_slice(), &[]);
     }
     batch.insert(keys::FRESH_FROM, encode_mark(None));
-    tree.apply_batch(batch)?;
-    db.flush()?;
-    Ok(found.len())
+    batch
+}
+
+/// At open: queues every unqueued pending job and clears the mark, in one
+/// flushed batch, and returns what the writer thread starts from. When that
+/// write fails (a full disk) the journal opens all the same, readable and
+/// refusing writes as usual: the mark stays, and the writer starts knowing
+/// those jobs, so it never moves the mark past them.
+pub(super) fn recover(db: &sled::Db, tree: &sled::Tree) -> Result<FreshJobs, JournalError> {
+    recover_with(tree, |batch| tree.apply_batch(batch).and_then(|()| db.flush().map(drop)))
+}
+
+pub(super) fn recover_with(
+    tree: &sled::Tree,
+    write: impl FnOnce(sled::Batch) -> sled::Result<()>,
+) -> Result<FreshJobs, JournalError> {
+    let Some(mark) = read_mark(tree)? else { return Ok(FreshJobs::default()) };
+    let leftovers = unqueued(tree, None)?;
+    match write(index_batch(&leftovers)) {
+        Ok(()) => {
+            tracing::debug!(jobs = leftovers.len(), "queued the fresh jobs left pending");
+            Ok(FreshJobs::default())
+        }
+        Err(err) => {
+            tracing::warn!(
+                error = %err, jobs = leftovers.len(),
+                "cannot queue the fresh jobs left pending; finding them by the mark until a later start"
+            );
+            let mut fresh = FreshJobs { persisted: Some(mark), ..FreshJobs::default() };
+            for (job, _) in &leftovers {
+                fresh.appended(job.delivery, std::slice::from_ref(&job.target));
+            }
+            Ok(fresh)
+        }
+    }
+}
+
+/// Queues every unqueued pending job and clears the mark, in the tree (not
+/// yet flushed). For the writer thread, which then starts over with an
+/// empty [`FreshJobs`]. Returns how many jobs it queued.
+pub(super) fn queue_all(tree: &sled::Tree) -> Result<usize, JournalError> {
+    if read_mark(tree)?.is_none() {
+        return Ok(0);
+    }
+    let leftovers = unqueued(tree, None)?;
+    tree.apply_batch(index_batch(&leftovers))?;
+    Ok(leftovers.len())
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 //! - `Q` target `\0` class due_ms delivery id → empty: the work index of
 //!   pending jobs. Class 1 is a retry (ordered by due time), class 2 a
 //!   replayed job or its retry, class 0 a fresh job (due = arrival, so FIFO)
-//!   left pending at the last open. A job stays indexed while its attempt is
+//!   left pending at the last open or clean stop (or by an earlier version). A job stays indexed while its attempt is
 //!   in flight, so a crash leaves it pending and it is retried at the next
 //!   start. Fresh jobs appended since the open are not indexed: they are the
 //!   pending jobs from the `M:fresh-from` mark on (see `fresh`).
@@ -180,11 +180,8 @@ impl Store {
             }
         };
         let tree = db.open_tree("journal")?;
-        let queued = fresh::queue_leftovers(&db, &tree)?;
-        if queued > 0 {
-            tracing::debug!(jobs = queued, "queued the fresh jobs left pending");
-        }
-        let writer = Writer::start(db.clone(), tree.clone(), dedup_window_ms, failed)
+        let fresh = fresh::recover(&db, &tree)?;
+        let writer = Writer::start(db.clone(), tree.clone(), dedup_window_ms, failed, fresh)
             .map_err(|err| JournalError::Storage(format!("cannot start the journal writer: {err}")))?;
         Ok(Store { db, tree, writer })
     }

@@ -638,3 +638,42 @@ async fn queueing_the_fresh_jobs_indexes_the_pending_ones_and_their_outcomes_sti
     assert!(queue_index(&journal).is_empty(), "its outcome took the entry out");
     assert!(journal.queued("a").unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_journal_that_cannot_queue_its_leftovers_at_open_keeps_them_behind_the_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let targets = vec!["a".to_owned()];
+    let (first, second) = {
+        let journal = Journal::open(&config(dir.path())).unwrap();
+        let first = journal.append(delivery("evt_1", 1_000), &targets).await.unwrap().id;
+        let second = journal.append(delivery("evt_2", 2_000), &targets).await.unwrap().id;
+        (first, second) // dropped without a clean stop: both unqueued
+    };
+    let deadline = Instant::now() + LOCK_WAIT;
+    let db = loop {
+        match sled::open(config(dir.path()).path) {
+            Ok(db) => break db,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(err) => panic!("{err}"),
+        }
+    };
+    let tree = db.open_tree("journal").unwrap();
+    // A damaged job past the mark is skipped, not fatal.
+    tree.insert(keys::job(DeliveryId { received_at_ms: 1_500, seq: 0 }, "a"), &b"garbage"[..]).unwrap();
+
+    // The write fails (a full disk): the journal still opens, the mark stays
+    // where it is, and the writer knows both jobs.
+    let full = |_| Err(sled::Error::Io(std::io::Error::other("no space left on device")));
+    let mut fresh = fresh::recover_with(&tree, full).unwrap();
+    assert!(fresh.tracks(first, "a") && fresh.tracks(second, "a"));
+    assert_eq!(fresh.mark_update(), None, "the mark on disk already covers them");
+    assert_eq!(tree.get(keys::FRESH_FROM).unwrap().as_deref(), Some(&first.to_key()[..]));
+    fresh.settled(first, "a");
+    assert_eq!(fresh.mark_update(), Some(Some(second)), "it moves up to the next, never past it");
+
+    // With room again, both are queued and the mark cleared.
+    let fresh = fresh::recover(&db, &tree).unwrap();
+    assert_eq!(fresh.wanted(), None);
+    assert_eq!(tree.scan_prefix(keys::queue_target_prefix("a")).count(), 2);
+    assert_eq!(tree.get(keys::FRESH_FROM).unwrap().as_deref(), Some(&[][..]));
+}

@@ -75,13 +75,14 @@ impl Writer {
         tree: sled::Tree,
         dedup_window_ms: u64,
         failed: Arc<AtomicBool>,
+        fresh: FreshJobs,
     ) -> std::io::Result<Self> {
         let (queue, requests) = mpsc::channel::<Request>();
         let flushes = Arc::new(AtomicU64::new(0));
         let counter = flushes.clone();
         let thread = std::thread::Builder::new().name("journal-writer".into()).spawn(move || {
-            // Opening the journal queued every fresh job left pending.
-            let mut fresh = FreshJobs::default();
+            // What opening the journal left unqueued (normally nothing).
+            let mut fresh = fresh;
             // Ends when the journal, and with it the sender, is dropped.
             while let Ok(first) = requests.recv() {
                 let mut group = Group::default();
@@ -109,11 +110,16 @@ impl Writer {
                     let _ = ping.send(());
                 }
                 if !queue_fresh.is_empty() {
-                    // Afterwards the journal is as an open leaves it: nothing
-                    // unqueued, and a later outcome removes its job's entry.
-                    let queued = fresh::queue_leftovers(&db, &tree);
-                    if queued.is_ok() {
+                    let queued = fresh::queue_all(&tree).and_then(|jobs| {
+                        // The tree is now as an open leaves it: nothing
+                        // unqueued, and a later outcome removes its job's entry.
                         fresh = FreshJobs::default();
+                        db.flush().map(|_| jobs).map_err(JournalError::from)
+                    });
+                    if queued.is_err() && !failed.swap(true, Ordering::AcqRel) {
+                        tracing::error!(
+                            "journal write failed; refusing writes until the journal is reopened"
+                        );
                     }
                     for reply in queue_fresh {
                         let _ = reply.send(queued.clone());
