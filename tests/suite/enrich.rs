@@ -271,7 +271,7 @@ async fn the_api_key_never_reaches_the_logs() {
     assert_eq!(refused.status, 502);
     assert!(refused.text().contains("[redacted]"), "the echoed key is redacted: {}", refused.text());
     daemon.signal("TERM");
-    assert!(daemon.wait().success());
+    assert!(daemon.wait().await.success());
     let logs = daemon.logs();
     assert!(logs.contains("enrichment fetched") && logs.contains("backfill"), "debug logs were captured");
     assert!(!logs.contains(API_KEY), "the API key reached the logs");

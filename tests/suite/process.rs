@@ -83,7 +83,7 @@ async fn acknowledged_deliveries_survive_sigkill() {
         assert_eq!(json["id"].as_str(), Some(id.as_str()));
     }
     daemon.signal("TERM");
-    let status = daemon.wait();
+    let status = daemon.wait().await;
     assert!(status.success(), "SIGTERM exits 0, got {status}");
     let logs = format!("{first_logs}\n{}", daemon.logs());
     assert!(logs.contains("journal flushed; stopped"));
@@ -258,7 +258,7 @@ async fn sign_output_is_accepted_by_the_gateway() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("SURELY_UNSET_FOR_TEST is not set"));
     daemon.signal("INT");
-    assert!(daemon.wait().success(), "SIGINT exits 0 too");
+    assert!(daemon.wait().await.success(), "SIGINT exits 0 too");
 }
 
 /// A child process whose stdout lines are collected.
@@ -521,7 +521,7 @@ async fn a_clean_stop_leaves_pending_jobs_where_an_earlier_version_looks_for_the
         .collect();
     assert!(send_all(daemon.addr, &bodies, 4).await.iter().all(|(status, _)| *status == 200));
     daemon.signal("TERM");
-    assert!(daemon.wait().success());
+    assert!(daemon.wait().await.success());
     assert!(daemon.logs().contains("pending fresh jobs queued for the next start"), "{}", daemon.logs());
     drop(daemon);
 

@@ -210,7 +210,7 @@ async fn a_disk_that_refuses_writes_gets_503_and_recovers_when_space_returns() {
         assert!(Instant::now() < unready_by, "/readyz never said the journal refuses writes");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    daemon.wait_for_log("refusing writes until the journal is reopened", Duration::from_secs(5));
+    daemon.wait_for_log("refusing writes until the journal is reopened", Duration::from_secs(5)).await;
     println!("disk: {} accepted, then 503 with Retry-After at the {LIMIT}-byte file limit", acked.len());
 
     // Space returns.
@@ -378,7 +378,7 @@ async fn sigkill_under_load_loses_no_acknowledged_webhook() {
                 assert_eq!(got.len(), expected.len());
             }
             daemon.signal("TERM");
-            assert!(daemon.wait().success());
+            assert!(daemon.wait().await.success());
         }
     }
     println!("crash: {kills} SIGKILLs, {} acknowledged of {n} sent, none lost", acked.len());
@@ -570,7 +570,7 @@ async fn ten_times_the_rate_limit_is_refused_cleanly_and_the_rest_delivered() {
     let peak = peak_rss_kib(daemon.child.id());
     let mut daemon = daemon;
     daemon.signal("TERM");
-    assert!(daemon.wait().success());
+    assert!(daemon.wait().await.success());
     // When the gateway sent each attempt (recorded in the journal, taken
     // right after the rate limiter let it go): in any stretch of time at
     // most burst + rate × its length, +1 for millisecond rounding.
@@ -761,7 +761,7 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_others_are_served() 
     for _ in 0..150 {
         idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
     }
-    daemon.wait_for_log("every connection slot is taken", Duration::from_secs(10));
+    daemon.wait_for_log("every connection slot is taken", Duration::from_secs(10)).await;
     assert_served(addr, &client, "whevent_hostile_past_max_connections").await;
     drop(idle);
     check("150 idle connections, max_connections = 64", "closed at header_timeout; others served".into());
@@ -968,7 +968,7 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_others_are_served() 
     println!("hostile: {} attacks; the gateway kept serving; peak RSS {} MiB", findings.len(), peak / 1024);
     assert!(peak < 256 * 1024, "peak RSS {peak} KiB");
     daemon.signal("TERM");
-    assert!(daemon.wait().success());
+    assert!(daemon.wait().await.success());
     let logs = daemon.logs();
     assert!(!logs.contains("panicked"), "a panic in the logs");
     for secret in [SECRET, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", ADMIN_TOKEN] {
@@ -1052,7 +1052,7 @@ async fn security_checks_hold_and_no_secret_reaches_the_logs() {
     }
 
     daemon.signal("TERM");
-    assert!(daemon.wait().success());
+    assert!(daemon.wait().await.success());
     let logs = daemon.logs();
     assert!(logs.contains("\"level\":\"DEBUG\""), "logs were captured at debug level");
     // Each secret whole and its key part, as configured and as decoded.

@@ -157,7 +157,7 @@ fn tells_systemd_ready_status_watchdog_reloading_and_stopping() {
 
     daemon.signal("TERM");
     expect_message(&socket, "STOPPING=1", |m| m.starts_with("STOPPING=1"));
-    assert!(daemon.wait().success());
+    assert!(daemon.wait_blocking().success());
 }
 
 fn target_table(url: &str, secret: &str, extra: &str) -> String {
@@ -197,9 +197,7 @@ async fn sighup_swaps_target_url_and_secrets_keeps_in_flight_work_and_survives_a
     );
     std::fs::write(&config, text.replace("shutdown_grace = \"5s\"", "shutdown_grace = \"6s\"")).unwrap();
     daemon.signal("HUP");
-    let reloaded = tokio::task::block_in_place(|| {
-        daemon.wait_for_log("configuration reloaded", Duration::from_secs(20))
-    });
+    let reloaded = daemon.wait_for_log("configuration reloaded", Duration::from_secs(20)).await;
     assert!(reloaded.contains("server.shutdown_grace"), "names what needs a restart: {reloaded}");
     let first_id = first.json()["id"].as_str().unwrap().to_owned();
     let during = admin_get(daemon.admin_addr, &format!("/v1/deliveries/{first_id}")).await.json();
@@ -242,9 +240,7 @@ async fn sighup_swaps_target_url_and_secrets_keeps_in_flight_work_and_survives_a
     // A broken config is refused; the gateway keeps serving on the last good one.
     std::fs::write(&config, "[server\nlisten = ").unwrap();
     daemon.signal("HUP");
-    let failed = tokio::task::block_in_place(|| {
-        daemon.wait_for_log("configuration reload failed", Duration::from_secs(20))
-    });
+    let failed = daemon.wait_for_log("configuration reload failed", Duration::from_secs(20)).await;
     assert!(failed.contains("hookrelay.toml"), "the error names the file: {failed}");
     let third = send_plain(
         daemon.addr,

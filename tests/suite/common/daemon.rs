@@ -63,14 +63,21 @@ impl Daemon {
         assert!(status.success());
     }
 
-    pub fn wait(&mut self) -> std::process::ExitStatus {
+    /// Waits (up to 30 s) for the process to exit, without blocking the
+    /// test's runtime: its targets and fake APIs run on it.
+    pub async fn wait(&mut self) -> std::process::ExitStatus {
         for _ in 0..300 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("the daemon did not exit");
+    }
+
+    /// [`Daemon::wait`] for a test with no runtime.
+    pub fn wait_blocking(&mut self) -> std::process::ExitStatus {
+        tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(self.wait())
     }
 
     pub fn logs(&self) -> String {
@@ -78,7 +85,7 @@ impl Daemon {
     }
 
     /// Waits until a log line contains `text`; returns that line.
-    pub fn wait_for_log(&self, text: &str, within: Duration) -> String {
+    pub async fn wait_for_log(&self, text: &str, within: Duration) -> String {
         let deadline = std::time::Instant::now() + within;
         loop {
             if let Some(line) = self.logs.lock().unwrap().iter().find(|line| line.contains(text)) {
@@ -89,7 +96,7 @@ impl Daemon {
                 "no log line with {text:?}; logs:\n{}",
                 self.logs()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
