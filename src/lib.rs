@@ -89,6 +89,10 @@ pub enum GatewayError {
 /// How often expired dedup entries and delivered deliveries past
 /// `journal.retention` are swept.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+/// How long a fresh job waits before it is indexed like a retry (see
+/// [`queue_waiting_jobs_periodically`]), and how often that is checked.
+const WAITING_JOB_AGE: Duration = Duration::from_secs(60);
+const WAITING_JOB_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How often `STATUS=` is refreshed for systemd (and at most how long
 /// between watchdog pings, which come at half `WATCHDOG_USEC`).
@@ -225,6 +229,7 @@ impl Gateway {
             max_connections: config.server.max_connections,
         };
         let pruner = tokio::spawn(prune_periodically(journal.clone(), config.journal.retention));
+        let indexer = tokio::spawn(queue_waiting_jobs_periodically(journal.clone()));
         let doctor = tokio::spawn(recover_journal(journal.clone(), dispatcher.status()));
         let reconciler = tokio::spawn(backfiller.clone().reconcile_periodically());
         let addr = listener
@@ -328,7 +333,7 @@ impl Gateway {
         tokio::join!(work, administering);
         // Awaited, so their handles on the journal are gone when `run`
         // returns (sled keeps its directory locked while any handle lives).
-        for task in [pruner, doctor, reconciler] {
+        for task in [pruner, indexer, doctor, reconciler] {
             task.abort();
             let _ = task.await;
         }
@@ -422,6 +427,33 @@ async fn recover_journal(journal: Arc<Journal>, lanes: delivery::LaneStatus) {
             Err(err) => {
                 tracing::error!(error = %err, "journal recovery panicked");
                 backoff = (backoff * 2).min(REOPEN_BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Indexes the fresh jobs that have waited longer than [`WAITING_JOB_AGE`]
+/// (their target down, paused or removed), so that the journal's fresh-job
+/// mark stays recent and a start scans minutes of jobs, not months.
+async fn queue_waiting_jobs_periodically(journal: Arc<Journal>) {
+    const CHUNK: usize = 10_000;
+    let mut interval = tokio::time::interval(WAITING_JOB_INTERVAL);
+    loop {
+        interval.tick().await;
+        let before = time::now_ms().saturating_sub(u64::try_from(WAITING_JOB_AGE.as_millis()).unwrap_or(0));
+        // In chunks, so a backlog of millions never stalls appends for long.
+        for _ in 0..100 {
+            match journal.queue_waiting_fresh_jobs(before, CHUNK).await {
+                Ok(asked) if asked == CHUNK => continue,
+                Ok(0) => break,
+                Ok(asked) => {
+                    tracing::debug!(jobs = asked, "indexed fresh jobs that have waited");
+                    break;
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "could not index the fresh jobs that have waited");
+                    break;
+                }
             }
         }
     }

@@ -17,8 +17,12 @@
 //! Opening the journal queues (in `Q`) every unqueued pending job it finds from
 //! the mark on and clears the mark, so a writer starts with nothing in flight
 //! and a job whose target is gone from the configuration is indexed as before.
+//! A clean stop does the same. While running, a fresh job that has waited over
+//! a minute (its target down, paused or removed) is indexed too
+//! (`Journal::queue_waiting_fresh_jobs`), so the mark stays recent and a start
+//! scans minutes of jobs, however long a target has been away.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use super::{DeliveryId, Job, JobState, JournalError, QueueClass, QueueEntry, decode_job, keys};
 
@@ -79,7 +83,7 @@ pub(crate) fn encode_mark(mark: Option<DeliveryId>) -> Vec<u8> {
 }
 
 /// The persisted mark: `None` when no job needs looking for.
-fn read_mark(tree: &sled::Tree) -> Result<Option<DeliveryId>, JournalError> {
+pub(super) fn read_mark(tree: &sled::Tree) -> Result<Option<DeliveryId>, JournalError> {
     let Some(value) = tree.get(keys::FRESH_FROM)? else { return Ok(None) };
     if value.is_empty() {
         return Ok(None);
@@ -90,19 +94,6 @@ fn read_mark(tree: &sled::Tree) -> Result<Option<DeliveryId>, JournalError> {
     })
 }
 
-/// Every `(delivery, target)` pair the queue index holds.
-fn queued_pairs(tree: &sled::Tree, prefix: &[u8]) -> Result<HashSet<(DeliveryId, String)>, JournalError> {
-    let mut pairs = HashSet::new();
-    for entry in tree.scan_prefix(prefix) {
-        let (key, _) = entry?;
-        match keys::parse_queue(&key) {
-            Some((target, entry)) => pairs.insert((entry.delivery, target.to_owned())),
-            None => continue, // not ours to judge here: `Journal::queued` reports it
-        };
-    }
-    Ok(pairs)
-}
-
 /// The pending jobs from the mark on that the queue index lacks (of one
 /// target, or of all), each with the queue entry it stands for. A job that
 /// cannot be decoded could not be attempted either: it is logged and left
@@ -111,13 +102,25 @@ pub(super) fn unqueued(
     tree: &sled::Tree,
     target: Option<&str>,
 ) -> Result<Vec<(Job, QueueEntry)>, JournalError> {
+    unqueued_before(tree, target, None, usize::MAX)
+}
+
+/// [`unqueued`]: the first `limit` of deliveries before `until` only.
+pub(super) fn unqueued_before(
+    tree: &sled::Tree,
+    target: Option<&str>,
+    until: Option<DeliveryId>,
+    limit: usize,
+) -> Result<Vec<(Job, QueueEntry)>, JournalError> {
     let Some(from) = read_mark(tree)? else { return Ok(Vec::new()) };
-    let queued =
-        queued_pairs(tree, &target.map_or_else(|| keys::QUEUE_ALL.to_vec(), keys::queue_target_prefix))?;
+    if until.is_some_and(|until| until <= from) {
+        return Ok(Vec::new());
+    }
+    let end = until.map(keys::job_prefix);
     let mut found = Vec::new();
     for entry in tree.range(keys::job_prefix(from)..) {
         let (key, value) = entry?;
-        if !key.starts_with(keys::JOB) {
+        if !key.starts_with(keys::JOB) || end.as_deref().is_some_and(|end| key.as_ref() >= end) {
             break;
         }
         if target
@@ -132,11 +135,19 @@ pub(super) fn unqueued(
                 continue;
             }
         };
-        if job.state != JobState::Pending || queued.contains(&(job.delivery, job.target.clone())) {
+        if job.state != JobState::Pending {
             continue;
         }
+        // Where it would be indexed: retries and replays under their due
+        // time (`next_attempt_at_ms`), fresh jobs under their arrival.
         let entry = queue_entry_for(&job);
+        if tree.contains_key(&entry.key)? {
+            continue;
+        }
         found.push((job, entry));
+        if found.len() == limit {
+            break;
+        }
     }
     Ok(found)
 }

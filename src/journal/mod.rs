@@ -514,6 +514,39 @@ impl Journal {
         self.store()?.writer.queue_fresh_jobs().await
     }
 
+    /// Puts the fresh jobs of deliveries received before `before_ms` that
+    /// are still pending into the queue index, at most `limit` at a time;
+    /// returns how many it asked for. A job waiting that long (its target
+    /// down or paused, or removed) would otherwise hold the fresh-job mark
+    /// back, and every start would scan the jobs since (see `fresh`).
+    pub async fn queue_waiting_fresh_jobs(
+        &self,
+        before_ms: u64,
+        limit: usize,
+    ) -> Result<usize, JournalError> {
+        let tree = self.tree()?;
+        let until = DeliveryId { received_at_ms: before_ms, seq: 0 };
+        let found =
+            tokio::task::spawn_blocking(move || fresh::unqueued_before(&tree, None, Some(until), limit))
+                .await
+                .map_err(|err| {
+                    JournalError::Storage(format!("the scan for waiting jobs did not run: {err}"))
+                })??;
+        let writes: Vec<_> = found
+            .into_iter()
+            .map(|(job, entry)| writer::Write::QueueFresh {
+                delivery: entry.delivery,
+                target: job.target,
+                queue_key: entry.key,
+            })
+            .collect();
+        let asked = writes.len();
+        if asked > 0 {
+            self.store()?.writer.write(writes).await?;
+        }
+        Ok(asked)
+    }
+
     /// Flushes everything to disk now (used at shutdown).
     pub fn flush(&self) -> Result<(), JournalError> {
         self.wrote(self.db()?.flush())?;
@@ -675,7 +708,9 @@ fn decode(key: &[u8], bytes: &[u8]) -> Result<DeliveryRecord, JournalError> {
 
 /// Key layout of the journal tree (see the module docs).
 mod keys {
-    use super::{DeliveryId, QueueClass, QueueEntry};
+    #[cfg(test)]
+    use super::QueueEntry;
+    use super::{DeliveryId, QueueClass};
 
     pub const DELIVERY: &[u8] = b"D";
     pub const DEDUP: &[u8] = b"U";
@@ -690,6 +725,7 @@ mod keys {
     const REPLAY_PAIR: &[u8] = b"X";
     const QUEUE: u8 = b'Q';
     /// Every queue entry of every target.
+    #[cfg(test)]
     pub const QUEUE_ALL: &[u8] = b"Q";
     /// The fresh-job low-water mark (see `fresh`).
     pub const FRESH_FROM: &[u8] = b"M:fresh-from";
@@ -771,6 +807,7 @@ mod keys {
     }
 
     /// The target of a queue key, and the entry it stands for.
+    #[cfg(test)]
     pub fn parse_queue(key: &[u8]) -> Option<(&str, QueueEntry)> {
         let target_end = key.len().checked_sub(1 + 1 + 8 + DeliveryId::KEY_LEN)?;
         if key.first() != Some(&QUEUE) || target_end < 1 || key[target_end] != 0 {

@@ -677,3 +677,38 @@ async fn a_journal_that_cannot_queue_its_leftovers_at_open_keeps_them_behind_the
     assert_eq!(tree.scan_prefix(keys::queue_target_prefix("a")).count(), 2);
     assert_eq!(tree.get(keys::FRESH_FROM).unwrap().as_deref(), Some(&[][..]));
 }
+
+#[tokio::test]
+async fn fresh_jobs_that_waited_are_indexed_in_chunks_and_release_the_mark() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let both = vec!["a".to_owned(), "b".to_owned()];
+    let old_1 = journal.append(delivery("evt_old1", 1_000), &both).await.unwrap().id;
+    let old_2 = journal.append(delivery("evt_old2", 2_000), &["a".to_owned()]).await.unwrap().id;
+    let new = journal.append(delivery("evt_new", 100_000), &["a".to_owned()]).await.unwrap().id;
+    settle(&journal, old_1, "b", Decision::Delivered).await;
+
+    // Only what arrived before the cut, only what is pending, `limit` at a time.
+    assert_eq!(journal.queue_waiting_fresh_jobs(50_000, 1).await.unwrap(), 1);
+    assert_eq!(queue_index(&journal), [("a".to_owned(), old_1)]);
+    assert_eq!(journal.queue_waiting_fresh_jobs(50_000, 1).await.unwrap(), 1);
+    assert_eq!(journal.queue_waiting_fresh_jobs(50_000, 1).await.unwrap(), 0);
+    assert_eq!(queue_index(&journal), [("a".to_owned(), old_1), ("a".to_owned(), old_2)]);
+    journal.append(delivery("evt_none", 100_001), &[]).await.unwrap();
+    assert_eq!(fresh_mark(&journal), Some(new.to_key().to_vec()), "only the recent job holds it now");
+
+    // Nothing lost or doubled: the lane sees the same three jobs, and the
+    // indexed ones leave the index with their outcomes.
+    let queued: Vec<_> = journal.queued("a").unwrap().iter().map(|e| (e.class, e.delivery)).collect();
+    let fresh = |id| (QueueClass::Fresh, id);
+    assert_eq!(queued, [fresh(old_1), fresh(old_2), fresh(new)]);
+    settle(&journal, old_1, "a", Decision::Delivered).await;
+    settle(&journal, old_2, "a", Decision::RetryAt(200_000)).await;
+    let index = queue_index(&journal);
+    assert_eq!(index, [("a".to_owned(), old_2)], "only the retry's entry is left");
+    assert_eq!(
+        journal.queued("a").unwrap().iter().map(|e| e.class).collect::<Vec<_>>(),
+        [QueueClass::Retry, QueueClass::Fresh]
+    );
+}

@@ -53,6 +53,13 @@ pub(crate) enum Write {
         target: String,
         queue_key: Vec<u8>,
     },
+    /// A fresh job that has waited long: index it (unless its first outcome
+    /// came first), so it no longer holds the mark back (see `fresh`).
+    QueueFresh {
+        delivery: DeliveryId,
+        target: String,
+        queue_key: Vec<u8>,
+    },
 }
 
 pub(crate) struct Append {
@@ -218,7 +225,10 @@ impl Group {
         // Outcomes touch jobs of earlier deliveries only: never a key an
         // append of this group writes.
         let mut written_replies = Vec::with_capacity(self.writes.len());
+        // Fresh jobs that leave the writer's care once this group is on disk:
+        // settled, or now indexed.
         let mut settled = Vec::new();
+        let mut to_index = Vec::new();
         for (writes, reply) in self.writes {
             for write in writes {
                 match write {
@@ -231,9 +241,21 @@ impl Group {
                             batch.remove(queue_key);
                         }
                     }
+                    Write::QueueFresh { delivery, target, queue_key } => {
+                        to_index.push((delivery, target, queue_key));
+                    }
                 }
             }
             written_replies.push(reply);
+        }
+        // After every settle of the group, whatever order they came in: a job
+        // settled here needs no entry.
+        for (delivery, target, queue_key) in to_index {
+            if fresh.tracks(delivery, &target) && !settled.iter().any(|(d, t)| *d == delivery && *t == target)
+            {
+                batch.insert(queue_key, Vec::new());
+                settled.push((delivery, target));
+            }
         }
         // Covers this group's appends, not yet its settled jobs: the mark
         // passes a job only once its outcome is on disk.
@@ -330,4 +352,48 @@ fn plan(
         in_group.insert(group_key, (id, backfilled));
     }
     Ok(Appended { id, duplicate: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{QueueClass, QueueEntry};
+
+    /// One group holding `writes` (each its own request), committed.
+    fn commit(db: &sled::Db, tree: &sled::Tree, fresh: &mut FreshJobs, writes: Vec<Write>) {
+        let mut group = Group::default();
+        for write in writes {
+            group.writes.push((vec![write], oneshot::channel().0));
+        }
+        assert!(group.commit(db, tree, 0, fresh));
+    }
+
+    #[test]
+    fn a_waiting_job_settled_in_the_same_group_is_never_left_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("journal").unwrap();
+        let id = |ms| DeliveryId { received_at_ms: ms, seq: ms };
+        let entry = |ms| QueueEntry::new("a", QueueClass::Fresh, ms, id(ms));
+        let settle =
+            |ms| Write::SettleFresh { delivery: id(ms), target: "a".into(), queue_key: entry(ms).key };
+        let index = |ms| Write::QueueFresh { delivery: id(ms), target: "a".into(), queue_key: entry(ms).key };
+        let mut fresh = FreshJobs::default();
+        for ms in [1, 2, 3] {
+            fresh.appended(id(ms), &["a".to_owned()]);
+        }
+
+        // Either order within one group: settled, so no entry.
+        commit(&db, &tree, &mut fresh, vec![index(1), settle(1)]);
+        commit(&db, &tree, &mut fresh, vec![settle(2), index(2)]);
+        // Indexed alone: the entry is written and the writer lets go of it...
+        commit(&db, &tree, &mut fresh, vec![index(3)]);
+        let indexed: Vec<_> = tree.scan_prefix(b"Q").map(|e| e.unwrap().0.to_vec()).collect();
+        assert_eq!(indexed, [entry(3).key]);
+        assert!(!fresh.tracks(id(3), "a"));
+        assert_eq!(fresh.wanted(), None, "nothing holds the mark back");
+        // ...so its first outcome removes the entry.
+        commit(&db, &tree, &mut fresh, vec![settle(3)]);
+        assert_eq!(tree.scan_prefix(b"Q").count(), 0);
+    }
 }
