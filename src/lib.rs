@@ -229,7 +229,12 @@ impl Gateway {
             max_connections: config.server.max_connections,
         };
         let pruner = tokio::spawn(prune_periodically(journal.clone(), config.journal.retention));
-        let indexer = tokio::spawn(queue_waiting_jobs_periodically(journal.clone()));
+        let indexer = tokio::spawn(queue_waiting_jobs_periodically(
+            journal.clone(),
+            WAITING_JOB_AGE,
+            WAITING_JOB_INTERVAL,
+            stop_rx.clone(),
+        ));
         let doctor = tokio::spawn(recover_journal(journal.clone(), dispatcher.status()));
         let reconciler = tokio::spawn(backfiller.clone().reconcile_periodically());
         let addr = listener
@@ -333,10 +338,12 @@ impl Gateway {
         tokio::join!(work, administering);
         // Awaited, so their handles on the journal are gone when `run`
         // returns (sled keeps its directory locked while any handle lives).
-        for task in [pruner, indexer, doctor, reconciler] {
+        for task in [pruner, doctor, reconciler] {
             task.abort();
             let _ = task.await;
         }
+        // Not aborted: a scan of its own may be running on the blocking pool.
+        let _ = indexer.await;
         // Nothing is attempted any more: index what is still pending, so the
         // journal left behind is one an earlier version reads whole.
         match journal.queue_fresh_jobs().await {
@@ -432,29 +439,42 @@ async fn recover_journal(journal: Arc<Journal>, lanes: delivery::LaneStatus) {
     }
 }
 
-/// Indexes the fresh jobs that have waited longer than [`WAITING_JOB_AGE`]
-/// (their target down, paused or removed), so that the journal's fresh-job
-/// mark stays recent and a start scans minutes of jobs, not months.
-async fn queue_waiting_jobs_periodically(journal: Arc<Journal>) {
-    const CHUNK: usize = 10_000;
-    let mut interval = tokio::time::interval(WAITING_JOB_INTERVAL);
+/// Indexes the fresh jobs that have waited longer than `age` (their target
+/// down, paused or removed), checking every `every`, so that the journal's
+/// fresh-job mark stays recent and a start scans minutes of jobs, not months.
+/// Ends at `stop`, between chunks: its scans hold the journal open.
+async fn queue_waiting_jobs_periodically(
+    journal: Arc<Journal>,
+    age: Duration,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    // Small chunks with a pause between them: a backlog of millions is
+    // indexed over minutes without holding up the appends sharing the writer.
+    const CHUNK: usize = 1_000;
+    const PAUSE: Duration = Duration::from_millis(20);
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
-        let before = time::now_ms().saturating_sub(u64::try_from(WAITING_JOB_AGE.as_millis()).unwrap_or(0));
-        // In chunks, so a backlog of millions never stalls appends for long.
-        for _ in 0..100 {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.wait_for(|stopping| *stopping) => return,
+        }
+        let before = time::now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+        let mut indexed = 0;
+        while !*stop.borrow() {
             match journal.queue_waiting_fresh_jobs(before, CHUNK).await {
-                Ok(asked) if asked == CHUNK => continue,
                 Ok(0) => break,
-                Ok(asked) => {
-                    tracing::debug!(jobs = asked, "indexed fresh jobs that have waited");
-                    break;
-                }
+                Ok(jobs) => indexed += jobs,
                 Err(err) => {
                     tracing::debug!(error = %err, "could not index the fresh jobs that have waited");
                     break;
                 }
             }
+            tokio::time::sleep(PAUSE).await;
+        }
+        if indexed > 0 {
+            tracing::debug!(jobs = indexed, "indexed fresh jobs that have waited");
         }
     }
 }
@@ -488,3 +508,71 @@ async fn prune_periodically(journal: Arc<Journal>, retention: Duration) {
 }
 
 pub mod metrics;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::NewDelivery;
+
+    fn delivery(n: u64, received_at_ms: u64) -> NewDelivery {
+        NewDelivery {
+            received_at_ms,
+            source: "parallel".into(),
+            webhook_id: format!("evt_{n}"),
+            webhook_timestamp: "1700000000".into(),
+            webhook_signature: "v1,sig".into(),
+            content_type: None,
+            event_type: None,
+            monitor_id: None,
+            event_group: None,
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fresh_jobs_that_waited_are_indexed_in_the_background_until_the_stop() {
+        const OLD: u64 = 1_500; // more than one chunk
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(
+            Journal::open(&config::JournalConfig {
+                path: dir.path().join("journal"),
+                dedup_window: Duration::from_secs(3600),
+                retention: Duration::from_secs(86_400),
+                cache: 8 << 20,
+                max_disk: None,
+            })
+            .unwrap(),
+        );
+        let targets = vec!["a".to_owned()];
+        let appends: Vec<_> = (0..OLD)
+            .map(|n| {
+                let (journal, targets) = (journal.clone(), targets.clone());
+                tokio::spawn(async move { journal.append(delivery(n, 1_000 + n), &targets).await.unwrap() })
+            })
+            .collect();
+        for append in appends {
+            append.await.unwrap();
+        }
+        journal.append(delivery(OLD, time::now_ms()), &targets).await.unwrap();
+        assert_eq!(journal.indexed_jobs("a"), 0);
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(queue_waiting_jobs_periodically(
+            journal.clone(),
+            Duration::from_secs(60),
+            Duration::from_millis(10),
+            stop_rx,
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while journal.indexed_jobs("a") < usize::try_from(OLD).unwrap() {
+            assert!(std::time::Instant::now() < deadline, "indexed {} of {OLD}", journal.indexed_jobs("a"));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(journal.indexed_jobs("a"), usize::try_from(OLD).unwrap(), "the recent job is left alone");
+        assert_eq!(journal.queued("a").unwrap().len(), usize::try_from(OLD + 1).unwrap(), "each job once");
+
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("ends at the stop").unwrap();
+    }
+}

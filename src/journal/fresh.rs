@@ -11,8 +11,9 @@
 //! keeps it true:
 //! - an append below the mark lowers it in the same atomic batch (ids follow
 //!   the receive clock, so a late request can sort before an earlier one);
-//! - a first outcome takes its job out of [`FreshJobs`] only once flushed, and
-//!   the mark moves up with a later group: it only ever lags, never leads.
+//! - a first outcome, or indexing the job after it waited, takes it out of
+//!   [`FreshJobs`] only once flushed, and the mark moves up with a later
+//!   group: it only ever lags, never leads.
 //!
 //! Opening the journal queues (in `Q`) every unqueued pending job it finds from
 //! the mark on and clears the mark, so a writer starts with nothing in flight
@@ -26,8 +27,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::{DeliveryId, Job, JobState, JournalError, QueueClass, QueueEntry, decode_job, keys};
 
-/// The writer thread's record of the fresh jobs it appended and whose first
-/// outcome is not yet flushed: what pins the mark. One ordered set of
+/// The writer thread's record of the fresh jobs it appended that are still
+/// unindexed and whose first outcome is not yet flushed: what pins the mark. One ordered set of
 /// delivery ids per target (about 30 bytes a job): a target that is down
 /// or paused can hold a million of them.
 #[derive(Debug, Default)]
@@ -48,9 +49,9 @@ impl FreshJobs {
         }
     }
 
-    /// Whether this writer appended the job and it is still unsettled: if
-    /// not, it was queued when the journal was opened and its `Q` entry
-    /// must go.
+    /// Whether this writer appended the job and it is still unsettled and
+    /// unindexed: if not, it was indexed (at the open, or after waiting) and
+    /// its `Q` entry must go with its outcome.
     pub(crate) fn tracks(&self, id: DeliveryId, target: &str) -> bool {
         self.unsettled.get(target).is_some_and(|ids| ids.contains(&id))
     }

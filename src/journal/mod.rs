@@ -14,11 +14,12 @@
 //! - `P` target → present while an operator has the target paused.
 //! - `Q` target `\0` class due_ms delivery id → empty: the work index of
 //!   pending jobs. Class 1 is a retry (ordered by due time), class 2 a
-//!   replayed job or its retry, class 0 a fresh job (due = arrival, so FIFO)
-//!   left pending at the last open or clean stop (or by an earlier version). A job stays indexed while its attempt is
-//!   in flight, so a crash leaves it pending and it is retried at the next
-//!   start. Fresh jobs appended since the open are not indexed: they are the
-//!   pending jobs from the `M:fresh-from` mark on (see `fresh`).
+//!   replayed job or its retry. A job stays indexed while its attempt is in
+//!   flight, so a crash leaves it pending and it is retried at the next
+//!   start. Fresh jobs (class 0, due = arrival, so FIFO) are mostly not
+//!   indexed: they are the pending jobs from the `M:fresh-from` mark on. They
+//!   are indexed when the journal opens or stops cleanly, when they have
+//!   waited over a minute, and by earlier versions (see `fresh`).
 //! - `K` target `\0` delivery id → empty: the dead jobs of a target, for the
 //!   dead-jobs gauge (counted once at open, then kept in step).
 //! - `E` delivery id → the content fetched from Parallel's API to enrich it
@@ -516,7 +517,7 @@ impl Journal {
 
     /// Puts the fresh jobs of deliveries received before `before_ms` that
     /// are still pending into the queue index, at most `limit` at a time;
-    /// returns how many it asked for. A job waiting that long (its target
+    /// returns how many it indexed (0: nothing left to do). A job waiting that long (its target
     /// down or paused, or removed) would otherwise hold the fresh-job mark
     /// back, and every start would scan the jobs since (see `fresh`).
     pub async fn queue_waiting_fresh_jobs(
@@ -534,17 +535,38 @@ impl Journal {
                 })??;
         let writes: Vec<_> = found
             .into_iter()
-            .map(|(job, entry)| writer::Write::QueueFresh {
+            .map(|(job, entry)| writer::Write::IndexWaiting {
                 delivery: entry.delivery,
                 target: job.target,
                 queue_key: entry.key,
             })
             .collect();
-        let asked = writes.len();
-        if asked > 0 {
-            self.store()?.writer.write(writes).await?;
+        if writes.is_empty() {
+            return Ok(0);
         }
-        Ok(asked)
+        let keys: Vec<Vec<u8>> = writes
+            .iter()
+            .filter_map(|write| match write {
+                writer::Write::IndexWaiting { queue_key, .. } => Some(queue_key.clone()),
+                _ => None,
+            })
+            .collect();
+        self.store()?.writer.write(writes).await?;
+        // The writer skips a job settled meanwhile (or one it does not
+        // track): count what is really indexed now, so a caller looping
+        // until 0 never spins on jobs it cannot index.
+        let tree = self.tree()?;
+        let mut indexed = 0;
+        for key in keys {
+            indexed += usize::from(tree.contains_key(key)?);
+        }
+        Ok(indexed)
+    }
+
+    /// How many of `target`'s jobs the queue index holds (for tests).
+    #[cfg(test)]
+    pub(crate) fn indexed_jobs(&self, target: &str) -> usize {
+        self.tree().map_or(0, |tree| tree.scan_prefix(keys::queue_target_prefix(target)).count())
     }
 
     /// Flushes everything to disk now (used at shutdown).

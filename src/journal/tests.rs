@@ -711,4 +711,10 @@ async fn fresh_jobs_that_waited_are_indexed_in_chunks_and_release_the_mark() {
         journal.queued("a").unwrap().iter().map(|e| e.class).collect::<Vec<_>>(),
         [QueueClass::Retry, QueueClass::Fresh]
     );
+
+    // A crash now (no clean stop): the start finds each pending job once.
+    drop(journal);
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let queued: Vec<_> = journal.queued("a").unwrap().iter().map(|e| (e.class, e.delivery)).collect();
+    assert_eq!(queued, [fresh(new), (QueueClass::Retry, old_2)]);
 }

@@ -9,7 +9,7 @@
 //! requests share fsyncs instead of queueing behind each other, and no
 //! request is answered before the flush that covers its write.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -34,8 +34,8 @@ pub(crate) enum Request {
     /// Answer once every append queued before it is written: proves the
     /// thread is alive and keeping up (the systemd watchdog asks).
     Ping(oneshot::Sender<()>),
-    /// Queue every pending fresh job in `Q` and clear the mark.
-    QueueFresh(oneshot::Sender<Result<usize, JournalError>>),
+    /// Index every pending fresh job in `Q` and clear the mark.
+    IndexAllFresh(oneshot::Sender<Result<usize, JournalError>>),
 }
 
 /// Answers a [`Request::Write`] once its group is flushed.
@@ -46,8 +46,9 @@ pub(crate) enum Write {
     Insert(Vec<u8>, Vec<u8>),
     Remove(Vec<u8>),
     /// A fresh job's first outcome is in this group: its queue entry goes if
-    /// it has one (left pending at the open); otherwise the fresh-job mark
-    /// may move past it once the group is flushed (see `fresh`).
+    /// it has one (the writer no longer tracks it: indexed at the open, or
+    /// after waiting); otherwise the fresh-job mark may move past it once the
+    /// group is flushed (see `fresh`).
     SettleFresh {
         delivery: DeliveryId,
         target: String,
@@ -55,7 +56,7 @@ pub(crate) enum Write {
     },
     /// A fresh job that has waited long: index it (unless its first outcome
     /// came first), so it no longer holds the mark back (see `fresh`).
-    QueueFresh {
+    IndexWaiting {
         delivery: DeliveryId,
         target: String,
         queue_key: Vec<u8>,
@@ -100,7 +101,7 @@ impl Writer {
                         Request::Append(append) => group.appends.push(append),
                         Request::Write(writes, reply) => group.writes.push((writes, reply)),
                         Request::Ping(reply) => pings.push(reply),
-                        Request::QueueFresh(reply) => queue_fresh.push(reply),
+                        Request::IndexAllFresh(reply) => queue_fresh.push(reply),
                     }
                 }
                 if !group.is_empty() {
@@ -173,7 +174,7 @@ impl Writer {
         let stopped = || JournalError::Storage("the journal writer has stopped".to_owned());
         let (reply, answer) = oneshot::channel();
         let queue = self.queue.as_ref().expect("queue lives until drop");
-        queue.send(Request::QueueFresh(reply)).map_err(|_| stopped())?;
+        queue.send(Request::IndexAllFresh(reply)).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -225,9 +226,10 @@ impl Group {
         // Outcomes touch jobs of earlier deliveries only: never a key an
         // append of this group writes.
         let mut written_replies = Vec::with_capacity(self.writes.len());
-        // Fresh jobs that leave the writer's care once this group is on disk:
+        // Fresh jobs the writer lets go of once this group is on disk:
         // settled, or now indexed.
-        let mut settled = Vec::new();
+        let mut released = Vec::new();
+        let mut settled_here = HashSet::new();
         let mut to_index = Vec::new();
         for (writes, reply) in self.writes {
             for write in writes {
@@ -236,12 +238,13 @@ impl Group {
                     Write::Remove(key) => batch.remove(key),
                     Write::SettleFresh { delivery, target, queue_key } => {
                         if fresh.tracks(delivery, &target) {
-                            settled.push((delivery, target));
+                            settled_here.insert((delivery, target.clone()));
+                            released.push((delivery, target));
                         } else {
                             batch.remove(queue_key);
                         }
                     }
-                    Write::QueueFresh { delivery, target, queue_key } => {
+                    Write::IndexWaiting { delivery, target, queue_key } => {
                         to_index.push((delivery, target, queue_key));
                     }
                 }
@@ -251,14 +254,13 @@ impl Group {
         // After every settle of the group, whatever order they came in: a job
         // settled here needs no entry.
         for (delivery, target, queue_key) in to_index {
-            if fresh.tracks(delivery, &target) && !settled.iter().any(|(d, t)| *d == delivery && *t == target)
-            {
+            if fresh.tracks(delivery, &target) && !settled_here.contains(&(delivery, target.clone())) {
                 batch.insert(queue_key, Vec::new());
-                settled.push((delivery, target));
+                released.push((delivery, target));
             }
         }
-        // Covers this group's appends, not yet its settled jobs: the mark
-        // passes a job only once its outcome is on disk.
+        // Covers this group's appends, not yet the jobs it releases: the mark
+        // passes a job only once its outcome or index entry is on disk.
         let mark = fresh.mark_update();
         if let Some(mark) = mark {
             batch.insert(keys::FRESH_FROM, fresh::encode_mark(mark));
@@ -268,7 +270,7 @@ impl Group {
             if let Some(mark) = mark {
                 fresh.mark_written(mark);
             }
-            for (delivery, target) in &settled {
+            for (delivery, target) in &released {
                 fresh.settled(*delivery, target);
             }
         }
@@ -377,7 +379,8 @@ mod tests {
         let entry = |ms| QueueEntry::new("a", QueueClass::Fresh, ms, id(ms));
         let settle =
             |ms| Write::SettleFresh { delivery: id(ms), target: "a".into(), queue_key: entry(ms).key };
-        let index = |ms| Write::QueueFresh { delivery: id(ms), target: "a".into(), queue_key: entry(ms).key };
+        let index =
+            |ms| Write::IndexWaiting { delivery: id(ms), target: "a".into(), queue_key: entry(ms).key };
         let mut fresh = FreshJobs::default();
         for ms in [1, 2, 3] {
             fresh.appended(id(ms), &["a".to_owned()]);
