@@ -28,9 +28,9 @@ use std::collections::{BTreeSet, HashMap};
 use super::{DeliveryId, Job, JobState, JournalError, QueueClass, QueueEntry, decode_job, keys};
 
 /// The writer thread's record of the fresh jobs it appended that are still
-/// unindexed and whose first outcome is not yet flushed: what pins the mark. One ordered set of
-/// delivery ids per target (about 30 bytes a job): a target that is down
-/// or paused can hold a million of them.
+/// unindexed and whose first outcome is not yet flushed: what pins the mark.
+/// One ordered set of delivery ids per target (about 30 bytes a job): a
+/// target that is down or paused can hold a million of them.
 #[derive(Debug, Default)]
 pub(crate) struct FreshJobs {
     unsettled: HashMap<String, BTreeSet<DeliveryId>>,
@@ -56,8 +56,9 @@ impl FreshJobs {
         self.unsettled.get(target).is_some_and(|ids| ids.contains(&id))
     }
 
-    /// The job's first outcome is flushed. Idempotent.
-    pub(crate) fn settled(&mut self, id: DeliveryId, target: &str) {
+    /// The job's first outcome, or its index entry, is flushed: it no longer
+    /// holds the mark. Idempotent.
+    pub(crate) fn release(&mut self, id: DeliveryId, target: &str) {
         if let Some(ids) = self.unsettled.get_mut(target) {
             ids.remove(&id);
         }
@@ -245,13 +246,13 @@ mod tests {
         fresh.mark_written(Some(id(10)));
         assert_eq!(fresh.mark_update(), None, "unchanged");
 
-        fresh.settled(id(10), "a");
+        fresh.release(id(10), "a");
         assert_eq!(fresh.wanted(), Some(id(20)));
-        fresh.settled(id(20), "a");
-        fresh.settled(id(20), "a"); // twice: still waits for b
+        fresh.release(id(20), "a");
+        fresh.release(id(20), "a"); // twice: still waits for b
         assert_eq!(fresh.wanted(), Some(id(20)));
         assert!(fresh.tracks(id(20), "b") && !fresh.tracks(id(20), "a"));
-        fresh.settled(id(20), "b");
+        fresh.release(id(20), "b");
         assert_eq!(fresh.wanted(), None);
         assert_eq!(fresh.mark_update(), Some(None), "cleared");
     }
@@ -262,7 +263,7 @@ mod tests {
         fresh.appended(id(5), &targets(&["a"]));
         assert!(!fresh.tracks(id(5), "b"));
         assert!(!fresh.tracks(id(6), "a"));
-        fresh.settled(id(6), "a"); // unknown: no effect
+        fresh.release(id(6), "a"); // unknown: no effect
         assert_eq!(fresh.wanted(), Some(id(5)));
     }
 }

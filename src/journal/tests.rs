@@ -668,7 +668,7 @@ async fn a_journal_that_cannot_queue_its_leftovers_at_open_keeps_them_behind_the
     assert!(fresh.tracks(first, "a") && fresh.tracks(second, "a"));
     assert_eq!(fresh.mark_update(), None, "the mark on disk already covers them");
     assert_eq!(tree.get(keys::FRESH_FROM).unwrap().as_deref(), Some(&first.to_key()[..]));
-    fresh.settled(first, "a");
+    fresh.release(first, "a");
     assert_eq!(fresh.mark_update(), Some(Some(second)), "it moves up to the next, never past it");
 
     // With room again, both are queued and the mark cleared.

@@ -95,13 +95,13 @@ impl Writer {
             while let Ok(first) = requests.recv() {
                 let mut group = Group::default();
                 let mut pings = Vec::new();
-                let mut queue_fresh = Vec::new();
+                let mut index_all = Vec::new();
                 for request in std::iter::once(first).chain(requests.try_iter().take(MAX_GROUP - 1)) {
                     match request {
                         Request::Append(append) => group.appends.push(append),
                         Request::Write(writes, reply) => group.writes.push((writes, reply)),
                         Request::Ping(reply) => pings.push(reply),
-                        Request::IndexAllFresh(reply) => queue_fresh.push(reply),
+                        Request::IndexAllFresh(reply) => index_all.push(reply),
                     }
                 }
                 if !group.is_empty() {
@@ -117,7 +117,7 @@ impl Writer {
                 for ping in pings {
                     let _ = ping.send(());
                 }
-                if !queue_fresh.is_empty() {
+                if !index_all.is_empty() {
                     let queued = fresh::queue_all(&tree).and_then(|jobs| {
                         // The tree is now as an open leaves it: nothing
                         // unqueued, and a later outcome removes its job's entry.
@@ -129,7 +129,7 @@ impl Writer {
                             "journal write failed; refusing writes until the journal is reopened"
                         );
                     }
-                    for reply in queue_fresh {
+                    for reply in index_all {
                         let _ = reply.send(queued.clone());
                     }
                 }
@@ -271,7 +271,7 @@ impl Group {
                 fresh.mark_written(mark);
             }
             for (delivery, target) in &released {
-                fresh.settled(*delivery, target);
+                fresh.release(*delivery, target);
             }
         }
         let failure = || written.as_ref().err().map(|err| JournalError::Storage(err.to_string()));
