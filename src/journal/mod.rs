@@ -343,9 +343,9 @@ impl Journal {
         Ok(())
     }
 
-    /// Every pending job of `target`: the queue index (fresh ones left at
-    /// the last open in arrival order, retries and replays by due time), then
-    /// the fresh ones appended since, in arrival order. Read once per lane at
+    /// Every pending job of `target`: the queue index (indexed fresh ones in
+    /// arrival order, retries and replays by due time), then the unindexed
+    /// fresh ones from the mark on, in arrival order. Read once per lane at
     /// start.
     pub fn queued(&self, target: &str) -> Result<Vec<QueueEntry>, JournalError> {
         let tree = self.tree()?;
@@ -517,9 +517,10 @@ impl Journal {
 
     /// Puts the fresh jobs of deliveries received before `before_ms` that
     /// are still pending into the queue index, at most `limit` at a time;
-    /// returns how many it indexed (0: nothing left to do). A job waiting that long (its target
-    /// down or paused, or removed) would otherwise hold the fresh-job mark
-    /// back, and every start would scan the jobs since (see `fresh`).
+    /// returns how many it indexed (0: nothing left to do). A job waiting
+    /// that long (its target down, paused or removed) would otherwise hold
+    /// the fresh-job mark back, and every start would scan the jobs since
+    /// (see `fresh`).
     pub async fn queue_waiting_fresh_jobs(
         &self,
         before_ms: u64,
@@ -533,22 +534,16 @@ impl Journal {
                 .map_err(|err| {
                     JournalError::Storage(format!("the scan for waiting jobs did not run: {err}"))
                 })??;
-        let writes: Vec<_> = found
+        if found.is_empty() {
+            return Ok(0);
+        }
+        let keys: Vec<Vec<u8>> = found.iter().map(|(_, entry)| entry.key.clone()).collect();
+        let writes = found
             .into_iter()
             .map(|(job, entry)| writer::Write::IndexWaiting {
                 delivery: entry.delivery,
                 target: job.target,
                 queue_key: entry.key,
-            })
-            .collect();
-        if writes.is_empty() {
-            return Ok(0);
-        }
-        let keys: Vec<Vec<u8>> = writes
-            .iter()
-            .filter_map(|write| match write {
-                writer::Write::IndexWaiting { queue_key, .. } => Some(queue_key.clone()),
-                _ => None,
             })
             .collect();
         self.store()?.writer.write(writes).await?;
@@ -638,7 +633,8 @@ fn attempt_writes(
     use writer::Write;
     job.push_attempt(attempt);
     let mut writes = vec![match entry.class {
-        // Not indexed unless it was left pending at the last open.
+        // Indexed only if it was at the open, a clean stop or after
+        // waiting: the writer knows which, and removes the entry if so.
         QueueClass::Fresh => Write::SettleFresh {
             delivery: entry.delivery,
             target: job.target.clone(),
