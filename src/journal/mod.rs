@@ -158,6 +158,22 @@ struct Store {
     writer: Writer,
 }
 
+/// Opens sled's database at `path`. sled's background threads may hold a
+/// just-closed database's lock for a moment (a reopen in place, or a restart
+/// in the same process): wait for it rather than fail.
+fn open_db(path: &std::path::Path, cache: u64) -> Result<sled::Db, JournalError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).cache_capacity(cache).open() {
+            Ok(db) => return Ok(db),
+            Err(err) if err.to_string().contains("could not acquire lock") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
 impl Store {
     fn open(
         path: &std::path::Path,
@@ -165,21 +181,7 @@ impl Store {
         dedup_window_ms: u64,
         failed: Arc<AtomicBool>,
     ) -> Result<Store, JournalError> {
-        // sled's background threads may hold a just-closed database's lock
-        // for a moment (a reopen in place, or a restart in the same
-        // process): wait for it rather than fail.
-        let deadline = Instant::now() + LOCK_WAIT;
-        let db = loop {
-            match sled::Config::new().path(path).cache_capacity(cache).open() {
-                Ok(db) => break db,
-                Err(err)
-                    if err.to_string().contains("could not acquire lock") && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(err) => return Err(err.into()),
-            }
-        };
+        let db = open_db(path, cache)?;
         let tree = db.open_tree("journal")?;
         let fresh = fresh::recover(&db, &tree)?;
         let writer = Writer::start(db.clone(), tree.clone(), dedup_window_ms, failed, fresh)

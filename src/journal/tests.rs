@@ -649,14 +649,7 @@ async fn a_journal_that_cannot_queue_its_leftovers_at_open_keeps_them_behind_the
         let second = journal.append(delivery("evt_2", 2_000), &targets).await.unwrap().id;
         (first, second) // dropped without a clean stop: both unqueued
     };
-    let deadline = Instant::now() + LOCK_WAIT;
-    let db = loop {
-        match sled::open(config(dir.path()).path) {
-            Ok(db) => break db,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(err) => panic!("{err}"),
-        }
-    };
+    let db = open_db(&config(dir.path()).path, 8 << 20).unwrap();
     let tree = db.open_tree("journal").unwrap();
     // A damaged job past the mark is skipped, not fatal.
     tree.insert(keys::job(DeliveryId { received_at_ms: 1_500, seq: 0 }, "a"), &b"garbage"[..]).unwrap();

@@ -229,7 +229,6 @@ impl Group {
         // Fresh jobs the writer lets go of once this group is on disk:
         // settled, or now indexed.
         let mut released = Vec::new();
-        let mut settled_here = HashSet::new();
         let mut to_index = Vec::new();
         for (writes, reply) in self.writes {
             for write in writes {
@@ -238,7 +237,6 @@ impl Group {
                     Write::Remove(key) => batch.remove(key),
                     Write::SettleFresh { delivery, target, queue_key } => {
                         if fresh.tracks(delivery, &target) {
-                            settled_here.insert((delivery, target.clone()));
                             released.push((delivery, target));
                         } else {
                             batch.remove(queue_key);
@@ -252,7 +250,9 @@ impl Group {
             written_replies.push(reply);
         }
         // After every settle of the group, whatever order they came in: a job
-        // settled here needs no entry.
+        // settled here needs no entry. (Rare: the set is built only then.)
+        let settled_here: HashSet<(DeliveryId, String)> =
+            if to_index.is_empty() { HashSet::new() } else { released.iter().cloned().collect() };
         for (delivery, target, queue_key) in to_index {
             if fresh.tracks(delivery, &target) && !settled_here.contains(&(delivery, target.clone())) {
                 batch.insert(queue_key, Vec::new());
