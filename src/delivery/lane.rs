@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hyper::Uri;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::Inbox;
@@ -254,10 +254,7 @@ impl Lane {
                 }
             }
             let lane = self.clone();
-            attempts.spawn(async move {
-                lane.attempt(entry).await;
-                drop(permit);
-            });
+            attempts.spawn(async move { lane.attempt(entry, permit).await });
             while attempts.try_join_next().is_some() {}
         }
         let in_flight = attempts.len();
@@ -325,7 +322,11 @@ impl Lane {
         }
     }
 
-    async fn attempt(&self, entry: QueueEntry) {
+    /// Sends one job and records its outcome. `permit` is one of the
+    /// target's concurrency slots: it bounds requests open at the target, so
+    /// it is given back as soon as the answer is in, not after the outcome's
+    /// group commit (which would leave the target idle while the disk syncs).
+    async fn attempt(&self, entry: QueueEntry, permit: OwnedSemaphorePermit) {
         // Leaves the in-flight set on every path out of here, after a retry
         // is back in the queue (see `resync`).
         let in_flight = InFlight(&self.in_flight, entry.delivery);
@@ -399,6 +400,7 @@ impl Lane {
                 return;
             }
         };
+        drop(permit);
         let elapsed = started.elapsed();
         let latency_ms = elapsed.as_millis() as u64;
         let now = now_ms();

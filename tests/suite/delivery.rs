@@ -111,6 +111,20 @@ async fn connections_to_a_target_are_pooled_and_reused() {
 }
 
 #[tokio::test]
+async fn a_target_never_has_more_requests_open_than_its_concurrency() {
+    let target = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    target.answer_with(|_| Some(Answer::Slow(Duration::from_millis(150), 200)));
+    let gateway = gateway_with(target_table("t", &target, "concurrency = 3")).await;
+    for i in 0..12 {
+        gateway.post_signed(Transport::Http, "parallel", &format!("evt_cap_{i}"), MONITOR_EVENT).await;
+    }
+    target.wait_for(12, WAIT).await;
+    // The cap holds, and the lane does use it (12 deliveries are queued at once).
+    let most = target.most_at_once();
+    assert!((2..=3).contains(&most), "{most} requests open at once with concurrency = 3");
+}
+
+#[tokio::test]
 async fn retries_with_growing_delays_until_delivered() {
     let target = TestTarget::start(Some(TARGET_SECRET), vec![Answer::Status(500), Answer::Status(500)]).await;
     let gateway = gateway_with(target_table("t", &target, "")).await;

@@ -60,6 +60,7 @@ pub struct TestTarget {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     connections: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<OpenRequests>,
     arrived: Arc<Notify>,
     pub tls_cert: Option<std::path::PathBuf>,
 }
@@ -120,17 +121,23 @@ impl TestTarget {
         });
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (state2, arrived2, accepted) = (state.clone(), arrived.clone(), connections.clone());
+        let open = Arc::new(OpenRequests::default());
+        let (state2, arrived2, accepted, open2) =
+            (state.clone(), arrived.clone(), connections.clone(), open.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let (state, arrived, verifier, acceptor) =
-                    (state2.clone(), arrived2.clone(), verifier.clone(), acceptor.clone());
+                let (state, arrived, verifier, acceptor, open) =
+                    (state2.clone(), arrived2.clone(), verifier.clone(), acceptor.clone(), open2.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                         let (state, arrived, verifier) = (state.clone(), arrived.clone(), verifier.clone());
-                        async move { handle(request, &state, &arrived, verifier.as_ref()).await }
+                        let open = open.clone();
+                        async move {
+                            let _open = open.enter();
+                            handle(request, &state, &arrived, verifier.as_ref()).await
+                        }
                     });
                     let builder = hyper::server::conn::http1::Builder::new();
                     match acceptor {
@@ -146,7 +153,7 @@ impl TestTarget {
                 });
             }
         });
-        TestTarget { addr, state, connections, arrived, tls_cert: None }
+        TestTarget { addr, state, connections, open, arrived, tls_cert: None }
     }
 
     pub fn url(&self) -> String {
@@ -161,6 +168,11 @@ impl TestTarget {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The most requests that were open at this target at one time.
+    pub fn most_at_once(&self) -> usize {
+        self.open.most.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -187,6 +199,28 @@ impl TestTarget {
     /// Waits for at least `n` requests.
     pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Received> {
         self.wait_until(within, |r| r.len() >= n).await
+    }
+}
+
+/// Requests being answered now, and the most there ever were.
+#[derive(Default)]
+struct OpenRequests {
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+impl OpenRequests {
+    fn enter(&self) -> impl Drop + '_ {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.now.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        struct Leave<'a>(&'a OpenRequests);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        Leave(self)
     }
 }
 
