@@ -228,7 +228,8 @@ impl Gateway {
             shutdown_grace: config.server.shutdown_grace,
             max_connections: config.server.max_connections,
         };
-        let pruner = tokio::spawn(prune_periodically(journal.clone(), config.journal.retention));
+        let pruner =
+            tokio::spawn(prune_periodically(journal.clone(), config.journal.retention, stop_rx.clone()));
         let indexer = tokio::spawn(queue_waiting_jobs_periodically(
             journal.clone(),
             WAITING_JOB_AGE,
@@ -338,11 +339,14 @@ impl Gateway {
         tokio::join!(work, administering);
         // Awaited, so their handles on the journal are gone when `run`
         // returns (sled keeps its directory locked while any handle lives).
-        for task in [pruner, doctor, reconciler] {
+        for task in [doctor, reconciler] {
             task.abort();
             let _ = task.await;
         }
-        // Not aborted: a scan of its own may be running on the blocking pool.
+        // Not aborted: each may be scanning on the blocking pool, which an
+        // abort would leave running. A sweep stops at its next chunk.
+        journal.stop_maintenance();
+        let _ = pruner.await;
         let _ = indexer.await;
         // Nothing is attempted any more: index what is still pending, so the
         // journal left behind is one an earlier version reads whole.
@@ -383,11 +387,7 @@ async fn heartbeat(
     let period = watchdog.map_or(STATUS_INTERVAL, |interval| interval.min(STATUS_INTERVAL));
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = stop.wait_for(|stopping| *stopping) => return,
-        }
+    while next_tick(&mut ticks, &mut stop).await {
         if watchdog.is_some() {
             match tokio::time::timeout(period, journal.ping()).await {
                 Ok(Ok(())) => notifier.watchdog(),
@@ -455,11 +455,7 @@ async fn queue_waiting_jobs_periodically(
     const PAUSE: Duration = Duration::from_millis(20);
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = stop.wait_for(|stopping| *stopping) => return,
-        }
+    while next_tick(&mut interval, &mut stop).await {
         let before = time::now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
         let mut indexed = 0;
         while !*stop.borrow() {
@@ -479,12 +475,28 @@ async fn queue_waiting_jobs_periodically(
     }
 }
 
+/// Waits for `interval`'s next tick: false, at once, when `stop` is set.
+async fn next_tick(
+    interval: &mut tokio::time::Interval,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        _ = interval.tick() => true,
+        _ = stop.wait_for(|stopping| *stopping) => false,
+    }
+}
+
 /// Keeps the journal bounded: expired dedup entries, and delivered
-/// deliveries older than `retention` (dead and pending ones stay).
-async fn prune_periodically(journal: Arc<Journal>, retention: Duration) {
+/// deliveries older than `retention` (dead and pending ones stay). Ends at
+/// `stop`; a sweep then running ends at its next chunk (see
+/// [`Journal::stop_maintenance`]).
+async fn prune_periodically(
+    journal: Arc<Journal>,
+    retention: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut interval = tokio::time::interval(PRUNE_INTERVAL);
-    loop {
-        interval.tick().await;
+    while next_tick(&mut interval, &mut stop).await {
         let journal = journal.clone();
         let pruned = tokio::task::spawn_blocking(move || {
             let now = time::now_ms();
@@ -529,20 +541,42 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn fresh_jobs_that_waited_are_indexed_in_the_background_until_the_stop() {
-        const OLD: u64 = 1_500; // more than one chunk
-        let dir = tempfile::tempdir().unwrap();
-        let journal = Arc::new(
+    fn open_journal(dir: &std::path::Path) -> Arc<Journal> {
+        Arc::new(
             Journal::open(&config::JournalConfig {
-                path: dir.path().join("journal"),
+                path: dir.join("journal"),
                 dedup_window: Duration::from_secs(3600),
                 retention: Duration::from_secs(86_400),
                 cache: 8 << 20,
                 max_disk: None,
             })
             .unwrap(),
-        );
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pruner_sweeps_on_its_first_tick_and_lets_go_of_the_journal_at_the_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open_journal(dir.path());
+        // Unrouted and far older than the retention: the first sweep takes it.
+        let old = journal.append(delivery(1, 1_000), &[]).await.unwrap().id;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(prune_periodically(journal.clone(), Duration::from_secs(86_400), stop_rx));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while journal.get(old).unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline, "not pruned");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("ends at the stop").unwrap();
+        assert!(Arc::try_unwrap(journal).is_ok(), "no handle on the journal is left behind");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fresh_jobs_that_waited_are_indexed_in_the_background_until_the_stop() {
+        const OLD: u64 = 1_500; // more than one chunk
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open_journal(dir.path());
         let targets = vec!["a".to_owned()];
         let appends: Vec<_> = (0..OLD)
             .map(|n| {

@@ -128,6 +128,9 @@ pub struct Journal {
     dead: Mutex<HashMap<String, i64>>,
     /// Serialises replays, pruning and purges (see the module docs).
     maintenance: Mutex<()>,
+    /// Set at shutdown: pruning and purges stop at their next chunk, so no
+    /// scan keeps the journal (and sled's lock on its directory) open.
+    maintenance_stopped: AtomicBool,
 }
 
 /// A disk-size limit, checked against a figure refreshed at most once a
@@ -216,6 +219,7 @@ impl Journal {
             quota,
             dead: Mutex::new(HashMap::new()),
             maintenance: Mutex::new(()),
+            maintenance_stopped: AtomicBool::new(false),
         };
         journal.count_dead_jobs()?;
         Ok(journal)
@@ -438,12 +442,27 @@ impl Journal {
         Ok(self.tree()?.contains_key(keys::paused(target))?)
     }
 
+    /// Ends pruning and purges, now and for good: a sweep in progress stops
+    /// at its next chunk with what it removed so far (each chunk is whole).
+    /// For shutdown, so that no scan outlives the gateway.
+    pub fn stop_maintenance(&self) {
+        self.maintenance_stopped.store(true, Ordering::Release);
+    }
+
+    fn maintenance_stopped(&self) -> bool {
+        self.maintenance_stopped.load(Ordering::Acquire)
+    }
+
     /// Drops dedup entries older than the window, so the index stays bounded.
-    /// Returns how many were removed.
+    /// Returns how many were removed (stops early after
+    /// [`Journal::stop_maintenance`]).
     pub fn prune_dedup(&self, now_ms: u64) -> Result<usize, JournalError> {
         let mut removed = 0;
         let tree = self.tree()?;
-        for entry in tree.scan_prefix(keys::DEDUP) {
+        for (seen, entry) in tree.scan_prefix(keys::DEDUP).enumerate() {
+            if seen % 1_024 == 0 && self.maintenance_stopped() {
+                break;
+            }
             let (key, value) = entry?;
             let expired = DeliveryId::from_key(&value)
                 .is_none_or(|id| now_ms.saturating_sub(id.received_at_ms) >= self.dedup_window_ms);

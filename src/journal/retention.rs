@@ -46,11 +46,13 @@ impl Rule {
 impl Journal {
     /// Deletes deliveries received before `cutoff_ms` whose jobs are all
     /// delivered, and finished replays created before it. Dead and pending
-    /// jobs keep their delivery.
+    /// jobs keep their delivery. Stops early, with what it removed so far,
+    /// after [`Journal::stop_maintenance`].
     pub fn prune_delivered(&self, cutoff_ms: u64) -> Result<Swept, JournalError> {
         let swept = self.sweep(cutoff_ms, Rule::AllDelivered, None, false)?;
         for replay in self.replays(usize::MAX)? {
-            if replay.created_at_ms < cutoff_ms
+            if !self.maintenance_stopped()
+                && replay.created_at_ms < cutoff_ms
                 && self.replay_progress(replay.id)?.is_some_and(|progress| progress.finished())
             {
                 let _maintenance = self.maintenance.lock().expect("not poisoned");
@@ -81,7 +83,7 @@ impl Journal {
     ) -> Result<Swept, JournalError> {
         let mut swept = Swept::default();
         let mut start = DeliveryId { received_at_ms: 0, seq: 0 };
-        loop {
+        while !self.maintenance_stopped() {
             // Decide and delete under the lock, a chunk at a time, so a
             // replay cannot revive a job between the check and the delete.
             let _maintenance = self.maintenance.lock().expect("not poisoned");

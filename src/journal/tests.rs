@@ -325,6 +325,20 @@ async fn retention_prunes_only_old_fully_delivered_deliveries() {
 }
 
 #[tokio::test]
+async fn maintenance_stopped_for_shutdown_removes_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    // Unrouted and old: retention would remove it, and its dedup entry has expired.
+    let old = journal.append(delivery("evt_1", 1_000), &[]).await.unwrap().id;
+    journal.stop_maintenance();
+    assert_eq!(journal.prune_delivered(10_000).unwrap(), Swept::default());
+    assert_eq!(journal.prune_dedup(1_000 + 3_600_000).unwrap(), 0);
+    assert!(journal.get(old).unwrap().is_some());
+    let still_a_duplicate = journal.append(delivery("evt_1", 2_000), &[]).await.unwrap();
+    assert!(still_a_duplicate.duplicate, "the dedup entry is still there");
+}
+
+#[tokio::test]
 async fn purge_drops_settled_dead_deliveries_before_a_time() {
     use crate::delivery::policy::Decision;
     let dir = tempfile::tempdir().unwrap();
