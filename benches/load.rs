@@ -417,10 +417,16 @@ fn main() {
         let bare = baseline_server(server_tls.clone(), false).await;
         let verifying = baseline_server(server_tls.clone(), true).await;
         let (a, b) = if baselines {
+            let cpu_started = cpu_time();
             let a = load(bare, client.clone(), concurrency, duration, Pace::ClosedLoop, "a").await;
+            let cpu_a = cpu_time() - cpu_started;
             report("(a) baseline: hyper + rustls", &a);
+            println!("    {}", cpu_cost_per(cpu_a, a.elapsed, a.requests, "request (load generator included)"));
+            let cpu_started = cpu_time();
             let b = load(verifying, client.clone(), concurrency, duration, Pace::ClosedLoop, "b").await;
+            let cpu_b = cpu_time() - cpu_started;
             report("(b) baseline: hyper + rustls + HMAC", &b);
+            println!("    {}", cpu_cost_per(cpu_b, b.elapsed, b.requests, "request (load generator included)"));
             let max_targets = target_counts.iter().copied().max().unwrap_or(0);
             if max_targets > 0 {
                 let (rate, cost) = bare_deliveries(max_targets, 16, duration).await;
