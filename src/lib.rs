@@ -236,7 +236,7 @@ impl Gateway {
             WAITING_JOB_INTERVAL,
             stop_rx.clone(),
         ));
-        let doctor = tokio::spawn(recover_journal(journal.clone(), dispatcher.status()));
+        let doctor = tokio::spawn(recover_journal(journal.clone(), dispatcher.status(), stop_rx.clone()));
         let reconciler = tokio::spawn(backfiller.clone().reconcile_periodically());
         let addr = listener
             .local_addr()
@@ -339,15 +339,16 @@ impl Gateway {
         tokio::join!(work, administering);
         // Awaited, so their handles on the journal are gone when `run`
         // returns (sled keeps its directory locked while any handle lives).
-        for task in [doctor, reconciler] {
-            task.abort();
+        reconciler.abort();
+        let _ = reconciler.await;
+        // Not aborted: each may be working on the blocking pool, which an
+        // abort would leave running. A sweep stops at its next chunk. (An
+        // admin request's blocking work past the admin's grace period is
+        // not awaited: a purge stops at its next chunk too.)
+        journal.stop_maintenance();
+        for task in [pruner, doctor, indexer] {
             let _ = task.await;
         }
-        // Not aborted: each may be scanning on the blocking pool, which an
-        // abort would leave running. A sweep stops at its next chunk.
-        journal.stop_maintenance();
-        let _ = pruner.await;
-        let _ = indexer.await;
         // Nothing is attempted any more: index what is still pending, so the
         // journal left behind is one an earlier version reads whole.
         match journal.queue_fresh_jobs().await {
@@ -404,10 +405,21 @@ async fn heartbeat(
 /// After a storage failure (disk full, file-size limit, I/O error) sled
 /// refuses writes until the journal is reopened: try that, backing off while
 /// it keeps failing, then let the lanes reload their queues from it.
-async fn recover_journal(journal: Arc<Journal>, lanes: delivery::LaneStatus) {
+/// Ends at `stop`, or after the reopen then running: not aborted, since the
+/// reopen runs on the blocking pool and would hold the journal after `run`.
+async fn recover_journal(
+    journal: Arc<Journal>,
+    lanes: delivery::LaneStatus,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut backoff = REOPEN_BACKOFF_FIRST;
     loop {
-        tokio::time::sleep(if journal.is_writable() { JOURNAL_CHECK_INTERVAL } else { backoff }).await;
+        let wait = if journal.is_writable() { JOURNAL_CHECK_INTERVAL } else { backoff };
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopping| *stopping) => return,
+            () = tokio::time::sleep(wait) => {}
+        }
         if journal.is_writable() {
             backoff = REOPEN_BACKOFF_FIRST;
             continue;
@@ -481,15 +493,16 @@ async fn next_tick(
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> bool {
     tokio::select! {
-        _ = interval.tick() => true,
+        biased; // a tick that is also due never wins over the stop
         _ = stop.wait_for(|stopping| *stopping) => false,
+        _ = interval.tick() => true,
     }
 }
 
 /// Keeps the journal bounded: expired dedup entries, and delivered
 /// deliveries older than `retention` (dead and pending ones stay). Ends at
-/// `stop`; a sweep then running ends at its next chunk (see
-/// [`Journal::stop_maintenance`]).
+/// `stop`, or after the sweep then running, which ends at its next chunk
+/// once the caller has called [`Journal::stop_maintenance`].
 async fn prune_periodically(
     journal: Arc<Journal>,
     retention: Duration,

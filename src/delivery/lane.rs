@@ -28,6 +28,13 @@ use rustls_pki_types::CertificateDer;
 /// How long an idle lane sleeps when nothing wakes it (a safety net only).
 const IDLE_RECHECK: Duration = Duration::from_secs(60);
 
+/// Most attempts of one lane that are sent or answered and not yet recorded.
+/// Bounds how far a fast target runs ahead of the disk: the memory those
+/// attempts hold, and the answered attempts a crash can make the lane repeat
+/// (a few group commits' worth; without it, as many as the target answers
+/// while the disk syncs).
+const UNRECORDED_PER_LANE: usize = 256;
+
 /// How often a lane looks again while the journal refuses writes.
 const JOURNAL_RECHECK_MS: u64 = 1_000;
 
@@ -82,6 +89,9 @@ pub(crate) struct Lane {
     settings: Live<LaneSettings>,
     /// Sized to the configured concurrency (resized by a reload).
     permits: Arc<Semaphore>,
+    /// [`UNRECORDED_PER_LANE`] permits, each held from before an attempt
+    /// is picked until its outcome is recorded.
+    unrecorded: Arc<Semaphore>,
     breaker: Mutex<Breaker>,
     /// Pending jobs not in flight; a job leaves it when its attempt starts
     /// and comes back (as a retry) only through `record_attempt`.
@@ -105,6 +115,7 @@ impl Lane {
             name: target.name.clone(),
             settings: Live::new(LaneSettings::new(target, None)),
             permits: Arc::new(Semaphore::new(target.concurrency.get() as usize)),
+            unrecorded: Arc::new(Semaphore::new(UNRECORDED_PER_LANE)),
             breaker: Mutex::new(Breaker::new(target.breaker.failures.get(), target.breaker.probe_interval)),
             inbox,
             journal,
@@ -241,6 +252,10 @@ impl Lane {
         let mut attempts = JoinSet::new();
         loop {
             // Capacity first: a job is picked only when it can go out at once.
+            let unrecorded = tokio::select! {
+                permit = self.unrecorded.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                _ = stop.wait_for(|stopping| *stopping) => break,
+            };
             let permit = tokio::select! {
                 permit = self.permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
                 _ = stop.wait_for(|stopping| *stopping) => break,
@@ -254,7 +269,10 @@ impl Lane {
                 }
             }
             let lane = self.clone();
-            attempts.spawn(async move { lane.attempt(entry, permit).await });
+            attempts.spawn(async move {
+                lane.attempt(entry, permit).await;
+                drop(unrecorded);
+            });
             while attempts.try_join_next().is_some() {}
         }
         let in_flight = attempts.len();
@@ -325,7 +343,8 @@ impl Lane {
     /// Sends one job and records its outcome. `permit` is one of the
     /// target's concurrency slots: it bounds requests open at the target, so
     /// it is given back as soon as the answer is in, not after the outcome's
-    /// group commit (which would leave the target idle while the disk syncs).
+    /// group commit (which would leave the target idle while the disk syncs;
+    /// [`UNRECORDED_PER_LANE`] bounds how far sending runs ahead of writing).
     async fn attempt(&self, entry: QueueEntry, permit: OwnedSemaphorePermit) {
         // Leaves the in-flight set on every path out of here, after a retry
         // is back in the queue (see `resync`).
@@ -400,7 +419,6 @@ impl Lane {
                 return;
             }
         };
-        drop(permit);
         let elapsed = started.elapsed();
         let latency_ms = elapsed.as_millis() as u64;
         let now = now_ms();
@@ -420,11 +438,17 @@ impl Lane {
                 breaker.record(outcome.is_success(), now)
             }
         };
+        // The answer is in and the breaker has heard it (a job picked from
+        // here on sees a breaker this failure opened): the slot is free.
+        drop(permit);
         match breaker_change {
             Some(BreakerState::Open { probe_at_ms }) => tracing::warn!(
                 target_name = %self.name, probe_in_ms = probe_at_ms.saturating_sub(now), "target paused by the circuit breaker"
             ),
-            Some(BreakerState::Closed) => tracing::info!(target_name = %self.name, "target resumed"),
+            Some(BreakerState::Closed) => {
+                tracing::info!(target_name = %self.name, "target resumed");
+                self.inbox.bell.notify_one(); // the lane need not wait for this write
+            }
             _ => {}
         }
         let (status, error) = match &outcome {
@@ -459,7 +483,7 @@ impl Lane {
         // so a scrape never sees an attempt both finished and in flight.
         drop(in_flight);
         self.metrics.attempt(&self.name, counted, elapsed);
-        // A permit is free again, and a probe may have settled the breaker.
+        // A retry may be queued, and a probe may have settled the breaker.
         self.inbox.bell.notify_one();
     }
 

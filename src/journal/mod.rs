@@ -143,6 +143,9 @@ struct Quota {
 
 const QUOTA_REFRESH_MS: u64 = 1_000;
 
+/// How often a dedup prune looks whether maintenance was stopped.
+const DEDUP_ENTRIES_BETWEEN_STOP_CHECKS: usize = 1_024;
+
 /// How long [`Journal::reopen`] waits for calls in progress to let go.
 #[cfg(not(test))]
 const REOPEN_WAIT: Duration = Duration::from_secs(10);
@@ -443,7 +446,8 @@ impl Journal {
     }
 
     /// Ends pruning and purges, now and for good: a sweep in progress stops
-    /// at its next chunk with what it removed so far (each chunk is whole).
+    /// at its next chunk with what it removed so far (each chunk of
+    /// deliveries is removed whole), a dedup prune within 1,024 entries.
     /// For shutdown, so that no scan outlives the gateway.
     pub fn stop_maintenance(&self) {
         self.maintenance_stopped.store(true, Ordering::Release);
@@ -460,7 +464,7 @@ impl Journal {
         let mut removed = 0;
         let tree = self.tree()?;
         for (seen, entry) in tree.scan_prefix(keys::DEDUP).enumerate() {
-            if seen % 1_024 == 0 && self.maintenance_stopped() {
+            if seen % DEDUP_ENTRIES_BETWEEN_STOP_CHECKS == 0 && self.maintenance_stopped() {
                 break;
             }
             let (key, value) = entry?;

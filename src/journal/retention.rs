@@ -50,6 +50,9 @@ impl Journal {
     /// after [`Journal::stop_maintenance`].
     pub fn prune_delivered(&self, cutoff_ms: u64) -> Result<Swept, JournalError> {
         let swept = self.sweep(cutoff_ms, Rule::AllDelivered, None, false)?;
+        if self.maintenance_stopped() {
+            return Ok(swept);
+        }
         for replay in self.replays(usize::MAX)? {
             if !self.maintenance_stopped()
                 && replay.created_at_ms < cutoff_ms
@@ -64,7 +67,9 @@ impl Journal {
 
     /// Deletes deliveries received before `until_ms` (of `source`, when given)
     /// that have a dead job and no pending one: the operator's way to drop
-    /// dead letters for good. `dry_run` only counts.
+    /// dead letters for good. `dry_run` only counts. Stops early, with what
+    /// it removed so far, after [`Journal::stop_maintenance`] (at shutdown,
+    /// once the admin API is closed).
     pub fn purge_dead(
         &self,
         until_ms: u64,
