@@ -23,17 +23,17 @@
 //! (`Journal::queue_waiting_fresh_jobs`), so the mark stays recent and a start
 //! scans minutes of jobs, however long a target has been away.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, VecDeque};
 
 use super::{DeliveryId, Job, JobState, JournalError, QueueClass, QueueEntry, decode_job, keys};
 
 /// The writer thread's record of the fresh jobs it appended that are still
 /// unindexed and whose first outcome is not yet flushed: what pins the mark.
-/// One ordered set of delivery ids per target (about 30 bytes a job): a
-/// target that is down or paused can hold a million of them.
+/// One ordered set of delivery ids per target: a target that is down or
+/// paused can hold a million of them.
 #[derive(Debug, Default)]
 pub(crate) struct FreshJobs {
-    unsettled: HashMap<String, BTreeSet<DeliveryId>>,
+    unsettled: HashMap<String, IdSet>,
     /// The mark as last written (`None`: no unqueued pending job).
     persisted: Option<DeliveryId>,
 }
@@ -45,7 +45,7 @@ impl FreshJobs {
             match self.unsettled.get_mut(target) {
                 Some(ids) => ids.insert(id),
                 None => self.unsettled.entry(target.clone()).or_default().insert(id),
-            };
+            }
         }
     }
 
@@ -53,14 +53,14 @@ impl FreshJobs {
     /// unindexed: if not, it was indexed (at the open, or after waiting) and
     /// its `Q` entry must go with its outcome.
     pub(crate) fn tracks(&self, id: DeliveryId, target: &str) -> bool {
-        self.unsettled.get(target).is_some_and(|ids| ids.contains(&id))
+        self.unsettled.get(target).is_some_and(|ids| ids.contains(id))
     }
 
     /// The job's first outcome, or its index entry, is flushed: it no longer
     /// holds the mark. Idempotent.
     pub(crate) fn release(&mut self, id: DeliveryId, target: &str) {
         if let Some(ids) = self.unsettled.get_mut(target) {
-            ids.remove(&id);
+            ids.remove(id);
         }
     }
 
@@ -76,7 +76,73 @@ impl FreshJobs {
     }
 
     pub(crate) fn wanted(&self) -> Option<DeliveryId> {
-        self.unsettled.values().filter_map(|ids| ids.first()).min().copied()
+        self.unsettled.values().filter_map(IdSet::first).min()
+    }
+}
+
+/// An ordered set of delivery ids, compact for the way the writer uses it:
+/// 16 bytes an id in a sorted deque (a `BTreeSet` took about 30), which
+/// matters with a million pending jobs. Ids arrive nearly in order (a late
+/// request sorts a little before the last one), so an insert lands at or
+/// near the back. A removed id is marked (the top bit of its `seq`, which a
+/// sled id counter never reaches) and dropped once it reaches the front, or
+/// when marked ids outnumber the rest.
+#[derive(Debug, Default)]
+struct IdSet {
+    ids: VecDeque<DeliveryId>,
+    /// Ids in `ids` not marked removed.
+    live: usize,
+}
+
+const REMOVED: u64 = 1 << 63;
+
+impl IdSet {
+    /// Where `id` is, or would go, and whether it is there (marked or not).
+    fn search(&self, id: DeliveryId) -> (usize, bool) {
+        let unmarked = |stored: &DeliveryId| DeliveryId { seq: stored.seq & !REMOVED, ..*stored };
+        let at = self.ids.partition_point(|stored| unmarked(stored) < id);
+        (at, self.ids.get(at).is_some_and(|stored| unmarked(stored) == id))
+    }
+
+    fn insert(&mut self, id: DeliveryId) {
+        match self.search(id) {
+            (at, true) if self.ids[at].seq & REMOVED != 0 => {
+                self.ids[at].seq &= !REMOVED;
+                self.live += 1;
+            }
+            (_, true) => {}
+            (at, false) => {
+                self.ids.insert(at, id);
+                self.live += 1;
+            }
+        }
+    }
+
+    fn contains(&self, id: DeliveryId) -> bool {
+        matches!(self.search(id), (at, true) if self.ids[at].seq & REMOVED == 0)
+    }
+
+    fn remove(&mut self, id: DeliveryId) {
+        let (at, found) = self.search(id);
+        if !found || self.ids[at].seq & REMOVED != 0 {
+            return;
+        }
+        self.ids[at].seq |= REMOVED;
+        self.live -= 1;
+        while self.ids.front().is_some_and(|front| front.seq & REMOVED != 0) {
+            self.ids.pop_front();
+        }
+        if self.ids.len() > 2 * self.live + 1_024 {
+            self.ids.retain(|stored| stored.seq & REMOVED == 0);
+        }
+        if self.ids.capacity() > 4 * self.ids.len() + 1_024 {
+            self.ids.shrink_to_fit();
+        }
+    }
+
+    /// The smallest id (the front is never a removed one).
+    fn first(&self) -> Option<DeliveryId> {
+        self.ids.front().copied()
     }
 }
 
@@ -255,6 +321,56 @@ mod tests {
         fresh.release(id(20), "b");
         assert_eq!(fresh.wanted(), None);
         assert_eq!(fresh.mark_update(), Some(None), "cleared");
+    }
+
+    #[test]
+    fn removed_ids_behind_a_pending_one_are_dropped_in_bulk() {
+        let mut set = IdSet::default();
+        for ms in 0..5_000 {
+            set.insert(id(ms));
+        }
+        // The oldest stays pending (a target's slow job); the rest settle.
+        for ms in 1..5_000 {
+            set.remove(id(ms));
+        }
+        assert!(set.ids.len() <= 2 * set.live + 1_024, "kept {} ids for 1 pending", set.ids.len());
+        assert_eq!(set.first(), Some(id(0)));
+        assert!(set.contains(id(0)) && !set.contains(id(4_999)));
+        set.remove(id(0));
+        assert_eq!((set.first(), set.live, set.ids.len()), (None, 0, 0));
+        set.insert(id(7)); // a removed id may come back (another writer's append)
+        assert!(set.contains(id(7)));
+    }
+
+    proptest::proptest! {
+        /// The compact set answers as a `BTreeSet` would, whatever the order
+        /// of inserts and removals (ids mostly rising, as appends come).
+        #[test]
+        fn the_id_set_behaves_as_an_ordered_set(
+            ops in proptest::collection::vec((proptest::bool::weighted(0.6), 0u64..400), 0..3_000)
+        ) {
+            let mut set = IdSet::default();
+            let mut model = std::collections::BTreeSet::new();
+            for (i, (insert, back)) in ops.into_iter().enumerate() {
+                // Near the newest id most of the time, sometimes far back.
+                let ms = (i as u64).saturating_sub(back % if back < 360 { 8 } else { 400 });
+                let id = DeliveryId { received_at_ms: ms / 3, seq: ms }; // several a millisecond
+                if insert {
+                    set.insert(id);
+                    model.insert(id);
+                } else {
+                    set.remove(id);
+                    model.remove(&id);
+                }
+                proptest::prop_assert_eq!(set.first(), model.first().copied());
+                proptest::prop_assert_eq!(set.live, model.len());
+                proptest::prop_assert_eq!(set.contains(id), model.contains(&id));
+            }
+            for id in &model {
+                proptest::prop_assert!(set.contains(*id));
+            }
+            proptest::prop_assert_eq!(set.ids.iter().filter(|id| id.seq & REMOVED == 0).count(), model.len());
+        }
     }
 
     #[test]
