@@ -56,11 +56,7 @@ fn cpu_time() -> Duration {
 }
 
 /// "1.85 cores busy, 212 µs of CPU per delivery" for `work` items done in `wall`.
-fn cpu_cost(cpu: Duration, wall: Duration, work: u64) -> String {
-    cpu_cost_per(cpu, wall, work, "delivery")
-}
-
-fn cpu_cost_per(cpu: Duration, wall: Duration, work: u64, item: &str) -> String {
+fn cpu_cost(cpu: Duration, wall: Duration, work: u64, item: &str) -> String {
     format!(
         "{:.2} cores busy, {:.0} µs of CPU per {item}",
         cpu.as_secs_f64() / wall.as_secs_f64(),
@@ -319,7 +315,7 @@ async fn bare_deliveries(targets: u64, per_target: u64, duration: Duration) -> (
     }
     let (wall, cpu) = (started.elapsed(), cpu_time() - cpu_started);
     let done = count.load(Ordering::Relaxed);
-    (done as f64 / wall.as_secs_f64(), cpu_cost(cpu, wall, done))
+    (done as f64 / wall.as_secs_f64(), cpu_cost(cpu, wall, done, "delivery"))
 }
 
 /// A gateway on HTTPS with `targets` counting targets, running until dropped.
@@ -417,16 +413,17 @@ fn main() {
         let bare = baseline_server(server_tls.clone(), false).await;
         let verifying = baseline_server(server_tls.clone(), true).await;
         let (a, b) = if baselines {
-            let cpu_started = cpu_time();
-            let a = load(bare, client.clone(), concurrency, duration, Pace::ClosedLoop, "a").await;
-            let cpu_a = cpu_time() - cpu_started;
-            report("(a) baseline: hyper + rustls", &a);
-            println!("    {}", cpu_cost_per(cpu_a, a.elapsed, a.requests, "request (load generator included)"));
-            let cpu_started = cpu_time();
-            let b = load(verifying, client.clone(), concurrency, duration, Pace::ClosedLoop, "b").await;
-            let cpu_b = cpu_time() - cpu_started;
-            report("(b) baseline: hyper + rustls + HMAC", &b);
-            println!("    {}", cpu_cost_per(cpu_b, b.elapsed, b.requests, "request (load generator included)"));
+            let mut rates = Vec::new();
+            for (server, tag, name) in
+                [(bare, "a", "(a) baseline: hyper + rustls"), (verifying, "b", "(b) baseline: hyper + rustls + HMAC")]
+            {
+                let cpu_started = cpu_time();
+                let r = load(server, client.clone(), concurrency, duration, Pace::ClosedLoop, tag).await;
+                let cpu = cpu_time() - cpu_started;
+                report(name, &r);
+                println!("    {}", cpu_cost(cpu, r.elapsed, r.requests, "request (load generator included)"));
+                rates.push(r.rate());
+            }
             let max_targets = target_counts.iter().copied().max().unwrap_or(0);
             if max_targets > 0 {
                 let (rate, cost) = bare_deliveries(max_targets, 16, duration).await;
@@ -435,7 +432,7 @@ fn main() {
                     format!("(d) baseline: POSTs to {max_targets} target(s)")
                 );
             }
-            (a.rate(), b.rate())
+            (rates[0], rates[1])
         } else {
             (f64::NAN, f64::NAN)
         };
@@ -463,7 +460,7 @@ fn main() {
             );
             println!(
                 "    ingest and delivery: {}",
-                cpu_cost_per(cpu, drain, ingest.requests, "request (load generator included)")
+                cpu_cost(cpu, drain, ingest.requests, "request (load generator included)")
             );
 
             // Latency at half the rate just measured, once the backlog is gone.
@@ -499,9 +496,9 @@ fn main() {
                 );
                 println!(
                     "    replay: while it was created ({during} delivered meanwhile) {}; after, {:.0} deliveries/s, {}",
-                    cpu_cost_per(cpu_drain - cpu_before, created, matched, "pair"),
+                    cpu_cost(cpu_drain - cpu_before, created, matched, "pair"),
                     (replayed - during) as f64 / drain_wall.as_secs_f64(),
-                    cpu_cost(cpu_end - cpu_drain, drain_wall, replayed - during)
+                    cpu_cost(cpu_end - cpu_drain, drain_wall, replayed - during, "delivery")
                 );
             }
             gateway.stop().await;

@@ -96,6 +96,14 @@ struct IdSet {
 
 const REMOVED: u64 = 1 << 63;
 
+/// Marked ids an [`IdSet`] may hold beyond its live ones before it drops
+/// them in bulk, and spare capacity beyond its length before it shrinks.
+const IDSET_SLACK: usize = 1_024;
+
+fn is_removed(id: &DeliveryId) -> bool {
+    id.seq & REMOVED != 0
+}
+
 impl IdSet {
     /// Where `id` is, or would go, and whether it is there (marked or not).
     fn search(&self, id: DeliveryId) -> (usize, bool) {
@@ -106,7 +114,7 @@ impl IdSet {
 
     fn insert(&mut self, id: DeliveryId) {
         match self.search(id) {
-            (at, true) if self.ids[at].seq & REMOVED != 0 => {
+            (at, true) if is_removed(&self.ids[at]) => {
                 self.ids[at].seq &= !REMOVED;
                 self.live += 1;
             }
@@ -119,23 +127,23 @@ impl IdSet {
     }
 
     fn contains(&self, id: DeliveryId) -> bool {
-        matches!(self.search(id), (at, true) if self.ids[at].seq & REMOVED == 0)
+        matches!(self.search(id), (at, true) if !is_removed(&self.ids[at]))
     }
 
     fn remove(&mut self, id: DeliveryId) {
         let (at, found) = self.search(id);
-        if !found || self.ids[at].seq & REMOVED != 0 {
+        if !found || is_removed(&self.ids[at]) {
             return;
         }
         self.ids[at].seq |= REMOVED;
         self.live -= 1;
-        while self.ids.front().is_some_and(|front| front.seq & REMOVED != 0) {
+        while self.ids.front().is_some_and(is_removed) {
             self.ids.pop_front();
         }
-        if self.ids.len() > 2 * self.live + 1_024 {
-            self.ids.retain(|stored| stored.seq & REMOVED == 0);
+        if self.ids.len() > 2 * self.live + IDSET_SLACK {
+            self.ids.retain(|stored| !is_removed(stored));
         }
-        if self.ids.capacity() > 4 * self.ids.len() + 1_024 {
+        if self.ids.capacity() > 4 * self.ids.len() + IDSET_SLACK {
             self.ids.shrink_to_fit();
         }
     }
@@ -333,7 +341,7 @@ mod tests {
         for ms in 1..5_000 {
             set.remove(id(ms));
         }
-        assert!(set.ids.len() <= 2 * set.live + 1_024, "kept {} ids for 1 pending", set.ids.len());
+        assert!(set.ids.len() <= 2 * set.live + IDSET_SLACK, "kept {} ids for 1 pending", set.ids.len());
         assert_eq!(set.first(), Some(id(0)));
         assert!(set.contains(id(0)) && !set.contains(id(4_999)));
         set.remove(id(0));
@@ -369,7 +377,7 @@ mod tests {
             for id in &model {
                 proptest::prop_assert!(set.contains(*id));
             }
-            proptest::prop_assert_eq!(set.ids.iter().filter(|id| id.seq & REMOVED == 0).count(), model.len());
+            proptest::prop_assert_eq!(set.ids.iter().filter(|id| !is_removed(id)).count(), model.len());
         }
     }
 

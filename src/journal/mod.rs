@@ -447,7 +447,8 @@ impl Journal {
 
     /// Ends pruning and purges, now and for good: a sweep in progress stops
     /// at its next chunk with what it removed so far (each chunk of
-    /// deliveries is removed whole), a dedup prune within 1,024 entries.
+    /// deliveries is removed whole), a dedup prune within
+    /// [`DEDUP_ENTRIES_BETWEEN_STOP_CHECKS`] entries.
     /// For shutdown, so that no scan outlives the gateway.
     pub fn stop_maintenance(&self) {
         self.maintenance_stopped.store(true, Ordering::Release);
