@@ -366,7 +366,7 @@ impl Lane {
                 self.inbox.bell.notify_one();
                 return;
             }
-            Ok((mut record, job)) => {
+            Ok((record, job)) => {
                 let mut info = AttemptInfo {
                     number: job.attempts + 1,
                     replay: job.replay.is_some(),
@@ -376,11 +376,12 @@ impl Lane {
                 // An enriching target: the body with Parallel's content
                 // attached (re-signed below over exactly these bytes).
                 let mut refused = None;
+                let mut enriched = None;
                 if let Some(on_failure) = settings.enrich {
                     match self.enricher.enrich(&record).await {
                         Enriched::NotApplicable => {}
                         Enriched::Body(body) => {
-                            record.body = body;
+                            enriched = Some(crate::journal::DeliveryRecord { body, ..(*record).clone() });
                             info.enrichment = Some("attached");
                         }
                         Enriched::Failed(err) => {
@@ -397,7 +398,12 @@ impl Lane {
                 enrichment_refused = refused.is_some();
                 let built = match refused {
                     Some(reason) => Err(reason),
-                    None => outbound::build_request(&settings.url, &settings.signer, &record, &info),
+                    None => outbound::build_request(
+                        &settings.url,
+                        &settings.signer,
+                        enriched.as_ref().unwrap_or(&record),
+                        &info,
+                    ),
                 };
                 let outcome = match built {
                     Ok(request) => {
@@ -407,7 +413,7 @@ impl Lane {
                     }
                     Err(err) => AttemptOutcome::Failed(err),
                 };
-                (outcome, info.number, job, record.webhook_id)
+                (outcome, info.number, job, record.webhook_id.clone())
             }
             Err(err) => {
                 // Left in the journal's queue: retried after a restart. Counted
@@ -490,15 +496,18 @@ impl Lane {
     fn load(
         &self,
         entry: &QueueEntry,
-    ) -> Result<(crate::journal::DeliveryRecord, crate::journal::Job), crate::journal::JournalError> {
+    ) -> Result<(Arc<crate::journal::DeliveryRecord>, crate::journal::Job), crate::journal::JournalError>
+    {
         let missing = || {
             crate::journal::JournalError::Storage(format!(
                 "job {} → {} is missing",
                 entry.delivery, self.name
             ))
         };
-        let record = self.journal.get(entry.delivery)?.ok_or_else(missing)?;
+        // The job decides: a record kept in memory may outlive its
+        // delivery's deletion for a moment, the job never does.
         let job = self.journal.job(entry.delivery, &self.name)?.ok_or_else(missing)?;
+        let record = self.journal.record_to_send(entry.delivery)?.ok_or_else(missing)?;
         Ok((record, job))
     }
 }

@@ -47,6 +47,7 @@
 mod codec;
 mod fresh;
 mod job;
+mod recent;
 mod record;
 mod replays;
 mod retention;
@@ -66,6 +67,7 @@ pub use retention::Swept;
 
 use crate::config::JournalConfig;
 use crate::delivery::policy::Decision;
+use recent::RecentRecords;
 use writer::Writer;
 
 /// Why the journal could not do what was asked.
@@ -131,6 +133,10 @@ pub struct Journal {
     /// Set at shutdown: pruning and purges stop at their next chunk, so no
     /// scan keeps the journal (and sled's lock on its directory) open.
     maintenance_stopped: AtomicBool,
+    /// Records the lanes are about to send, shared with the writer thread
+    /// (see `recent`). Holds only flushed records; kept across a reopen,
+    /// which keeps everything flushed.
+    recent: Arc<Mutex<RecentRecords>>,
 }
 
 /// A disk-size limit, checked against a figure refreshed at most once a
@@ -186,11 +192,12 @@ impl Store {
         cache: u64,
         dedup_window_ms: u64,
         failed: Arc<AtomicBool>,
+        recent: Arc<Mutex<RecentRecords>>,
     ) -> Result<Store, JournalError> {
         let db = open_db(path, cache)?;
         let tree = db.open_tree("journal")?;
         let fresh = fresh::recover(&db, &tree)?;
-        let writer = Writer::start(db.clone(), tree.clone(), dedup_window_ms, failed, fresh)
+        let writer = Writer::start(db.clone(), tree.clone(), dedup_window_ms, failed, fresh, recent)
             .map_err(|err| JournalError::Storage(format!("cannot start the journal writer: {err}")))?;
         Ok(Store { db, tree, writer })
     }
@@ -201,7 +208,8 @@ impl Journal {
     pub fn open(config: &JournalConfig) -> Result<Journal, JournalError> {
         let dedup_window_ms = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
         let failed = Arc::new(AtomicBool::new(false));
-        let store = Store::open(&config.path, config.cache, dedup_window_ms, failed.clone())?;
+        let recent = Arc::new(Mutex::new(RecentRecords::new(recent::RECENT_RECORDS_BYTES)));
+        let store = Store::open(&config.path, config.cache, dedup_window_ms, failed.clone(), recent.clone())?;
         let quota = match config.max_disk {
             None => None,
             Some(limit) => Some(Quota {
@@ -223,6 +231,7 @@ impl Journal {
             dead: Mutex::new(HashMap::new()),
             maintenance: Mutex::new(()),
             maintenance_stopped: AtomicBool::new(false),
+            recent,
         };
         journal.count_dead_jobs()?;
         Ok(journal)
@@ -301,7 +310,13 @@ impl Journal {
         // still hold sled's directory lock for a moment.
         let deadline = Instant::now() + REOPEN_WAIT;
         let store = loop {
-            match Store::open(&self.path, self.cache, self.dedup_window_ms, self.failed.clone()) {
+            match Store::open(
+                &self.path,
+                self.cache,
+                self.dedup_window_ms,
+                self.failed.clone(),
+                self.recent.clone(),
+            ) {
                 Ok(store) => break store,
                 Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
                 Err(err) => return Err(err),
@@ -497,6 +512,18 @@ impl Journal {
 
     pub fn get(&self, id: DeliveryId) -> Result<Option<DeliveryRecord>, JournalError> {
         self.tree()?.get(keys::delivery(id))?.map(|bytes| decode(&id.to_key(), &bytes)).transpose()
+    }
+
+    /// A delivery's record as a lane sends it: shared with the other lanes,
+    /// from memory when it was journaled or read lately (see `recent`).
+    pub fn record_to_send(&self, id: DeliveryId) -> Result<Option<Arc<DeliveryRecord>>, JournalError> {
+        if let Some(record) = self.recent.lock().expect("not poisoned").get(id) {
+            return Ok(Some(record));
+        }
+        let Some(record) = self.get(id)? else { return Ok(None) };
+        let record = Arc::new(record);
+        self.recent.lock().expect("not poisoned").insert(record.clone());
+        Ok(Some(record))
     }
 
     /// Every delivery, oldest first.

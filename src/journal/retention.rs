@@ -94,6 +94,7 @@ impl Journal {
             let _maintenance = self.maintenance.lock().expect("not poisoned");
             let mut batch = sled::Batch::default();
             let mut dead_removed: Vec<String> = Vec::new();
+            let mut removed = Vec::new();
             let mut next = None;
             for (examined, entry) in self.tree()?.range(keys::delivery(start)..).enumerate() {
                 let (key, value) = entry?;
@@ -117,6 +118,7 @@ impl Journal {
                 swept.jobs += jobs.len() as u64;
                 batch.remove(key);
                 batch.remove(keys::enrichment(id));
+                removed.push(id);
                 // Its event-group entry goes with it (if it is this delivery's).
                 if rule.removes_group_entry()
                     && let Some(group) = crate::envelope::Envelope::from_body(&record.body).event_group_id
@@ -143,6 +145,10 @@ impl Journal {
                 self.wrote(self.tree()?.apply_batch(batch))?;
                 for target in dead_removed {
                     self.count_dead(&target, -1);
+                }
+                let mut recent = self.recent.lock().expect("not poisoned");
+                for id in removed {
+                    recent.forget(id);
                 }
             }
             match next {

@@ -324,6 +324,37 @@ async fn retention_prunes_only_old_fully_delivered_deliveries() {
     assert_eq!(journal.prune_delivered(10_000).unwrap(), Swept::default());
 }
 
+/// Whether the lanes' record of `id` is in memory (see `recent`).
+fn kept_in_memory(journal: &Journal, id: DeliveryId) -> bool {
+    journal.recent.lock().unwrap().get(id).is_some()
+}
+
+#[tokio::test]
+async fn lanes_get_new_records_from_memory_and_never_a_deleted_one() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let routed = journal.append(delivery("evt_1", 1_000), &["a".to_owned()]).await.unwrap().id;
+    let unrouted = journal.append(delivery("evt_2", 1_001), &[]).await.unwrap().id;
+    assert!(kept_in_memory(&journal, routed), "kept once flushed, for the lanes about to send it");
+    assert!(!kept_in_memory(&journal, unrouted), "no lane will ask for it");
+    let shared = journal.record_to_send(routed).unwrap().unwrap();
+    assert_eq!(*shared, journal.get(routed).unwrap().unwrap());
+
+    // Read from disk once (after a restart), then shared.
+    drop((journal, shared));
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    assert!(!kept_in_memory(&journal, routed));
+    let from_disk = journal.record_to_send(routed).unwrap().unwrap();
+    assert!(Arc::ptr_eq(&from_disk, &journal.record_to_send(routed).unwrap().unwrap()));
+
+    // Deleted by retention: gone from memory too.
+    settle(&journal, routed, "a", Decision::Delivered).await;
+    assert_eq!(journal.prune_delivered(10_000).unwrap().deliveries, 2);
+    assert!(!kept_in_memory(&journal, routed));
+    assert!(journal.record_to_send(routed).unwrap().is_none());
+}
+
 #[tokio::test]
 async fn maintenance_stopped_for_shutdown_removes_nothing_more() {
     let dir = tempfile::tempdir().unwrap();

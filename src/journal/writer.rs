@@ -10,14 +10,15 @@
 //! request is answered before the flush that covers its write.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
 use super::fresh::{self, FreshJobs};
 use super::keys;
+use super::recent::RecentRecords;
 use super::{Appended, DeliveryId, DeliveryRecord, Job, JournalError, NewDelivery};
 
 /// Most appends written in one group; bounds the latency a group adds.
@@ -84,6 +85,7 @@ impl Writer {
         dedup_window_ms: u64,
         failed: Arc<AtomicBool>,
         fresh: FreshJobs,
+        recent: Arc<Mutex<RecentRecords>>,
     ) -> std::io::Result<Self> {
         let (queue, requests) = mpsc::channel::<Request>();
         let flushes = Arc::new(AtomicU64::new(0));
@@ -105,7 +107,7 @@ impl Writer {
                     }
                 }
                 if !group.is_empty() {
-                    if !group.commit(&db, &tree, dedup_window_ms, &mut fresh)
+                    if !group.commit(&db, &tree, dedup_window_ms, &mut fresh, &recent)
                         && !failed.swap(true, Ordering::AcqRel)
                     {
                         tracing::error!(
@@ -210,14 +212,19 @@ impl Group {
     /// Writes the whole group as one batch, flushes, and answers every
     /// caller; false when the write or the flush failed (every caller got
     /// the error).
-    fn commit(self, db: &sled::Db, tree: &sled::Tree, dedup_window_ms: u64, fresh: &mut FreshJobs) -> bool {
+    fn commit(
+        self,
+        db: &sled::Db,
+        tree: &sled::Tree,
+        dedup_window_ms: u64,
+        fresh: &mut FreshJobs,
+        recent: &Mutex<RecentRecords>,
+    ) -> bool {
         let mut batch = sled::Batch::default();
-        // Dedup keys written by this group: a duplicate within the group
-        // points at the first one.
-        let mut in_group: HashMap<Vec<u8>, (DeliveryId, bool)> = HashMap::new();
+        let mut planned = Planned::default();
         let mut outcomes = Vec::with_capacity(self.appends.len());
         for Append { new, targets, reply } in self.appends {
-            let outcome = plan(db, tree, dedup_window_ms, new, &targets, &mut in_group, &mut batch);
+            let outcome = plan(db, tree, dedup_window_ms, new, &targets, &mut planned, &mut batch);
             if let Ok(Appended { id, duplicate: false }) = outcome {
                 fresh.appended(id, &targets);
             }
@@ -273,6 +280,10 @@ impl Group {
             for (delivery, target) in &released {
                 fresh.release(*delivery, target);
             }
+            let mut recent = recent.lock().expect("not poisoned");
+            for record in planned.new_records {
+                recent.insert(record);
+            }
         }
         let failure = || written.as_ref().err().map(|err| JournalError::Storage(err.to_string()));
         for (reply, outcome) in outcomes {
@@ -289,6 +300,17 @@ impl Group {
     }
 }
 
+/// What the appends of a group planned so far.
+#[derive(Default)]
+struct Planned {
+    /// Dedup and event-group keys written by this group: a duplicate
+    /// within the group points at the first one.
+    in_group: HashMap<Vec<u8>, (DeliveryId, bool)>,
+    /// New deliveries that have targets: the lanes get them from memory
+    /// once the group is flushed (see `recent`).
+    new_records: Vec<Arc<DeliveryRecord>>,
+}
+
 /// Adds one append's writes to the group's batch, or finds its original.
 fn plan(
     db: &sled::Db,
@@ -296,9 +318,10 @@ fn plan(
     dedup_window_ms: u64,
     new: NewDelivery,
     targets: &[String],
-    in_group: &mut HashMap<Vec<u8>, (DeliveryId, bool)>,
+    planned: &mut Planned,
     batch: &mut sled::Batch,
 ) -> Result<Appended, JournalError> {
+    let Planned { in_group, new_records } = planned;
     let dedup_key = keys::dedup(&new.source, &new.webhook_id);
     let previous = match in_group.get(&dedup_key) {
         Some((id, _)) => Some(*id),
@@ -340,6 +363,10 @@ fn plan(
         body: new.body,
     };
     batch.insert(keys::delivery(id), record.encode());
+    // For the lanes that are about to send it (see `recent`).
+    if !targets.is_empty() {
+        new_records.push(Arc::new(record));
+    }
     // Not queued in `Q`: found from the fresh-job mark (see `fresh`).
     for target in targets {
         batch.insert(keys::job(id, target), Job::new(id, target, received_at_ms, None).encode());
@@ -367,7 +394,7 @@ mod tests {
         for write in writes {
             group.writes.push((vec![write], oneshot::channel().0));
         }
-        assert!(group.commit(db, tree, 0, fresh));
+        assert!(group.commit(db, tree, 0, fresh, &Mutex::new(RecentRecords::new(0))));
     }
 
     #[test]
