@@ -14,9 +14,15 @@ use std::sync::Arc;
 
 use super::{DeliveryId, DeliveryRecord};
 
-/// What the lanes may hold in recent records: a few thousand 1 KiB
-/// deliveries, far more than the lanes of a busy gateway are apart.
-pub(super) const RECENT_RECORDS_BYTES: usize = 8 << 20;
+/// What the lanes may hold in recent records: about 2,500 deliveries of
+/// 1 KiB, more than the lanes of a busy gateway are apart (live, and in a
+/// replay), and little beside the 200 MiB a journal of a million
+/// deliveries may take.
+pub(super) const RECENT_RECORDS_BYTES: usize = 4 << 20;
+
+/// What a kept record costs beyond its fields' bytes: the `Arc`, its slot
+/// in the map and the order, and the allocator's rounding of each field.
+const PER_RECORD_OVERHEAD: usize = 128;
 
 #[derive(Debug)]
 pub(super) struct RecentRecords {
@@ -73,7 +79,8 @@ impl RecentRecords {
 
 /// The bytes a kept record holds, about.
 fn weight(record: &DeliveryRecord) -> usize {
-    std::mem::size_of::<DeliveryRecord>()
+    PER_RECORD_OVERHEAD
+        + std::mem::size_of::<DeliveryRecord>()
         + record.body.len()
         + record.source.len()
         + record.webhook_id.len()

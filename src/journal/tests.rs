@@ -356,6 +356,23 @@ async fn lanes_get_new_records_from_memory_and_never_a_deleted_one() {
 }
 
 #[tokio::test]
+async fn an_open_that_took_long_is_done_again_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let journal = Journal::open(&config(dir.path())).unwrap();
+        journal.append(delivery("evt_1", 1_000), &["a".to_owned()]).await.unwrap().id
+    };
+    // Every open counts as long: closed and opened again at once.
+    let journal = Journal::open_again_after(&config(dir.path()), Duration::ZERO).unwrap();
+    assert_eq!(journal.get(id).unwrap().unwrap().webhook_id, "evt_1");
+    assert_eq!(journal.queued("a").unwrap().len(), 1);
+    let second = journal.append(delivery("evt_2", 2_000), &["a".to_owned()]).await.unwrap();
+    assert!(!second.duplicate, "and it takes writes");
+    drop(journal);
+    assert_eq!(Journal::open(&config(dir.path())).unwrap().queued("a").unwrap().len(), 2);
+}
+
+#[tokio::test]
 async fn maintenance_stopped_for_shutdown_removes_nothing_more() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(&config(dir.path())).unwrap();
