@@ -355,7 +355,7 @@ impl Lane {
         // Set when an enrichment failure (not the target) failed the attempt.
         let enrichment_refused;
         let (outcome, number, job, webhook_id) = match self.load(&entry) {
-            Ok((_, job)) if job.state != crate::journal::JobState::Pending => {
+            Ok((_, None)) => {
                 // Settled while its entry waited (a resync raced the
                 // attempt that settled it): nothing to send.
                 tracing::debug!(target_name = %self.name, delivery_id = %entry.delivery, "job already settled");
@@ -366,7 +366,7 @@ impl Lane {
                 self.inbox.bell.notify_one();
                 return;
             }
-            Ok((record, job)) => {
+            Ok((job, Some(record))) => {
                 let mut info = AttemptInfo {
                     number: job.attempts + 1,
                     replay: job.replay.is_some(),
@@ -381,7 +381,7 @@ impl Lane {
                     match self.enricher.enrich(&record).await {
                         Enriched::NotApplicable => {}
                         Enriched::Body(body) => {
-                            enriched = Some(crate::journal::DeliveryRecord { body, ..(*record).clone() });
+                            enriched = Some(record.with_body(body));
                             info.enrichment = Some("attached");
                         }
                         Enriched::Failed(err) => {
@@ -496,19 +496,25 @@ impl Lane {
     fn load(
         &self,
         entry: &QueueEntry,
-    ) -> Result<(Arc<crate::journal::DeliveryRecord>, crate::journal::Job), crate::journal::JournalError>
-    {
+    ) -> Result<
+        (crate::journal::Job, Option<Arc<crate::journal::DeliveryRecord>>),
+        crate::journal::JournalError,
+    > {
         let missing = || {
             crate::journal::JournalError::Storage(format!(
                 "job {} → {} is missing",
                 entry.delivery, self.name
             ))
         };
-        // The job decides: a record kept in memory may outlive its
-        // delivery's deletion for a moment, the job never does.
+        // The job first, and the record only for a pending one: a delivery
+        // is never deleted while it has a pending job (this one, which the
+        // lane holds), so no deleted record is read back into memory.
         let job = self.journal.job(entry.delivery, &self.name)?.ok_or_else(missing)?;
+        if job.state != crate::journal::JobState::Pending {
+            return Ok((job, None));
+        }
         let record = self.journal.record_to_send(entry.delivery)?.ok_or_else(missing)?;
-        Ok((record, job))
+        Ok((job, Some(record)))
     }
 }
 

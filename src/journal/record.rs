@@ -79,6 +79,21 @@ pub struct DeliveryRecord {
 const RECORD_V1: u8 = 1;
 
 impl DeliveryRecord {
+    /// A copy with another body (an enriched one), without copying this one's.
+    pub fn with_body(&self, body: Vec<u8>) -> DeliveryRecord {
+        DeliveryRecord {
+            id: self.id,
+            source: self.source.clone(),
+            webhook_id: self.webhook_id.clone(),
+            webhook_timestamp: self.webhook_timestamp.clone(),
+            webhook_signature: self.webhook_signature.clone(),
+            content_type: self.content_type.clone(),
+            event_type: self.event_type.clone(),
+            monitor_id: self.monitor_id.clone(),
+            body,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(self.body.len() + 256);
         w.u8(RECORD_V1)

@@ -362,8 +362,12 @@ async fn an_open_that_took_long_is_done_again_and_keeps_everything() {
         let journal = Journal::open(&config(dir.path())).unwrap();
         journal.append(delivery("evt_1", 1_000), &["a".to_owned()]).await.unwrap().id
     };
-    // Every open counts as long: closed and opened again at once.
-    let journal = Journal::open_again_after(&config(dir.path()), Duration::ZERO).unwrap();
+    let (journal, reopened) = Journal::open_again_after(&config(dir.path()), Duration::MAX).unwrap();
+    assert!(!reopened, "a quick recovery is kept");
+    drop(journal);
+    // Every recovery counts as long: closed and opened again at once.
+    let (journal, reopened) = Journal::open_again_after(&config(dir.path()), Duration::ZERO).unwrap();
+    assert!(reopened);
     assert_eq!(journal.get(id).unwrap().unwrap().webhook_id, "evt_1");
     assert_eq!(journal.queued("a").unwrap().len(), 1);
     let second = journal.append(delivery("evt_2", 2_000), &["a".to_owned()]).await.unwrap();
@@ -711,7 +715,7 @@ async fn a_journal_that_cannot_queue_its_leftovers_at_open_keeps_them_behind_the
         let second = journal.append(delivery("evt_2", 2_000), &targets).await.unwrap().id;
         (first, second) // dropped without a clean stop: both unqueued
     };
-    let db = open_db(&config(dir.path()).path, 8 << 20).unwrap();
+    let (db, _) = open_db(&config(dir.path()).path, 8 << 20).unwrap();
     let tree = db.open_tree("journal").unwrap();
     // A damaged job past the mark is skipped, not fatal.
     tree.insert(keys::job(DeliveryId { received_at_ms: 1_500, seq: 0 }, "a"), &b"garbage"[..]).unwrap();
