@@ -5,8 +5,12 @@
 //! reopening the journal in a new process — what a restarted daemon holds.
 //! sled's page cache is bounded by `journal.cache` (64 MiB here, the default).
 //!
+//! Deliveries are realistic and varied (see `delivery`);
+//! `FOOTPRINT_SYNTHETIC=1` writes the ones of earlier tables instead (a
+//! padded body, sequential webhook ids, no event group).
+//!
 //! Run: `cargo bench --bench footprint` (env FOOTPRINT_DELIVERIES=1000000,
-//! FOOTPRINT_CACHE_MIB=64).
+//! FOOTPRINT_CACHE_MIB=64, FOOTPRINT_SYNTHETIC).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,12 +33,103 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-fn body() -> Vec<u8> {
-    let mut body = br#"{"type":"monitor.event.detected","data":{"monitor_id":"monitor_1","pad":""#.to_vec();
-    body.resize(1024 - 3, b'a');
-    body.extend_from_slice(br#""}}"#);
-    body
+/// A small deterministic generator (xorshift64*), so every run writes the
+/// same varied journal.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn hex(&mut self, len: usize) -> String {
+        (0..len).map(|_| char::from(b"0123456789abcdef"[(self.next() % 16) as usize])).collect()
+    }
+
+    fn base64(&mut self, len: usize) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        (0..len).map(|_| char::from(ALPHABET[(self.next() % 64) as usize])).collect()
+    }
+
+    /// `len` bytes of real English prose: a window of this repository's
+    /// README, whitespace squeezed, with JSON's special characters dropped.
+    fn prose(&mut self, len: usize) -> String {
+        static WORDS: std::sync::OnceLock<Vec<&str>> = std::sync::OnceLock::new();
+        let words = WORDS.get_or_init(|| {
+            include_str!("../README.md")
+                .split_whitespace()
+                .filter(|w| w.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'))
+                .collect()
+        });
+        let mut text = String::with_capacity(len + 16);
+        let mut at = (self.next() % words.len() as u64) as usize;
+        while text.len() < len {
+            text.push_str(words[at % words.len()]);
+            text.push(' ');
+            at += 1;
+        }
+        text.truncate(len);
+        text
+    }
 }
+
+/// One delivery as the journal would hold it for an enriched
+/// `monitor.event.detected` (PROTOCOL.md): random webhook and group ids, one
+/// of a few monitors and teams, a cited finding in prose; exactly `BODY_BYTES`
+/// long. Random ids cost sled far more than the sequential ones of the
+/// `synthetic` shape (see BENCHMARKS.md), and one repeated byte as padding
+/// would flatter any compression.
+fn delivery(rng: &mut Rng, n: u64, synthetic: bool) -> NewDelivery {
+    const TEAMS: [&str; 4] = ["research", "sales", "risk", "platform"];
+    let monitor = format!("monitor_{:016x}", (rng.next() % 20).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let seconds = 1_800_000_000 + n / 10;
+    let group = format!("mevtgrp_{}", rng.hex(16));
+    // Ten a second: 10⁶ deliveries span 28 hours, inside the dedup window.
+    let timestamp = hookrelay::time::rfc3339(seconds);
+    let head = format!(
+        r#"{{"type":"monitor.event.detected","timestamp":"{timestamp}","data":{{"monitor_id":"{monitor}","event":{{"event_group_id":"{group}"}},"metadata":{{"team":"{}","customer":"cust_{}"}},"events":[{{"event_type":"event_stream","event_id":"mevt_{}","event_date":"2027-01-1{}","output":{{"type":"text","content":""#,
+        TEAMS[(rng.next() % 4) as usize],
+        rng.hex(8),
+        rng.hex(16),
+        rng.next() % 10,
+    );
+    let url = format!("https://news.example{}.com/{}/{}", rng.next() % 50, rng.hex(6), rng.hex(10));
+    let excerpt = rng.prose(120);
+    let tail = format!(
+        r#""}},"basis":[{{"field":"content","citations":[{{"url":"{url}","excerpts":["{excerpt}"]}}],"confidence":"high"}}]}}]}}}}"#
+    );
+    let content = rng.prose(BODY_BYTES - head.len() - tail.len());
+    let mut body = [head, content, tail].concat().into_bytes();
+    let mut webhook_id = format!("whevent_{}", rng.hex(24));
+    let mut group = Some(group);
+    if synthetic {
+        body = br#"{"type":"monitor.event.detected","data":{"monitor_id":"monitor_1","pad":""#.to_vec();
+        body.resize(BODY_BYTES - 3, b'a');
+        body.extend_from_slice(br#""}}"#);
+        webhook_id = format!("whevent_{n:012}");
+        group = None;
+    }
+    debug_assert_eq!(body.len(), BODY_BYTES);
+    NewDelivery {
+        received_at_ms: seconds * 1000 + n % 10,
+        source: "parallel".into(),
+        webhook_id,
+        webhook_timestamp: seconds.to_string(),
+        webhook_signature: format!("v1,{}=", rng.base64(43)),
+        content_type: Some("application/json".into()),
+        event_type: Some("monitor.event.detected".into()),
+        monitor_id: Some(monitor),
+        // As ingress indexes a detection's group, for its dedup.
+        event_group: group,
+        body_timestamp: Some(timestamp),
+        body,
+    }
+}
+
+const BODY_BYTES: usize = 1024;
 
 fn main() {
     // SAFETY: the first thing the bench does; no other thread exists yet.
@@ -42,6 +137,7 @@ fn main() {
     let deliveries: u64 =
         std::env::var("FOOTPRINT_DELIVERIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let cache_mib: u64 = std::env::var("FOOTPRINT_CACHE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let synthetic = std::env::var_os("FOOTPRINT_SYNTHETIC").is_some();
     let dir = tempfile::tempdir().unwrap();
     let reopen_path = std::env::var_os(REOPEN_ENV).map(std::path::PathBuf::from);
     let config = JournalConfig {
@@ -54,31 +150,23 @@ fn main() {
     if reopen_path.is_some() {
         return reopen(&config, deliveries);
     }
-    println!("footprint: {deliveries} deliveries of 1 KiB, 1 job each, journal.cache = {cache_mib} MiB");
+    let shape = if synthetic { "synthetic" } else { "realistic" };
+    println!(
+        "footprint: {deliveries} {shape} deliveries of 1 KiB, 1 job each, journal.cache = {cache_mib} MiB"
+    );
     println!("before: rss {:.1} MiB", mib(status_kib("VmRSS:")));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let journal = Arc::new(Journal::open(&config).unwrap());
     let started = Instant::now();
-    let body = body();
     runtime.block_on(async {
         let tasks: Vec<_> = (0..WRITERS)
             .map(|w| {
-                let (journal, body) = (journal.clone(), body.clone());
+                let journal = journal.clone();
                 tokio::spawn(async move {
                     let targets = vec!["analytics".to_owned()];
+                    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (w + 1));
                     for n in (w..deliveries).step_by(WRITERS as usize) {
-                        let delivery = NewDelivery {
-                            received_at_ms: 1_800_000_000_000 + n,
-                            source: "parallel".into(),
-                            webhook_id: format!("whevent_{n:012}"),
-                            webhook_timestamp: "1800000000".into(),
-                            webhook_signature: "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=".into(),
-                            content_type: Some("application/json".into()),
-                            event_type: Some("monitor.event.detected".into()),
-                            monitor_id: Some("monitor_1".into()),
-                            event_group: None,
-                            body: body.clone(),
-                        };
+                        let delivery = delivery(&mut rng, n, synthetic);
                         journal.append(delivery, &targets).await.unwrap();
                     }
                 })

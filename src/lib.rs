@@ -550,6 +550,7 @@ mod tests {
             event_type: None,
             monitor_id: None,
             event_group: None,
+            body_timestamp: None,
             body: b"{}".to_vec(),
         }
     }

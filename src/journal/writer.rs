@@ -83,6 +83,7 @@ impl Writer {
         db: sled::Db,
         tree: sled::Tree,
         dedup_window_ms: u64,
+        legacy_dedup: Arc<AtomicBool>,
         failed: Arc<AtomicBool>,
         fresh: FreshJobs,
         recent: Arc<Mutex<RecentRecords>>,
@@ -107,7 +108,9 @@ impl Writer {
                     }
                 }
                 if !group.is_empty() {
-                    if !group.commit(&db, &tree, dedup_window_ms, &mut fresh, &recent)
+                    let dedup =
+                        Dedup { window_ms: dedup_window_ms, legacy: legacy_dedup.load(Ordering::Acquire) };
+                    if !group.commit(&db, &tree, dedup, &mut fresh, &recent)
                         && !failed.swap(true, Ordering::AcqRel)
                     {
                         tracing::error!(
@@ -216,7 +219,7 @@ impl Group {
         self,
         db: &sled::Db,
         tree: &sled::Tree,
-        dedup_window_ms: u64,
+        dedup: Dedup,
         fresh: &mut FreshJobs,
         recent: &Mutex<RecentRecords>,
     ) -> bool {
@@ -224,7 +227,7 @@ impl Group {
         let mut planned = Planned::default();
         let mut outcomes = Vec::with_capacity(self.appends.len());
         for Append { new, targets, reply } in self.appends {
-            let outcome = plan(db, tree, dedup_window_ms, new, &targets, &mut planned, &mut batch);
+            let outcome = plan(db, tree, dedup, new, &targets, &mut planned, &mut batch);
             if let Ok(Appended { id, duplicate: false }) = outcome {
                 fresh.appended(id, &targets);
             }
@@ -300,6 +303,14 @@ impl Group {
     }
 }
 
+/// How appends find an earlier delivery of the same message.
+#[derive(Clone, Copy)]
+struct Dedup {
+    window_ms: u64,
+    /// Whether entries in the format before `keys::dedup` may remain.
+    legacy: bool,
+}
+
 /// What the appends of a group planned so far.
 #[derive(Default)]
 struct Planned {
@@ -315,20 +326,27 @@ struct Planned {
 fn plan(
     db: &sled::Db,
     tree: &sled::Tree,
-    dedup_window_ms: u64,
+    dedup: Dedup,
     new: NewDelivery,
     targets: &[String],
     planned: &mut Planned,
     batch: &mut sled::Batch,
 ) -> Result<Appended, JournalError> {
     let Planned { in_group, new_records } = planned;
-    let dedup_key = keys::dedup(&new.source, &new.webhook_id);
+    let dedup_key = keys::dedup(&new.source, new.body_timestamp.as_deref(), &new.webhook_id);
     let previous = match in_group.get(&dedup_key) {
         Some((id, _)) => Some(*id),
-        None => tree.get(&dedup_key)?.as_deref().and_then(DeliveryId::from_key),
+        None => match tree.get(&dedup_key)? {
+            Some(value) => DeliveryId::from_key(&value),
+            None if dedup.legacy => tree
+                .get(keys::legacy_dedup(&new.source, &new.webhook_id))?
+                .as_deref()
+                .and_then(DeliveryId::from_key),
+            None => None,
+        },
     };
     if let Some(previous) = previous
-        && new.received_at_ms.saturating_sub(previous.received_at_ms) < dedup_window_ms
+        && new.received_at_ms.saturating_sub(previous.received_at_ms) < dedup.window_ms
     {
         return Ok(Appended { id: previous, duplicate: true });
     }
@@ -394,7 +412,8 @@ mod tests {
         for write in writes {
             group.writes.push((vec![write], oneshot::channel().0));
         }
-        assert!(group.commit(db, tree, 0, fresh, &Mutex::new(RecentRecords::new(0))));
+        let dedup = Dedup { window_ms: 0, legacy: false };
+        assert!(group.commit(db, tree, dedup, fresh, &Mutex::new(RecentRecords::new(0))));
     }
 
     #[test]
