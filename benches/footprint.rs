@@ -85,9 +85,9 @@ impl Rng {
 fn delivery(rng: &mut Rng, n: u64, synthetic: bool) -> NewDelivery {
     const TEAMS: [&str; 4] = ["research", "sales", "risk", "platform"];
     let monitor = format!("monitor_{:016x}", (rng.next() % 20).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    // Ten a second: 10⁶ deliveries span 28 hours, inside the dedup window.
     let seconds = 1_800_000_000 + n / 10;
     let group = format!("mevtgrp_{}", rng.hex(16));
-    // Ten a second: 10⁶ deliveries span 28 hours, inside the dedup window.
     let timestamp = hookrelay::time::rfc3339(seconds);
     let head = format!(
         r#"{{"type":"monitor.event.detected","timestamp":"{timestamp}","data":{{"monitor_id":"{monitor}","event":{{"event_group_id":"{group}"}},"metadata":{{"team":"{}","customer":"cust_{}"}},"events":[{{"event_type":"event_stream","event_id":"mevt_{}","event_date":"2027-01-1{}","output":{{"type":"text","content":""#,
@@ -124,7 +124,6 @@ fn delivery(rng: &mut Rng, n: u64, synthetic: bool) -> NewDelivery {
         monitor_id: Some(monitor),
         // As ingress indexes a detection's group, for its dedup.
         event_group: group,
-        body_timestamp: Some(timestamp),
         body,
     }
 }

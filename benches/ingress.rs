@@ -128,7 +128,6 @@ fn delivery(n: u64, body: Vec<u8>) -> NewDelivery {
         event_type: Some("monitor.event.detected".into()),
         monitor_id: Some("monitor_1".into()),
         event_group: None,
-        body_timestamp: Some(format!("2023-11-14T22:13:{:02}.{:03}Z", n / 1000 % 60, n % 1000)),
         body,
     }
 }

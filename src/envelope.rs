@@ -14,10 +14,6 @@ pub struct Envelope {
     /// `data.event.event_group_id` (some schema versions say
     /// `monitor_group_id`) of a `monitor.event.detected`.
     pub event_group_id: Option<String>,
-    /// The body's own `timestamp`, as written. Unlike the `webhook-timestamp`
-    /// header it is the same in every retry of a message, so the dedup index
-    /// is ordered by it (see `journal::keys::dedup`).
-    pub timestamp: Option<String>,
 }
 
 /// The Monitor event whose `event_group_id` names a detection.
@@ -26,9 +22,6 @@ pub const MONITOR_EVENT_DETECTED: &str = "monitor.event.detected";
 /// Longest event type or monitor id kept; longer ones are not Parallel's and
 /// are dropped rather than indexed.
 const MAX_KEY_LEN: usize = 256;
-
-/// Longest body `timestamp` kept (an RFC 3339 time is at most ~35 bytes).
-const MAX_TIMESTAMP_LEN: usize = 64;
 
 impl Envelope {
     /// Reads `type` and `data.monitor_id` without building the rest of the
@@ -40,8 +33,6 @@ impl Envelope {
             event_type: Option<&'a RawValue>,
             #[serde(borrow, default)]
             data: Option<&'a RawValue>,
-            #[serde(borrow, default)]
-            timestamp: Option<&'a RawValue>,
         }
         #[derive(Deserialize)]
         struct Data<'a> {
@@ -74,8 +65,6 @@ impl Envelope {
             event_type,
             monitor_id: routing_key(data.and_then(|data| data.monitor_id)),
             event_group_id,
-            timestamp: routing_key(object.timestamp)
-                .filter(|time| time.len() <= MAX_TIMESTAMP_LEN && time.bytes().all(|b| b.is_ascii_graphic())),
         }
     }
 }
@@ -99,7 +88,6 @@ mod tests {
                 event_type: Some("monitor.event.detected".into()),
                 monitor_id: Some("monitor_abc".into()),
                 event_group_id: Some("mevtgrp_1".into()),
-                timestamp: Some("2025-07-02T23:29:35Z".into()),
             }
         );
     }
@@ -112,22 +100,6 @@ mod tests {
         assert_eq!(Envelope::from_body(completed).event_group_id, None);
         let odd = br#"{"type":"monitor.event.detected","data":{"event":{"event_group_id":7}}}"#;
         assert_eq!(Envelope::from_body(odd).event_group_id, None);
-    }
-
-    #[test]
-    fn the_body_timestamp_is_kept_only_as_a_short_plain_string() {
-        let time = |value: &str| {
-            Envelope::from_body(format!(r#"{{"type":"t","timestamp":{value}}}"#).as_bytes()).timestamp
-        };
-        assert_eq!(
-            time(r#""2025-07-02T23:29:35.123+00:00""#).as_deref(),
-            Some("2025-07-02T23:29:35.123+00:00")
-        );
-        assert_eq!(time("1751498975"), None);
-        assert_eq!(time(r#""2025-07-02 23:29:35""#), None, "a space is not part of an RFC 3339 time");
-        assert_eq!(time(r#""2025\u0000""#), None);
-        assert_eq!(time(&format!(r#""{}""#, "9".repeat(65))), None);
-        assert_eq!(Envelope::from_body(b"not json").timestamp, None);
     }
 
     #[test]

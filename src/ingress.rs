@@ -292,7 +292,6 @@ impl Ingress {
             event_type: envelope.event_type,
             monitor_id: envelope.monitor_id,
             event_group: envelope.event_group_id,
-            body_timestamp: envelope.timestamp,
             body,
         };
         let appended = self.journal.append(delivery, &targets).await?;
@@ -362,7 +361,6 @@ impl Ingress {
             event_type: envelope.event_type,
             monitor_id: envelope.monitor_id,
             event_group: envelope.event_group_id,
-            body_timestamp: envelope.timestamp,
             body: body.to_vec(),
         };
         match self.journal.append(delivery, &targets).await {

@@ -550,7 +550,6 @@ mod tests {
             event_type: None,
             monitor_id: None,
             event_group: None,
-            body_timestamp: None,
             body: b"{}".to_vec(),
         }
     }

@@ -102,9 +102,6 @@ pub struct NewDelivery {
     /// of the same group, whatever its `webhook-id`, is a duplicate (a
     /// backfilled one and the real webhook arriving late, either way round).
     pub event_group: Option<String>,
-    /// The body's own `timestamp` ([`crate::envelope::Envelope::timestamp`]):
-    /// with the webhook id, the message's identity for dedup.
-    pub body_timestamp: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -177,9 +174,6 @@ struct Store {
     writer: Writer,
     /// How long sled took to open (to replay its log).
     recovery: Duration,
-    /// Whether dedup entries of the format before `keys::dedup` may remain:
-    /// set at open if any do, cleared once pruning has removed the last.
-    legacy_dedup: Arc<AtomicBool>,
 }
 
 /// Opens sled's database at `path`, and says how long sled took (its
@@ -211,18 +205,9 @@ impl Store {
         let (db, recovery) = open_db(path, cache)?;
         let tree = db.open_tree("journal")?;
         let fresh = fresh::recover(&db, &tree)?;
-        let legacy_dedup = Arc::new(AtomicBool::new(tree.scan_prefix(keys::LEGACY_DEDUP).next().is_some()));
-        let writer = Writer::start(
-            db.clone(),
-            tree.clone(),
-            dedup_window_ms,
-            legacy_dedup.clone(),
-            failed,
-            fresh,
-            recent,
-        )
-        .map_err(|err| JournalError::Storage(format!("cannot start the journal writer: {err}")))?;
-        Ok(Store { db, tree, writer, recovery, legacy_dedup })
+        let writer = Writer::start(db.clone(), tree.clone(), dedup_window_ms, failed, fresh, recent)
+            .map_err(|err| JournalError::Storage(format!("cannot start the journal writer: {err}")))?;
+        Ok(Store { db, tree, writer, recovery })
     }
 }
 
@@ -542,30 +527,18 @@ impl Journal {
     /// Returns how many were removed (stops early after
     /// [`Journal::stop_maintenance`]).
     pub fn prune_dedup(&self, now_ms: u64) -> Result<usize, JournalError> {
-        let (tree, legacy_dedup) = {
-            let store = self.store()?;
-            (store.tree.clone(), store.legacy_dedup.clone())
-        };
         let mut removed = 0;
-        for prefix in [keys::LEGACY_DEDUP, keys::DEDUP] {
-            let mut kept = 0;
-            for (seen, entry) in tree.scan_prefix(prefix).enumerate() {
-                if seen % DEDUP_ENTRIES_BETWEEN_STOP_CHECKS == 0 && self.maintenance_stopped() {
-                    return Ok(removed);
-                }
-                let (key, value) = entry?;
-                let expired = DeliveryId::from_key(&value)
-                    .is_none_or(|id| now_ms.saturating_sub(id.received_at_ms) >= self.dedup_window_ms);
-                // Compare-and-swap: a fresh entry written meanwhile is kept.
-                if expired && self.wrote(tree.compare_and_swap(&key, Some(&value), None::<&[u8]>))?.is_ok() {
-                    removed += 1;
-                } else {
-                    kept += 1;
-                }
+        let tree = self.tree()?;
+        for (seen, entry) in tree.scan_prefix(keys::DEDUP).enumerate() {
+            if seen % DEDUP_ENTRIES_BETWEEN_STOP_CHECKS == 0 && self.maintenance_stopped() {
+                break;
             }
-            // None is written in the old format any more: once gone, gone.
-            if prefix == keys::LEGACY_DEDUP && kept == 0 {
-                legacy_dedup.store(false, Ordering::Release);
+            let (key, value) = entry?;
+            let expired = DeliveryId::from_key(&value)
+                .is_none_or(|id| now_ms.saturating_sub(id.received_at_ms) >= self.dedup_window_ms);
+            // Compare-and-swap: a fresh entry written meanwhile is kept.
+            if expired && self.wrote(tree.compare_and_swap(&key, Some(&value), None::<&[u8]>))?.is_ok() {
+                removed += 1;
             }
         }
         Ok(removed)
@@ -861,10 +834,7 @@ mod keys {
     use super::{DeliveryId, QueueClass};
 
     pub const DELIVERY: &[u8] = b"D";
-    pub const DEDUP: &[u8] = b"V";
-    /// Dedup entries as journals before `V` wrote them (source and webhook
-    /// id alone): read until the window has pruned the last of them.
-    pub const LEGACY_DEDUP: &[u8] = b"U";
+    pub const DEDUP: &[u8] = b"U";
     pub const DEAD: &[u8] = b"K";
     /// Present once the `K` index covers every dead job.
     pub const DEAD_INDEX_MARKER: &[u8] = b"M:dead-index";
@@ -940,20 +910,8 @@ mod keys {
         Some((DeliveryId::from_key(id)?, flag == [1]))
     }
 
-    /// A message's dedup entry, ordered by the body's own `timestamp` first:
-    /// webhooks arrive roughly in that order, so new entries land at the end
-    /// of the index as deliveries do. Keyed by the random webhook id alone,
-    /// they landed all over it, and sled kept every leaf of the index
-    /// half-rewritten: with 2·10⁵ realistic deliveries, 0.72 KiB more on
-    /// disk per delivery and 32 MiB more resident (BENCHMARKS.md,
-    /// Footprint). A retry carries the same body, so the same key.
-    pub fn dedup(source: &str, body_timestamp: Option<&str>, webhook_id: &str) -> Vec<u8> {
-        let time = body_timestamp.unwrap_or_default().as_bytes();
-        [DEDUP, time, b"\0", source.as_bytes(), b"\0", webhook_id.as_bytes()].concat()
-    }
-
-    pub fn legacy_dedup(source: &str, webhook_id: &str) -> Vec<u8> {
-        [LEGACY_DEDUP, source.as_bytes(), b"\0", webhook_id.as_bytes()].concat()
+    pub fn dedup(source: &str, webhook_id: &str) -> Vec<u8> {
+        [DEDUP, source.as_bytes(), b"\0", webhook_id.as_bytes()].concat()
     }
 
     pub fn job_prefix(delivery: DeliveryId) -> Vec<u8> {

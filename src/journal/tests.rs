@@ -24,7 +24,6 @@ fn delivery(webhook_id: &str, at_ms: u64) -> NewDelivery {
         event_type: Some("monitor.event.detected".into()),
         monitor_id: Some("monitor_1".into()),
         event_group: None,
-        body_timestamp: Some("2023-11-14T22:13:20Z".into()),
         body: format!("{{\"id\":\"{webhook_id}\"}}").into_bytes(),
     }
 }
@@ -151,64 +150,6 @@ async fn quota_is_rechecked_as_the_journal_grows() {
     assert!(accepted >= 1);
     assert!(matches!(refused, Some(JournalError::Full { .. })), "{refused:?}");
     assert_eq!(journal.len(), accepted);
-}
-
-/// Journals written before dedup entries were ordered by the body's
-/// timestamp keep deduplicating through their old entries, which the window
-/// then prunes like any other.
-#[tokio::test]
-async fn dedup_entries_of_the_earlier_format_are_read_until_pruned() {
-    let dir = tempfile::tempdir().unwrap();
-    let original = {
-        let journal = Journal::open(&config(dir.path())).unwrap();
-        let original = journal.append(delivery("evt_old", 1_000), &[]).await.unwrap();
-        // As the earlier format left it: the entry under `U` alone.
-        let tree = journal.tree().unwrap();
-        let key = keys::dedup("parallel", Some("2023-11-14T22:13:20Z"), "evt_old");
-        let value = tree.remove(&key).unwrap().expect("written in the current format");
-        tree.insert(keys::legacy_dedup("parallel", "evt_old"), value).unwrap();
-        journal.flush().unwrap();
-        original.id
-    };
-    let journal = Journal::open(&config(dir.path())).unwrap();
-    assert!(journal.store().unwrap().legacy_dedup.load(Ordering::Acquire));
-    let again = journal.append(delivery("evt_old", 2_000), &[]).await.unwrap();
-    assert_eq!(again, Appended { id: original, duplicate: true });
-
-    journal.append(delivery("evt_new", 3_000_000), &[]).await.unwrap();
-    assert_eq!(journal.prune_dedup(1_000 + 3_600_000).unwrap(), 1, "the old entry expired");
-    assert!(!journal.store().unwrap().legacy_dedup.load(Ordering::Acquire), "none left to read");
-    assert!(!journal.append(delivery("evt_old", 3_700_000), &[]).await.unwrap().duplicate);
-    assert!(journal.append(delivery("evt_new", 3_700_000), &[]).await.unwrap().duplicate);
-}
-
-/// A retry is the same message, body included: its dedup entry is found
-/// whatever its `webhook-timestamp` header, and entries sort by the body's
-/// time, so new ones land together at the end of the index.
-#[tokio::test]
-async fn dedup_entries_follow_the_body_timestamp() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(&config(dir.path())).unwrap();
-    let at = |time: &str, webhook_id: &str, received_at_ms| NewDelivery {
-        body_timestamp: Some(time.to_owned()),
-        ..delivery(webhook_id, received_at_ms)
-    };
-    let first = journal.append(at("2026-11-29T10:00:02Z", "evt_b", 1_000), &[]).await.unwrap();
-    journal.append(at("2026-11-29T10:00:01Z", "evt_c", 1_000), &[]).await.unwrap();
-    journal.append(at("2026-11-29T10:00:03Z", "evt_a", 1_000), &[]).await.unwrap();
-    let retry = NewDelivery {
-        webhook_timestamp: "1700000900".into(),
-        ..at("2026-11-29T10:00:02Z", "evt_b", 900_000)
-    };
-    assert_eq!(journal.append(retry, &[]).await.unwrap(), Appended { id: first.id, duplicate: true });
-
-    let tree = journal.tree().unwrap();
-    let ids: Vec<String> = tree
-        .scan_prefix(keys::DEDUP)
-        .keys()
-        .map(|key| String::from_utf8_lossy(&key.unwrap()).rsplit('\0').next().unwrap().to_owned())
-        .collect();
-    assert_eq!(ids, ["evt_c", "evt_b", "evt_a"]);
 }
 
 #[tokio::test]

@@ -83,7 +83,6 @@ impl Writer {
         db: sled::Db,
         tree: sled::Tree,
         dedup_window_ms: u64,
-        legacy_dedup: Arc<AtomicBool>,
         failed: Arc<AtomicBool>,
         fresh: FreshJobs,
         recent: Arc<Mutex<RecentRecords>>,
@@ -108,9 +107,7 @@ impl Writer {
                     }
                 }
                 if !group.is_empty() {
-                    let dedup =
-                        Dedup { window_ms: dedup_window_ms, legacy: legacy_dedup.load(Ordering::Acquire) };
-                    if !group.commit(&db, &tree, dedup, &mut fresh, &recent)
+                    if !group.commit(&db, &tree, dedup_window_ms, &mut fresh, &recent)
                         && !failed.swap(true, Ordering::AcqRel)
                     {
                         tracing::error!(
@@ -219,7 +216,7 @@ impl Group {
         self,
         db: &sled::Db,
         tree: &sled::Tree,
-        dedup: Dedup,
+        dedup_window_ms: u64,
         fresh: &mut FreshJobs,
         recent: &Mutex<RecentRecords>,
     ) -> bool {
@@ -227,7 +224,7 @@ impl Group {
         let mut planned = Planned::default();
         let mut outcomes = Vec::with_capacity(self.appends.len());
         for Append { new, targets, reply } in self.appends {
-            let outcome = plan(db, tree, dedup, new, &targets, &mut planned, &mut batch);
+            let outcome = plan(db, tree, dedup_window_ms, new, &targets, &mut planned, &mut batch);
             if let Ok(Appended { id, duplicate: false }) = outcome {
                 fresh.appended(id, &targets);
             }
@@ -303,14 +300,6 @@ impl Group {
     }
 }
 
-/// How appends find an earlier delivery of the same message.
-#[derive(Clone, Copy)]
-struct Dedup {
-    window_ms: u64,
-    /// Whether entries in the format before `keys::dedup` may remain.
-    legacy: bool,
-}
-
 /// What the appends of a group planned so far.
 #[derive(Default)]
 struct Planned {
@@ -326,27 +315,20 @@ struct Planned {
 fn plan(
     db: &sled::Db,
     tree: &sled::Tree,
-    dedup: Dedup,
+    dedup_window_ms: u64,
     new: NewDelivery,
     targets: &[String],
     planned: &mut Planned,
     batch: &mut sled::Batch,
 ) -> Result<Appended, JournalError> {
     let Planned { in_group, new_records } = planned;
-    let dedup_key = keys::dedup(&new.source, new.body_timestamp.as_deref(), &new.webhook_id);
+    let dedup_key = keys::dedup(&new.source, &new.webhook_id);
     let previous = match in_group.get(&dedup_key) {
         Some((id, _)) => Some(*id),
-        None => match tree.get(&dedup_key)? {
-            Some(value) => DeliveryId::from_key(&value),
-            None if dedup.legacy => tree
-                .get(keys::legacy_dedup(&new.source, &new.webhook_id))?
-                .as_deref()
-                .and_then(DeliveryId::from_key),
-            None => None,
-        },
+        None => tree.get(&dedup_key)?.as_deref().and_then(DeliveryId::from_key),
     };
     if let Some(previous) = previous
-        && new.received_at_ms.saturating_sub(previous.received_at_ms) < dedup.window_ms
+        && new.received_at_ms.saturating_sub(previous.received_at_ms) < dedup_window_ms
     {
         return Ok(Appended { id: previous, duplicate: true });
     }
@@ -412,8 +394,7 @@ mod tests {
         for write in writes {
             group.writes.push((vec![write], oneshot::channel().0));
         }
-        let dedup = Dedup { window_ms: 0, legacy: false };
-        assert!(group.commit(db, tree, dedup, fresh, &Mutex::new(RecentRecords::new(0))));
+        assert!(group.commit(db, tree, 0, fresh, &Mutex::new(RecentRecords::new(0))));
     }
 
     #[test]
