@@ -33,7 +33,7 @@ const IDLE_RECHECK: Duration = Duration::from_secs(60);
 /// attempts hold, and the answered attempts a crash can make the lane repeat
 /// (a few group commits' worth; without it, as many as the target answers
 /// while the disk syncs).
-const UNRECORDED_PER_LANE: usize = 256;
+pub(super) const UNRECORDED_PER_LANE: usize = 256;
 
 /// How often a lane looks again while the journal refuses writes.
 const JOURNAL_RECHECK_MS: u64 = 1_000;
@@ -123,6 +123,19 @@ impl Lane {
             in_flight: Mutex::new(HashSet::new()),
             enricher,
         }
+    }
+
+    /// Unrecorded-attempt permits free now.
+    #[cfg(test)]
+    pub(super) fn unrecorded_available(&self) -> usize {
+        self.unrecorded.available_permits()
+    }
+
+    /// Takes `count` unrecorded-attempt permits, as that many attempts
+    /// awaiting their write would.
+    #[cfg(test)]
+    pub(super) async fn hold_unrecorded(&self, count: usize) -> tokio::sync::OwnedSemaphorePermit {
+        self.unrecorded.clone().acquire_many_owned(count as u32).await.expect("never closed")
     }
 
     pub(crate) fn name(&self) -> &str {

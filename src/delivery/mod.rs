@@ -258,3 +258,146 @@ impl Dispatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+
+    use super::*;
+    use crate::journal::NewDelivery;
+
+    /// What a test target saw: requests answered, and the most open at once.
+    #[derive(Default)]
+    struct Counts {
+        received: AtomicUsize,
+        open: AtomicUsize,
+        most_open: AtomicUsize,
+    }
+
+    /// A loopback target that answers every request 200 after `delay`.
+    async fn serve(delay: Duration) -> (std::net::SocketAddr, Arc<Counts>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counts = Arc::new(Counts::default());
+        let shared = counts.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let counts = shared.clone();
+                let service = hyper::service::service_fn(move |_request| {
+                    let counts = counts.clone();
+                    async move {
+                        let open = counts.open.fetch_add(1, Ordering::SeqCst) + 1;
+                        counts.most_open.fetch_max(open, Ordering::SeqCst);
+                        tokio::time::sleep(delay).await;
+                        counts.open.fetch_sub(1, Ordering::SeqCst);
+                        counts.received.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+            }
+        });
+        (addr, counts)
+    }
+
+    /// A dispatcher with one target `t` at `addr`, allowed `concurrency`
+    /// requests at once, and its journal.
+    fn dispatcher(
+        dir: &std::path::Path,
+        addr: std::net::SocketAddr,
+        concurrency: u32,
+    ) -> (Dispatcher, Arc<Journal>, watch::Sender<bool>) {
+        let text = format!(
+            r#"
+            [journal]
+            path = "journal"
+            [sources.parallel]
+            secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+            [targets.t]
+            source = "parallel"
+            url = "http://{addr}/"
+            signing = "none"
+            concurrency = {concurrency}
+            "#
+        );
+        let config = Config::parse(&dir.join("hookrelay.toml"), &text, &crate::config::ProcessEnv).unwrap();
+        let journal = Arc::new(Journal::open(&config.journal).unwrap());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let dispatcher = Dispatcher::new(
+            &config,
+            journal.clone(),
+            Arc::new(Metrics::new(&config)),
+            Arc::new(crate::parallel::ParallelApis::new(&config)),
+            stop_rx,
+        )
+        .unwrap();
+        (dispatcher, journal, stop_tx)
+    }
+
+    async fn deliver(dispatcher: &Dispatcher, journal: &Journal, count: u64) {
+        deliver_more(dispatcher, journal, 0..count).await;
+    }
+
+    /// Journals the deliveries, then hands them to the lane all at once.
+    async fn deliver_more(dispatcher: &Dispatcher, journal: &Journal, ids: std::ops::Range<u64>) {
+        let mut appended = Vec::new();
+        for n in ids {
+            let delivery = NewDelivery {
+                received_at_ms: crate::time::now_ms(),
+                source: "parallel".into(),
+                webhook_id: format!("evt_{n}"),
+                webhook_timestamp: "1700000000".into(),
+                webhook_signature: String::new(),
+                content_type: None,
+                event_type: None,
+                monitor_id: None,
+                event_group: None,
+                body: b"{}".to_vec(),
+            };
+            appended.push(journal.append(delivery, &["t".to_owned()]).await.unwrap().id);
+        }
+        for id in appended {
+            dispatcher.inboxes().deliver("t", id);
+        }
+    }
+
+    async fn wait_until(done: impl Fn() -> bool, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// An attempt takes one of its lane's [`lane::UNRECORDED_PER_LANE`]
+    /// permits before its job is picked and holds it until its outcome is
+    /// recorded. With all but the one an idle lane keeps ready taken, the
+    /// lane sends one request at a time though the target allows four.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn attempts_awaiting_their_write_are_bounded_per_lane() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, counts) = serve(Duration::from_millis(200)).await;
+        let (dispatcher, journal, _stop) = dispatcher(dir.path(), addr, 4);
+        let lane = dispatcher.set.lane("t").unwrap();
+        let idle = lane::UNRECORDED_PER_LANE - 1;
+        wait_until(|| lane.unrecorded_available() == idle, "the idle lane keeps one permit ready").await;
+        let held = lane.hold_unrecorded(idle).await;
+
+        deliver(&dispatcher, &journal, 4).await;
+        wait_until(|| counts.received.load(Ordering::SeqCst) == 4, "every delivery arrived").await;
+        assert_eq!(counts.most_open.load(Ordering::SeqCst), 1, "more attempts than permits");
+        wait_until(|| journal.pending_count("t") == 0, "every outcome recorded").await;
+
+        // Given back once the outcomes are written; then four go at once.
+        drop(held);
+        wait_until(|| lane.unrecorded_available() == idle, "every permit back").await;
+        deliver_more(&dispatcher, &journal, 4..8).await;
+        wait_until(|| counts.received.load(Ordering::SeqCst) == 8, "every delivery arrived").await;
+        assert_eq!(counts.most_open.load(Ordering::SeqCst), 4);
+    }
+}
