@@ -2,7 +2,9 @@
 //! 1 KiB (each with one fan-out job) with 64 concurrent writers, records
 //! every job delivered (as the lanes would), then reports resident memory
 //! (now and peak) and bytes on disk per delivery, and the same after
-//! reopening the journal in a new process — what a restarted daemon holds.
+//! reopening the journal in a new process — what a restarted daemon holds —
+//! once with every job pending (held in the lane's queue) and three times
+//! with none.
 //! sled's page cache is bounded by `journal.cache` (64 MiB here, the default).
 //!
 //! Deliveries are realistic and varied (see `delivery`);
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use hookrelay::config::JournalConfig;
 use hookrelay::delivery::policy::Decision;
+use hookrelay::delivery::queue::LaneQueue;
 use hookrelay::journal::{Attempt, Journal, NewDelivery};
 
 const WRITERS: u64 = 64;
@@ -187,6 +190,12 @@ fn main() {
         disk as f64 / (1 << 20) as f64,
         disk as f64 / 1024.0 / deliveries as f64
     );
+    // A daemon restarted now (a target was down all along): every job
+    // pending, and its lane holds them all in its queue.
+    drop(journal);
+    reopen_in_child(&config, deliveries, cache_mib);
+    let journal = Arc::new(Journal::open(&config).unwrap());
+
     // Most of a real journal is delivered: settle every job, as lanes do.
     let settled = Instant::now();
     let queued = journal.queued("analytics").unwrap();
@@ -235,24 +244,33 @@ fn main() {
     // (The second and third open a journal the first has recovered and
     // flushed: restarts after a clean stop, the first after the bench's.)
     for _ in 0..3 {
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .env(REOPEN_ENV, &config.path)
-            .env("FOOTPRINT_DELIVERIES", deliveries.to_string())
-            .env("FOOTPRINT_CACHE_MIB", cache_mib.to_string())
-            .status()
-            .unwrap();
-        assert!(child.success(), "the reopening process failed: {child}");
+        reopen_in_child(&config, deliveries, cache_mib);
     }
+}
+
+fn reopen_in_child(config: &JournalConfig, deliveries: u64, cache_mib: u64) {
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(REOPEN_ENV, &config.path)
+        .env("FOOTPRINT_DELIVERIES", deliveries.to_string())
+        .env("FOOTPRINT_CACHE_MIB", cache_mib.to_string())
+        .status()
+        .unwrap();
+    assert!(child.success(), "the reopening process failed: {child}");
 }
 
 /// Set (to the journal's path) in the child process that measures a reopen.
 const REOPEN_ENV: &str = "FOOTPRINT_REOPEN";
 
-/// What a restarted daemon does first: open the journal and read its queue.
+/// What a restarted daemon does first: open the journal and load its
+/// target's pending jobs into the lane's queue, which it holds.
 fn reopen(config: &JournalConfig, deliveries: u64) {
     let reopened = Instant::now();
     let journal = Journal::open(config).unwrap();
-    let pending = journal.queued("analytics").unwrap().len();
+    let mut lane_queue = LaneQueue::default();
+    let mut pending = 0;
+    for entry in journal.queued("analytics").unwrap() {
+        pending += usize::from(lane_queue.push(entry));
+    }
     let rss_open = status_kib("VmRSS:");
     // Give sled's background flusher a chance to compact, then measure the disk.
     std::thread::sleep(Duration::from_secs(5));
@@ -267,6 +285,7 @@ fn reopen(config: &JournalConfig, deliveries: u64) {
         disk as f64 / (1 << 20) as f64,
         disk as f64 / 1024.0 / deliveries as f64
     );
+    drop(lane_queue);
 }
 
 /// The binary's allocator and its tuning, so the figures are the daemon's.

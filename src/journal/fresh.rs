@@ -193,10 +193,29 @@ pub(super) fn unqueued_before(
         return Ok(Vec::new());
     }
     let end = until.map(keys::job_prefix);
+    Ok(unqueued_from(tree, &keys::job_prefix(from), target, end.as_deref(), limit)?.jobs)
+}
+
+/// A scan's unqueued pending jobs, and where to resume when its limit cut it
+/// short.
+struct Unqueued {
+    jobs: Vec<(Job, QueueEntry)>,
+    resume: Option<Vec<u8>>,
+}
+
+/// The first `limit` unqueued pending jobs from the job key `start` on (and
+/// before `end`).
+fn unqueued_from(
+    tree: &sled::Tree,
+    start: &[u8],
+    target: Option<&str>,
+    end: Option<&[u8]>,
+    limit: usize,
+) -> Result<Unqueued, JournalError> {
     let mut found = Vec::new();
-    for entry in tree.range(keys::job_prefix(from)..) {
+    for entry in tree.range(start..) {
         let (key, value) = entry?;
-        if !key.starts_with(keys::JOB) || end.as_deref().is_some_and(|end| key.as_ref() >= end) {
+        if !key.starts_with(keys::JOB) || end.is_some_and(|end| key.as_ref() >= end) {
             break;
         }
         if target
@@ -222,10 +241,11 @@ pub(super) fn unqueued_before(
         }
         found.push((job, entry));
         if found.len() == limit {
-            break;
+            // The next key in order: this one with a zero byte appended.
+            return Ok(Unqueued { jobs: found, resume: Some([key.as_ref(), &[0]].concat()) });
         }
     }
-    Ok(found)
+    Ok(Unqueued { jobs: found, resume: None })
 }
 
 /// Where a pending job belongs in its target's queue.
@@ -240,60 +260,96 @@ fn queue_entry_for(job: &Job) -> QueueEntry {
     QueueEntry::new(&job.target, class, due_ms, job.delivery)
 }
 
-/// The batch that queues `jobs` and clears the mark.
-fn index_batch(jobs: &[(Job, QueueEntry)]) -> sled::Batch {
-    let mut batch = sled::Batch::default();
-    for (_, entry) in jobs {
-        batch.insert(entry.key.as_slice(), &[]);
+/// Jobs queued per batch when the journal opens or stops. One batch for
+/// every unqueued job held them all in memory at once: 2·10⁵ of them took the
+/// opening process to 1.5 GB (BENCHMARKS.md, Footprint).
+pub(super) const INDEX_CHUNK: usize = 4096;
+
+/// Queues every unqueued pending job from the mark on, `chunk` at a time,
+/// each batch handed to `write`; the last one also clears the mark. Returns
+/// how many were queued, or the write's error and the job key from which
+/// jobs may still be unqueued. A batch lost to a crash is harmless: the mark
+/// stays until the last, and a job already queued is not queued again.
+fn index_in_chunks(
+    tree: &sled::Tree,
+    chunk: usize,
+    mut write: impl FnMut(sled::Batch) -> sled::Result<()>,
+) -> Result<Result<usize, (sled::Error, Vec<u8>)>, JournalError> {
+    let Some(from) = read_mark(tree)? else { return Ok(Ok(0)) };
+    let mut start = keys::job_prefix(from);
+    let mut queued = 0;
+    loop {
+        let Unqueued { jobs, resume } = unqueued_from(tree, &start, None, None, chunk)?;
+        let mut batch = sled::Batch::default();
+        for (_, entry) in &jobs {
+            batch.insert(entry.key.as_slice(), &[]);
+        }
+        if resume.is_none() {
+            batch.insert(keys::FRESH_FROM, encode_mark(None));
+        }
+        if let Err(err) = write(batch) {
+            return Ok(Err((err, start)));
+        }
+        queued += jobs.len();
+        match resume {
+            Some(next) => start = next,
+            None => return Ok(Ok(queued)),
+        }
     }
-    batch.insert(keys::FRESH_FROM, encode_mark(None));
-    batch
 }
 
-/// At open: queues every unqueued pending job and clears the mark, in one
-/// flushed batch, and returns what the writer thread starts from. When that
-/// write fails (a full disk) the journal opens all the same, readable and
-/// refusing writes as usual: the mark stays, and the writer starts knowing
-/// those jobs, so it never moves the mark past them.
+/// At open: queues every unqueued pending job and clears the mark, in
+/// flushed batches of [`INDEX_CHUNK`], and returns what the writer thread
+/// starts from. When a write fails (a full disk) the journal opens all the
+/// same, readable and refusing writes as usual: the mark stays, and the
+/// writer starts knowing the jobs still unqueued, so it never moves the mark
+/// past them.
 pub(super) fn recover(db: &sled::Db, tree: &sled::Tree) -> Result<FreshJobs, JournalError> {
-    recover_with(tree, |batch| tree.apply_batch(batch).and_then(|()| db.flush().map(drop)))
+    recover_with(tree, INDEX_CHUNK, |batch| tree.apply_batch(batch).and_then(|()| db.flush().map(drop)))
 }
 
 pub(super) fn recover_with(
     tree: &sled::Tree,
-    write: impl FnOnce(sled::Batch) -> sled::Result<()>,
+    chunk: usize,
+    write: impl FnMut(sled::Batch) -> sled::Result<()>,
 ) -> Result<FreshJobs, JournalError> {
     let Some(mark) = read_mark(tree)? else { return Ok(FreshJobs::default()) };
-    let leftovers = unqueued(tree, None)?;
-    match write(index_batch(&leftovers)) {
-        Ok(()) => {
-            tracing::debug!(jobs = leftovers.len(), "queued the fresh jobs left pending");
-            Ok(FreshJobs::default())
+    let (err, mut start) = match index_in_chunks(tree, chunk, write)? {
+        Ok(jobs) => {
+            tracing::debug!(jobs, "queued the fresh jobs left pending");
+            return Ok(FreshJobs::default());
         }
-        Err(err) => {
-            tracing::warn!(
-                error = %err, jobs = leftovers.len(),
-                "cannot queue the fresh jobs left pending; finding them by the mark until a later start"
-            );
-            let mut fresh = FreshJobs { persisted: Some(mark), ..FreshJobs::default() };
-            for (job, _) in &leftovers {
-                fresh.appended(job.delivery, std::slice::from_ref(&job.target));
-            }
-            Ok(fresh)
+        Err(failed) => failed,
+    };
+    let mut fresh = FreshJobs { persisted: Some(mark), ..FreshJobs::default() };
+    let mut left = 0;
+    loop {
+        let Unqueued { jobs, resume } = unqueued_from(tree, &start, None, None, chunk)?;
+        for (job, _) in &jobs {
+            fresh.appended(job.delivery, std::slice::from_ref(&job.target));
+        }
+        left += jobs.len();
+        match resume {
+            Some(next) => start = next,
+            None => break,
         }
     }
+    tracing::warn!(
+        error = %err, jobs = left,
+        "cannot queue the fresh jobs left pending; finding them by the mark until a later start"
+    );
+    Ok(fresh)
 }
 
 /// Queues every unqueued pending job and clears the mark, in the tree (not
-/// yet flushed). For the writer thread, which then starts over with an
-/// empty [`FreshJobs`]. Returns how many jobs it queued.
+/// yet flushed), in batches of [`INDEX_CHUNK`]. For the writer thread, which
+/// then starts over with an empty [`FreshJobs`]. Returns how many jobs it
+/// queued.
 pub(super) fn queue_all(tree: &sled::Tree) -> Result<usize, JournalError> {
-    if read_mark(tree)?.is_none() {
-        return Ok(0);
+    match index_in_chunks(tree, INDEX_CHUNK, |batch| tree.apply_batch(batch))? {
+        Ok(jobs) => Ok(jobs),
+        Err((err, _)) => Err(err.into()),
     }
-    let leftovers = unqueued(tree, None)?;
-    tree.apply_batch(index_batch(&leftovers))?;
-    Ok(leftovers.len())
 }
 
 #[cfg(test)]
