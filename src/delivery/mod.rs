@@ -269,12 +269,15 @@ mod tests {
     use super::*;
     use crate::journal::NewDelivery;
 
-    /// What a test target saw: requests answered, and the most open at once.
+    /// What a test target saw: requests answered, the most open at once,
+    /// and what `observe` said as each request arrived.
     #[derive(Default)]
     struct Counts {
         received: AtomicUsize,
         open: AtomicUsize,
         most_open: AtomicUsize,
+        observe: std::sync::OnceLock<Box<dyn Fn() -> usize + Send + Sync>>,
+        observed: Mutex<Vec<usize>>,
     }
 
     /// A loopback target that answers every request 200 after `delay`.
@@ -290,6 +293,9 @@ mod tests {
                 let service = hyper::service::service_fn(move |_request| {
                     let counts = counts.clone();
                     async move {
+                        if let Some(observe) = counts.observe.get() {
+                            counts.observed.lock().unwrap().push(observe());
+                        }
                         let open = counts.open.fetch_add(1, Ordering::SeqCst) + 1;
                         counts.most_open.fetch_max(open, Ordering::SeqCst);
                         tokio::time::sleep(delay).await;
@@ -339,14 +345,10 @@ mod tests {
         (dispatcher, journal, stop_tx)
     }
 
-    async fn deliver(dispatcher: &Dispatcher, journal: &Journal, count: u64) {
-        deliver_more(dispatcher, journal, 0..count).await;
-    }
-
     /// Journals the deliveries, then hands them to the lane all at once.
-    async fn deliver_more(dispatcher: &Dispatcher, journal: &Journal, ids: std::ops::Range<u64>) {
+    async fn deliver(dispatcher: &Dispatcher, journal: &Journal, count: u64) {
         let mut appended = Vec::new();
-        for n in ids {
+        for n in 0..count {
             let delivery = NewDelivery {
                 received_at_ms: crate::time::now_ms(),
                 source: "parallel".into(),
@@ -376,13 +378,16 @@ mod tests {
 
     /// An attempt takes one of its lane's [`lane::UNRECORDED_PER_LANE`]
     /// permits before its job is picked and holds it until its outcome is
-    /// recorded. With all but the one an idle lane keeps ready taken, the
-    /// lane sends one request at a time though the target allows four.
+    /// written. With all but the one an idle lane keeps ready taken, the lane
+    /// sends one request at a time though the target allows four, each only
+    /// once the one before is recorded.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn attempts_awaiting_their_write_are_bounded_per_lane() {
         let dir = tempfile::tempdir().unwrap();
-        let (addr, counts) = serve(Duration::from_millis(200)).await;
+        let (addr, counts) = serve(Duration::from_millis(100)).await;
         let (dispatcher, journal, _stop) = dispatcher(dir.path(), addr, 4);
+        let pending = journal.clone();
+        let _ = counts.observe.set(Box::new(move || pending.pending_count("t")));
         let lane = dispatcher.set.lane("t").unwrap();
         let idle = lane::UNRECORDED_PER_LANE - 1;
         wait_until(|| lane.unrecorded_available() == idle, "the idle lane keeps one permit ready").await;
@@ -391,13 +396,11 @@ mod tests {
         deliver(&dispatcher, &journal, 4).await;
         wait_until(|| counts.received.load(Ordering::SeqCst) == 4, "every delivery arrived").await;
         assert_eq!(counts.most_open.load(Ordering::SeqCst), 1, "more attempts than permits");
-        wait_until(|| journal.pending_count("t") == 0, "every outcome recorded").await;
+        assert_eq!(*counts.observed.lock().unwrap(), [4, 3, 2, 1], "pending when each request arrived");
 
-        // Given back once the outcomes are written; then four go at once.
+        // Each permit is given back with its outcome.
         drop(held);
         wait_until(|| lane.unrecorded_available() == idle, "every permit back").await;
-        deliver_more(&dispatcher, &journal, 4..8).await;
-        wait_until(|| counts.received.load(Ordering::SeqCst) == 8, "every delivery arrived").await;
-        assert_eq!(counts.most_open.load(Ordering::SeqCst), 4);
+        assert_eq!(journal.pending_count("t"), 0);
     }
 }
