@@ -75,6 +75,11 @@ impl FreshJobs {
         self.persisted = mark;
     }
 
+    /// How many jobs it tracks.
+    fn tracked(&self) -> usize {
+        self.unsettled.values().map(|ids| ids.live).sum()
+    }
+
     pub(crate) fn wanted(&self) -> Option<DeliveryId> {
         self.unsettled.values().filter_map(IdSet::first).min()
     }
@@ -313,32 +318,45 @@ pub(super) fn recover_with(
     chunk: usize,
     write: impl FnMut(sled::Batch) -> sled::Result<()>,
 ) -> Result<FreshJobs, JournalError> {
-    let Some(mark) = read_mark(tree)? else { return Ok(FreshJobs::default()) };
-    let (err, mut start) = match index_in_chunks(tree, chunk, write)? {
+    let (err, start) = match index_in_chunks(tree, chunk, write)? {
         Ok(jobs) => {
             tracing::debug!(jobs, "queued the fresh jobs left pending");
             return Ok(FreshJobs::default());
         }
         Err(failed) => failed,
     };
-    let mut fresh = FreshJobs { persisted: Some(mark), ..FreshJobs::default() };
-    let mut left = 0;
+    let fresh = tracking_unqueued(tree, start, chunk)?;
+    tracing::warn!(
+        error = %err, jobs = fresh.tracked(),
+        "cannot queue the fresh jobs left pending; finding them by the mark until a later start"
+    );
+    Ok(fresh)
+}
+
+/// What the writer must know after indexing failed partway: the mark as it
+/// is on disk, and every job from `start` on still lacking a queue entry
+/// (jobs an applied batch queued are not tracked: their outcome removes
+/// their entry).
+fn tracking_unqueued(tree: &sled::Tree, mut start: Vec<u8>, chunk: usize) -> Result<FreshJobs, JournalError> {
+    let mut fresh = FreshJobs { persisted: read_mark(tree)?, ..FreshJobs::default() };
     loop {
         let Unqueued { jobs, resume } = unqueued_from(tree, &start, None, None, chunk)?;
         for (job, _) in &jobs {
             fresh.appended(job.delivery, std::slice::from_ref(&job.target));
         }
-        left += jobs.len();
         match resume {
             Some(next) => start = next,
-            None => break,
+            None => return Ok(fresh),
         }
     }
-    tracing::warn!(
-        error = %err, jobs = left,
-        "cannot queue the fresh jobs left pending; finding them by the mark until a later start"
-    );
-    Ok(fresh)
+}
+
+/// [`tracking_unqueued`] from the mark: after [`queue_all`] failed.
+pub(super) fn track_leftovers(tree: &sled::Tree) -> Result<FreshJobs, JournalError> {
+    match read_mark(tree)? {
+        None => Ok(FreshJobs::default()),
+        Some(mark) => tracking_unqueued(tree, keys::job_prefix(mark), INDEX_CHUNK),
+    }
 }
 
 /// Queues every unqueued pending job and clears the mark, in the tree (not

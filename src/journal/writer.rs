@@ -126,10 +126,17 @@ impl Writer {
                         fresh = FreshJobs::default();
                         db.flush().map(|_| jobs).map_err(JournalError::from)
                     });
-                    if queued.is_err() && !failed.swap(true, Ordering::AcqRel) {
-                        tracing::error!(
-                            "journal write failed; refusing writes until the journal is reopened"
-                        );
+                    if queued.is_err() {
+                        // Batches before the failing one may be in the tree:
+                        // know exactly the jobs still unqueued.
+                        if let Ok(tracked) = fresh::track_leftovers(&tree) {
+                            fresh = tracked;
+                        }
+                        if !failed.swap(true, Ordering::AcqRel) {
+                            tracing::error!(
+                                "journal write failed; refusing writes until the journal is reopened"
+                            );
+                        }
                     }
                     for reply in index_all {
                         let _ = reply.send(queued.clone());
