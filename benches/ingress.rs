@@ -147,7 +147,7 @@ fn schedule(c: &mut Criterion) {
         };
         // Retries spread over the next 100 s; all are due by `now` below.
         let due = if class == QueueClass::Retry { 1_000_000 + (i * 7919) % 100_000 } else { 1_000_000 + i };
-        QueueEntry::new("analytics", class, due, DeliveryId { received_at_ms: 1_000_000 + i, seq: i })
+        QueueEntry::new(class, due, DeliveryId { received_at_ms: 1_000_000 + i, seq: i })
     };
     let entries: Vec<QueueEntry> = (0..PENDING).map(entry).collect();
     let mut group = c.benchmark_group("schedule_100k_pending");

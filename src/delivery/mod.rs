@@ -109,7 +109,7 @@ impl Inboxes {
     /// journal) and wakes the target's lane.
     pub fn deliver(&self, target: &str, delivery: DeliveryId) {
         if let Some(lane) = self.0.lane(target) {
-            lane.inbox.push(QueueEntry::new(target, QueueClass::Fresh, delivery.received_at_ms, delivery));
+            lane.inbox.push(QueueEntry::new(QueueClass::Fresh, delivery.received_at_ms, delivery));
         }
     }
 }

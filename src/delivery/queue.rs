@@ -141,18 +141,18 @@ mod tests {
     use super::*;
 
     fn entry(class: QueueClass, due_ms: u64, seq: u64) -> QueueEntry {
-        QueueEntry::new("t", class, due_ms, DeliveryId { received_at_ms: due_ms, seq })
+        QueueEntry::new(class, due_ms, DeliveryId { received_at_ms: due_ms, seq })
     }
 
     #[test]
     fn a_delivery_is_queued_once_until_it_is_taken() {
         let mut queue = LaneQueue::default();
         let fresh = entry(QueueClass::Fresh, 10, 1);
-        assert!(queue.push(fresh.clone()));
-        assert!(!queue.push(fresh.clone()), "the same job again is ignored");
+        assert!(queue.push(fresh));
+        assert!(!queue.push(fresh), "the same job again is ignored");
         // Even under another key (a resync's copy of a job queued as a retry).
-        let same_job = QueueEntry::new("t", QueueClass::Retry, 50, fresh.delivery);
-        assert!(!queue.push(same_job.clone()));
+        let same_job = QueueEntry::new(QueueClass::Retry, 50, fresh.delivery);
+        assert!(!queue.push(same_job));
         assert_eq!(queue.len(), 1);
         assert_eq!(queue.take(QueueClass::Fresh), Some(fresh));
         assert!(queue.is_empty());
@@ -252,7 +252,7 @@ mod tests {
         let mut queue = LaneQueue::default();
         assert_eq!(queue.oldest_arrival_ms(), None);
         queue.push(entry(QueueClass::Fresh, 100, 1));
-        queue.push(QueueEntry::new("t", QueueClass::Retry, 900, DeliveryId { received_at_ms: 40, seq: 2 }));
+        queue.push(QueueEntry::new(QueueClass::Retry, 900, DeliveryId { received_at_ms: 40, seq: 2 }));
         assert_eq!(queue.oldest_arrival_ms(), Some(40));
     }
 

@@ -241,7 +241,7 @@ fn unqueued_from(
         // Where it would be indexed: retries and replays under their due
         // time (`next_attempt_at_ms`), fresh jobs under their arrival.
         let entry = queue_entry_for(&job);
-        if tree.contains_key(&entry.key)? {
+        if tree.contains_key(entry.key(&job.target))? {
             continue;
         }
         found.push((job, entry));
@@ -262,7 +262,7 @@ fn queue_entry_for(job: &Job) -> QueueEntry {
     } else {
         (QueueClass::Fresh, job.delivery.received_at_ms)
     };
-    QueueEntry::new(&job.target, class, due_ms, job.delivery)
+    QueueEntry::new(class, due_ms, job.delivery)
 }
 
 /// Jobs queued per batch when the journal opens or stops. One batch for
@@ -286,8 +286,8 @@ fn index_in_chunks(
     loop {
         let Unqueued { jobs, resume } = unqueued_from(tree, &start, None, None, chunk)?;
         let mut batch = sled::Batch::default();
-        for (_, entry) in &jobs {
-            batch.insert(entry.key.as_slice(), &[]);
+        for (job, entry) in &jobs {
+            batch.insert(entry.key(&job.target), &[]);
         }
         if resume.is_none() {
             batch.insert(keys::FRESH_FROM, encode_mark(None));

@@ -640,13 +640,13 @@ impl Journal {
         if found.is_empty() {
             return Ok(0);
         }
-        let keys: Vec<Vec<u8>> = found.iter().map(|(_, entry)| entry.key.clone()).collect();
+        let keys: Vec<Vec<u8>> = found.iter().map(|(job, entry)| entry.key(&job.target)).collect();
         let writes = found
             .into_iter()
             .map(|(job, entry)| writer::Write::IndexWaiting {
                 delivery: entry.delivery,
+                queue_key: entry.key(&job.target),
                 target: job.target,
-                queue_key: entry.key,
             })
             .collect();
         self.store()?.writer.write(writes).await?;
@@ -697,19 +697,24 @@ pub enum QueueClass {
     Replay = 2,
 }
 
-/// A queued job: its place in the journal's queue index.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A queued job of a target: its place in the journal's queue index. A lane
+/// holds one for each of its pending jobs, so it is kept small: the queue
+/// key is built when needed ([`QueueEntry::key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueEntry {
-    /// The queue key; identifies the entry while its attempt is in flight.
-    pub key: Vec<u8>,
     pub class: QueueClass,
     pub due_ms: u64,
     pub delivery: DeliveryId,
 }
 
 impl QueueEntry {
-    pub fn new(target: &str, class: QueueClass, due_ms: u64, delivery: DeliveryId) -> Self {
-        QueueEntry { key: keys::queue(target, class, due_ms, delivery), class, due_ms, delivery }
+    pub fn new(class: QueueClass, due_ms: u64, delivery: DeliveryId) -> Self {
+        QueueEntry { class, due_ms, delivery }
+    }
+
+    /// Its key in `target`'s queue index.
+    pub fn key(&self, target: &str) -> Vec<u8> {
+        keys::queue(target, self.class, self.due_ms, self.delivery)
     }
 
     fn parse(key: &[u8], target_len: usize) -> Option<Self> {
@@ -722,7 +727,7 @@ impl QueueEntry {
         };
         let due_ms = u64::from_be_bytes(rest.get(1..9)?.try_into().ok()?);
         let delivery = DeliveryId::from_key(rest.get(9..)?)?;
-        Some(QueueEntry { key: key.to_vec(), class, due_ms, delivery })
+        Some(QueueEntry { class, due_ms, delivery })
     }
 }
 
@@ -741,9 +746,9 @@ fn attempt_writes(
         QueueClass::Fresh => Write::SettleFresh {
             delivery: entry.delivery,
             target: job.target.clone(),
-            queue_key: entry.key.clone(),
+            queue_key: entry.key(&job.target),
         },
-        QueueClass::Retry | QueueClass::Replay => Write::Remove(entry.key.clone()),
+        QueueClass::Retry | QueueClass::Replay => Write::Remove(entry.key(&job.target)),
     }];
     let retry = match decision {
         Decision::Delivered => {
@@ -762,8 +767,8 @@ fn attempt_writes(
                 QueueClass::Replay => QueueClass::Replay,
                 QueueClass::Fresh | QueueClass::Retry => QueueClass::Retry,
             };
-            let retry = QueueEntry::new(&job.target, class, at_ms, entry.delivery);
-            writes.push(Write::Insert(retry.key.clone(), Vec::new()));
+            let retry = QueueEntry::new(class, at_ms, entry.delivery);
+            writes.push(Write::Insert(retry.key(&job.target), Vec::new()));
             Some(retry)
         }
     };

@@ -175,9 +175,9 @@ impl Journal {
                 }
                 None => Job::new(delivery, &target, now_ms, Some(id)),
             };
-            let entry = QueueEntry::new(&target, QueueClass::Replay, now_ms, delivery);
+            let entry = QueueEntry::new(QueueClass::Replay, now_ms, delivery);
             batch.writes.insert(keys::job(delivery, &target), job.encode());
-            batch.writes.insert(entry.key.as_slice(), &[]);
+            batch.writes.insert(entry.key(&target), &[]);
             batch.writes.insert(keys::replay_pair(id.0, delivery, &target), &[]);
             batch.queued.push((target, entry));
             summary.matched += 1;

@@ -410,11 +410,11 @@ mod tests {
         let db = sled::open(dir.path()).unwrap();
         let tree = db.open_tree("journal").unwrap();
         let id = |ms| DeliveryId { received_at_ms: ms, seq: ms };
-        let entry = |ms| QueueEntry::new("a", QueueClass::Fresh, ms, id(ms));
+        let entry = |ms| QueueEntry::new(QueueClass::Fresh, ms, id(ms));
         let settle =
-            |ms| Write::SettleFresh { delivery: id(ms), target: "a".into(), queue_key: entry(ms).key };
+            |ms| Write::SettleFresh { delivery: id(ms), target: "a".into(), queue_key: entry(ms).key("a") };
         let index =
-            |ms| Write::IndexWaiting { delivery: id(ms), target: "a".into(), queue_key: entry(ms).key };
+            |ms| Write::IndexWaiting { delivery: id(ms), target: "a".into(), queue_key: entry(ms).key("a") };
         let mut fresh = FreshJobs::default();
         for ms in [1, 2, 3] {
             fresh.appended(id(ms), &["a".to_owned()]);
@@ -426,7 +426,7 @@ mod tests {
         // Indexed alone: the entry is written and the writer lets go of it...
         commit(&db, &tree, &mut fresh, vec![index(3)]);
         let indexed: Vec<_> = tree.scan_prefix(b"Q").map(|e| e.unwrap().0.to_vec()).collect();
-        assert_eq!(indexed, [entry(3).key]);
+        assert_eq!(indexed, [entry(3).key("a")]);
         assert!(!fresh.tracks(id(3), "a"));
         assert_eq!(fresh.wanted(), None, "nothing holds the mark back");
         // ...so its first outcome removes the entry.
