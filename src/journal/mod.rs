@@ -340,8 +340,16 @@ impl Journal {
     /// refuses writes until then), then proves a write and a flush work.
     /// What was flushed before the failure is all there; unflushed attempt
     /// outcomes are gone, so those attempts will be repeated (at least once).
-    /// Blocks; on error, call again later.
+    /// Blocks; on error, call again later. Like [`Journal::open`], it opens
+    /// a second time when sled had a long log to replay (all it wrote since
+    /// the process started).
     pub fn reopen(&self) -> Result<(), JournalError> {
+        self.reopen_again_after(LONG_RECOVERY).map(drop)
+    }
+
+    /// [`Journal::reopen`], opening again when sled's recovery took
+    /// `long_recovery` or more; says whether it did.
+    fn reopen_again_after(&self, long_recovery: Duration) -> Result<bool, JournalError> {
         let old = self.store.write().expect("not poisoned").take();
         if let Some(old) = old {
             // Calls that took the store before the swap finish first: sled
@@ -356,22 +364,17 @@ impl Journal {
             }
             drop(old); // joins the writer thread and closes sled
         }
-        // Handles taken before the swap (a listing's iterator, a scan) may
-        // still hold sled's directory lock for a moment.
-        let deadline = Instant::now() + REOPEN_WAIT;
-        let store = loop {
-            match Store::open(
-                &self.path,
-                self.cache,
-                self.dedup_window_ms,
-                self.failed.clone(),
-                self.recent.clone(),
-            ) {
-                Ok(store) => break store,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                Err(err) => return Err(err),
-            }
-        };
+        let mut store = self.open_store()?;
+        let recovery = store.recovery;
+        let again = recovery >= long_recovery;
+        if again {
+            drop(store); // joins the writer thread and closes sled
+            store = self.open_store()?;
+            tracing::info!(
+                recovery_ms = recovery.as_millis() as u64,
+                "journal reopened after a long log replay; opened it again from the new snapshot"
+            );
+        }
         let probe = store
             .tree
             .insert(keys::REOPEN_PROBE, &crate::time::now_ms().to_be_bytes())
@@ -381,7 +384,27 @@ impl Journal {
         probe?;
         self.count_dead_jobs()?;
         self.generation.fetch_add(1, Ordering::AcqRel);
-        Ok(())
+        Ok(again)
+    }
+
+    /// Opens the store for a reopen. Handles taken before the swap (a
+    /// listing's iterator, a scan), or the store just closed, may still hold
+    /// sled's directory lock for a moment.
+    fn open_store(&self) -> Result<Store, JournalError> {
+        let deadline = Instant::now() + REOPEN_WAIT;
+        loop {
+            match Store::open(
+                &self.path,
+                self.cache,
+                self.dedup_window_ms,
+                self.failed.clone(),
+                self.recent.clone(),
+            ) {
+                Ok(store) => return Ok(store),
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// Ends a recovery: once [`Journal::reopen`] succeeded and the lanes

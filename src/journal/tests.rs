@@ -376,6 +376,25 @@ async fn an_open_that_took_long_is_done_again_and_keeps_everything() {
     assert_eq!(Journal::open(&config(dir.path())).unwrap().queued("a").unwrap().len(), 2);
 }
 
+/// A reopen (after a storage failure) replays everything sled wrote since
+/// the process started, so it too opens a second time when that took long.
+#[tokio::test]
+async fn a_reopen_that_took_long_is_done_again_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let id = journal.append(delivery("evt_1", 1_000), &["a".to_owned()]).await.unwrap().id;
+    assert!(!journal.reopen_again_after(Duration::MAX).unwrap(), "a quick recovery is kept");
+    // Every recovery counts as long: closed and opened again at once.
+    assert!(journal.reopen_again_after(Duration::ZERO).unwrap());
+    assert_eq!(journal.generation(), 2);
+    assert_eq!(journal.get(id).unwrap().unwrap().webhook_id, "evt_1");
+    assert_eq!(journal.queued("a").unwrap().len(), 1);
+    let second = journal.append(delivery("evt_2", 2_000), &["a".to_owned()]).await.unwrap();
+    assert!(!second.duplicate, "and it takes writes");
+    drop(journal);
+    assert_eq!(Journal::open(&config(dir.path())).unwrap().queued("a").unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn maintenance_stopped_for_shutdown_removes_nothing_more() {
     let dir = tempfile::tempdir().unwrap();
