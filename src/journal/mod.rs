@@ -158,6 +158,19 @@ const REOPEN_WAIT: Duration = Duration::from_secs(10);
 #[cfg(test)]
 const REOPEN_WAIT: Duration = Duration::from_millis(200);
 
+/// Tries `open` until it succeeds or [`REOPEN_WAIT`] has passed (then its
+/// error): a just-closed handle may hold sled's directory lock a moment.
+fn retry_for_reopen_wait<T>(mut open: impl FnMut() -> Result<T, JournalError>) -> Result<T, JournalError> {
+    let deadline = Instant::now() + REOPEN_WAIT;
+    loop {
+        match open() {
+            Ok(opened) => return Ok(opened),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// A recovery of sled's log that took longer than this replayed a long log
 /// (see [`Journal::open`]).
 const LONG_RECOVERY: Duration = Duration::from_secs(1);
@@ -239,14 +252,7 @@ impl Journal {
         drop(journal); // joins the writer thread and closes sled
         let started = Instant::now();
         // As in a reopen: handles of the first may hold sled's lock a moment.
-        let deadline = started + REOPEN_WAIT;
-        let journal = loop {
-            match Self::open_once(config) {
-                Ok(journal) => break journal,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                Err(err) => return Err(err),
-            }
-        };
+        let journal = retry_for_reopen_wait(|| Self::open_once(config))?;
         tracing::info!(
             recovery_ms = recovery.as_millis() as u64,
             second_open_ms = started.elapsed().as_millis() as u64,
@@ -391,20 +397,15 @@ impl Journal {
     /// listing's iterator, a scan), or the store just closed, may still hold
     /// sled's directory lock for a moment.
     fn open_store(&self) -> Result<Store, JournalError> {
-        let deadline = Instant::now() + REOPEN_WAIT;
-        loop {
-            match Store::open(
+        retry_for_reopen_wait(|| {
+            Store::open(
                 &self.path,
                 self.cache,
                 self.dedup_window_ms,
                 self.failed.clone(),
                 self.recent.clone(),
-            ) {
-                Ok(store) => return Ok(store),
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                Err(err) => return Err(err),
-            }
-        }
+            )
+        })
     }
 
     /// Ends a recovery: once [`Journal::reopen`] succeeded and the lanes

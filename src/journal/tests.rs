@@ -355,6 +355,17 @@ async fn lanes_get_new_records_from_memory_and_never_a_deleted_one() {
     assert!(journal.record_to_send(routed).unwrap().is_none());
 }
 
+/// After a second open: `evt_1` (`id`, one job for `a`) is still there
+/// and queued, and the journal takes a write that a later open sees.
+async fn kept_everything_and_takes_writes(journal: Journal, id: DeliveryId, dir: &Path) {
+    assert_eq!(journal.get(id).unwrap().unwrap().webhook_id, "evt_1");
+    assert_eq!(journal.queued("a").unwrap().len(), 1);
+    let second = journal.append(delivery("evt_2", 2_000), &["a".to_owned()]).await.unwrap();
+    assert!(!second.duplicate, "and it takes writes");
+    drop(journal);
+    assert_eq!(Journal::open(&config(dir)).unwrap().queued("a").unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn an_open_that_took_long_is_done_again_and_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
@@ -368,12 +379,7 @@ async fn an_open_that_took_long_is_done_again_and_keeps_everything() {
     // Every recovery counts as long: closed and opened again at once.
     let (journal, reopened) = Journal::open_again_after(&config(dir.path()), Duration::ZERO).unwrap();
     assert!(reopened);
-    assert_eq!(journal.get(id).unwrap().unwrap().webhook_id, "evt_1");
-    assert_eq!(journal.queued("a").unwrap().len(), 1);
-    let second = journal.append(delivery("evt_2", 2_000), &["a".to_owned()]).await.unwrap();
-    assert!(!second.duplicate, "and it takes writes");
-    drop(journal);
-    assert_eq!(Journal::open(&config(dir.path())).unwrap().queued("a").unwrap().len(), 2);
+    kept_everything_and_takes_writes(journal, id, dir.path()).await;
 }
 
 /// A reopen (after a storage failure) replays everything sled wrote since
@@ -387,12 +393,7 @@ async fn a_reopen_that_took_long_is_done_again_and_keeps_everything() {
     // Every recovery counts as long: closed and opened again at once.
     assert!(journal.reopen_again_after(Duration::ZERO).unwrap());
     assert_eq!(journal.generation(), 2);
-    assert_eq!(journal.get(id).unwrap().unwrap().webhook_id, "evt_1");
-    assert_eq!(journal.queued("a").unwrap().len(), 1);
-    let second = journal.append(delivery("evt_2", 2_000), &["a".to_owned()]).await.unwrap();
-    assert!(!second.duplicate, "and it takes writes");
-    drop(journal);
-    assert_eq!(Journal::open(&config(dir.path())).unwrap().queued("a").unwrap().len(), 2);
+    kept_everything_and_takes_writes(journal, id, dir.path()).await;
 }
 
 #[tokio::test]
