@@ -3,8 +3,8 @@
 //! every job delivered (as the lanes would), then reports resident memory
 //! (now and peak) and bytes on disk per delivery, and the same after
 //! reopening the journal in a new process — what a restarted daemon holds —
-//! once with every job pending (held in the lane's queue) and three times
-//! with none.
+//! once with every job pending (its lane holding the first page of them, as
+//! a lane does) and three times with none.
 //! sled's page cache is bounded by `journal.cache` (64 MiB here, the default).
 //!
 //! Deliveries are realistic and varied (see `delivery`);
@@ -191,7 +191,7 @@ fn main() {
         disk as f64 / 1024.0 / deliveries as f64
     );
     // A daemon restarted now (a target was down all along): every job
-    // pending, and its lane holds them all in its queue.
+    // pending, and its lane holds the first page of them.
     drop(journal);
     reopen_in_child(&config, deliveries, cache_mib);
     let journal = Arc::new(Journal::open(&config).unwrap());
@@ -261,16 +261,18 @@ fn reopen_in_child(config: &JournalConfig, deliveries: u64, cache_mib: u64) {
 /// Set (to the journal's path) in the child process that measures a reopen.
 const REOPEN_ENV: &str = "FOOTPRINT_REOPEN";
 
-/// What a restarted daemon does first: open the journal and load its
-/// target's pending jobs into the lane's queue, which it holds.
+/// What a restarted daemon does first: open the journal and load the first
+/// page of its target's pending jobs into the lane's queue, which it holds
+/// (the rest wait in the journal, counted).
 fn reopen(config: &JournalConfig, deliveries: u64) {
     let reopened = Instant::now();
     let journal = Journal::open(config).unwrap();
     let mut lane_queue = LaneQueue::default();
-    let mut pending = 0;
-    for entry in journal.queued("analytics").unwrap() {
-        pending += usize::from(lane_queue.push(entry));
+    for refill in lane_queue.refills_from_start() {
+        let page = journal.queued_page("analytics", refill.class, refill.from, refill.limit, true).unwrap();
+        lane_queue.refilled(refill, page, |_| false);
     }
+    let pending = lane_queue.pending();
     let rss_open = status_kib("VmRSS:");
     // Give sled's background flusher a chance to compact, then measure the disk.
     std::thread::sleep(Duration::from_secs(5));

@@ -3,7 +3,7 @@
 //! breaker, a concurrency permit and the rate limiter, sends, and records the
 //! outcome in the journal.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,10 +16,10 @@ use super::Inbox;
 use super::breaker::{Admission, Breaker, BreakerState};
 use super::outbound::{self, AttemptInfo, HttpClient, Signer};
 use super::policy::{self, AttemptOutcome, Decision};
-use super::queue::Next;
+use super::queue::{LaneQueue, Next, Paging, Refill};
 use crate::config::{EnrichFailure, RateLimit, RetryConfig, TargetConfig};
 use crate::enrich::{Enriched, Enricher};
-use crate::journal::{Attempt, DeliveryId, Journal, QueueEntry};
+use crate::journal::{Attempt, DeliveryId, Journal, JournalError, QueueClass, QueueEntry};
 use crate::live::Live;
 use crate::metrics::{AttemptResult, Metrics, TargetGauges};
 use crate::time::now_ms;
@@ -99,7 +99,7 @@ pub(crate) struct Lane {
     journal: Arc<Journal>,
     metrics: Arc<Metrics>,
     /// Deliveries whose attempt started and is not yet recorded.
-    in_flight: Mutex<HashSet<DeliveryId>>,
+    in_flight: Mutex<Flight>,
     enricher: Arc<Enricher>,
 }
 
@@ -120,7 +120,7 @@ impl Lane {
             inbox,
             journal,
             metrics,
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(Flight::default()),
             enricher,
         }
     }
@@ -209,7 +209,7 @@ impl Lane {
             "pending": gauges.pending,
             "replay_pending": self.inbox.queue.lock().expect("not poisoned").replays(),
             "dead": gauges.dead,
-            "in_flight": self.in_flight.lock().expect("not poisoned").len(),
+            "in_flight": self.in_flight.lock().expect("not poisoned").attempting.len(),
             "oldest_pending_age_seconds": gauges.oldest_pending_age.map(|age| age.as_secs_f64()),
             "rate_limit": settings.rate.map(|r| serde_json::json!({"per_second": r.per_second.get(), "burst": r.burst.get()})),
             "concurrency": settings.concurrency,
@@ -230,9 +230,9 @@ impl Lane {
     /// Pending jobs (queued and in flight), the oldest one's age, the breaker.
     pub(crate) fn gauges(&self, now_ms: u64) -> TargetGauges {
         let queue = self.inbox.queue.lock().expect("not poisoned");
-        let in_flight = self.in_flight.lock().expect("not poisoned").len();
+        let in_flight = self.in_flight.lock().expect("not poisoned").attempting.len();
         TargetGauges {
-            pending: queue.len() + in_flight,
+            pending: queue.pending() + in_flight,
             oldest_pending_age: queue
                 .oldest_arrival_ms()
                 .map(|arrived| Duration::from_millis(now_ms.saturating_sub(arrived))),
@@ -241,24 +241,115 @@ impl Lane {
         }
     }
 
-    /// Queues every pending job the journal holds for this target
-    /// that is neither queued nor in flight here: after a reopen, the jobs
-    /// whose outcomes could not be recorded. Entries already queued stay
-    /// (each is durable: pushed only after its write was flushed), and
-    /// pushing a queued delivery again changes nothing.
-    pub(crate) fn resync(&self) -> Result<usize, crate::journal::JournalError> {
-        let entries = self.journal.queued(&self.name)?;
-        let mut queue = self.inbox.queue.lock().expect("not poisoned");
-        let in_flight = self.in_flight.lock().expect("not poisoned").clone();
-        let added = entries
-            .into_iter()
-            .filter(|entry| !in_flight.contains(&entry.delivery))
-            .map(|entry| queue.push(entry))
-            .filter(|&added| added)
-            .count();
-        drop(queue);
+    /// Queues the first page of every class of this target's jobs in the
+    /// journal, and its fresh jobs not yet in the queue index, unless queued
+    /// or in flight here already; returns how many it queued. At the start,
+    /// and after a reopen (to pick up the jobs whose outcomes could not be
+    /// recorded). Entries already queued stay: each is durable, pushed only
+    /// after its write was flushed. Blocking: reads sled.
+    pub(crate) fn reload(&self) -> Result<usize, JournalError> {
+        let refills = self.inbox.queue.lock().expect("not poisoned").refills_from_start();
+        self.read_and_queue(|journal, name| {
+            let pages = refills
+                .iter()
+                .map(|refill| journal.queued_page(name, refill.class, refill.from, refill.limit, true))
+                .collect::<Result<Vec<_>, _>>()?;
+            let unindexed = journal.unindexed_fresh_jobs(name)?;
+            Ok(move |queue: &mut LaneQueue, skip: &dyn Fn(DeliveryId) -> bool| {
+                let paged: usize = refills
+                    .into_iter()
+                    .zip(pages)
+                    .map(|(refill, page)| queue.refilled(refill, page, skip))
+                    .sum();
+                paged
+                    + unindexed
+                        .into_iter()
+                        .filter(|entry| !skip(entry.delivery) && queue.push(*entry))
+                        .count()
+            })
+        })
+    }
+
+    /// Reads the next page of a class whose jobs past the bound wait in the
+    /// journal (see `queue`). Blocking: reads sled.
+    fn refill(&self, refill: Refill) -> Result<usize, JournalError> {
+        self.read_and_queue(|journal, name| {
+            let page = journal.queued_page(name, refill.class, refill.from, refill.limit, false)?;
+            Ok(move |queue: &mut LaneQueue, skip: &dyn Fn(DeliveryId) -> bool| {
+                queue.refilled(refill, page, skip)
+            })
+        })
+    }
+
+    /// Reads the journal with `read`, then queues what it found with the
+    /// closure it returned, skipping each delivery in flight now or since
+    /// the read began: a job read as pending may have been sent and
+    /// settled (or sent and queued again as a retry) while it was read.
+    fn read_and_queue<Q>(
+        &self,
+        read: impl FnOnce(&Journal, &str) -> Result<Q, JournalError>,
+    ) -> Result<usize, JournalError>
+    where
+        Q: FnOnce(&mut LaneQueue, &dyn Fn(DeliveryId) -> bool) -> usize,
+    {
+        let reading = Reading::begin(&self.in_flight);
+        let found = read(&self.journal, &self.name);
+        let added = {
+            let mut queue = self.inbox.queue.lock().expect("not poisoned");
+            let flight = self.in_flight.lock().expect("not poisoned");
+            let added = found.map(|queue_them| queue_them(&mut queue, &|id| flight.held(reading.began, id)));
+            if queue.needs_paging() {
+                self.inbox.pager.notify_one();
+            }
+            added
+        };
+        drop(reading);
         self.inbox.bell.notify_one();
-        Ok(added)
+        added
+    }
+
+    /// Keeps the lane's memory bounded beside [`Lane::run`], until `stop`:
+    /// lets the jobs past the bound go once each is in the journal's queue
+    /// index, and reads the next page back when a class runs low (see
+    /// `queue`). A journal that refuses the work leaves the jobs in memory
+    /// and is asked again later.
+    pub(crate) async fn page(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        while !*stop.borrow() {
+            let work = self.inbox.queue.lock().expect("not poisoned").paging();
+            let done = match work {
+                None => {
+                    tokio::select! {
+                        () = self.inbox.pager.notified() => {}
+                        _ = stop.wait_for(|stopping| *stopping) => {}
+                    }
+                    continue;
+                }
+                Some(Paging::Spill(class, entries)) => self.spill(class, entries).await,
+                Some(Paging::Refill(refill)) => {
+                    let lane = self.clone();
+                    tokio::task::spawn_blocking(move || lane.refill(refill)).await.unwrap_or_else(|err| {
+                        Err(JournalError::Storage(format!("the page read did not run: {err}")))
+                    })
+                }
+            };
+            if let Err(err) = done {
+                tracing::warn!(target_name = %self.name, error = %err, "cannot page the lane's queue; holding its jobs in memory for now");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(JOURNAL_RECHECK_MS)) => {}
+                    _ = stop.wait_for(|stopping| *stopping) => {}
+                }
+            }
+        }
+    }
+
+    /// Lets `entries` go from memory: fresh ones once their queue index
+    /// entries are flushed, the others are in the index already.
+    async fn spill(&self, class: QueueClass, entries: Vec<QueueEntry>) -> Result<usize, JournalError> {
+        if class == QueueClass::Fresh {
+            self.journal.index_fresh_jobs(&self.name, &entries).await?;
+        }
+        self.inbox.queue.lock().expect("not poisoned").evict(class, &entries);
+        Ok(entries.len())
     }
 
     pub(crate) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, grace: Duration) {
@@ -322,7 +413,10 @@ impl Lane {
                 let mut take = |class| {
                     let entry = queue.take(class);
                     if let Some(entry) = &entry {
-                        self.in_flight.lock().expect("not poisoned").insert(entry.delivery);
+                        self.in_flight.lock().expect("not poisoned").attempting.insert(entry.delivery);
+                    }
+                    if queue.needs_paging() {
+                        self.inbox.pager.notify_one();
                     }
                     entry
                 };
@@ -361,7 +455,7 @@ impl Lane {
     async fn attempt(&self, entry: QueueEntry, permit: OwnedSemaphorePermit) {
         // Leaves the in-flight set on every path out of here, after a retry
         // is back in the queue (see `resync`).
-        let in_flight = InFlight(&self.in_flight, entry.delivery);
+        let mut in_flight = InFlight { flight: &self.in_flight, delivery: entry.delivery, recorded: false };
         let settings = self.settings.get();
         let started_ms = now_ms();
         let started = Instant::now();
@@ -372,6 +466,7 @@ impl Lane {
                 // Settled while its entry waited (a resync raced the
                 // attempt that settled it): nothing to send.
                 tracing::debug!(target_name = %self.name, delivery_id = %entry.delivery, "job already settled");
+                in_flight.recorded = true;
                 let mut breaker = self.breaker.lock().expect("not poisoned");
                 if breaker.state() == BreakerState::Probing {
                     breaker.record(false, now_ms()); // a probe must come back one way or the other
@@ -477,8 +572,11 @@ impl Lane {
         let attempt = Attempt { at_ms: started_ms, latency_ms, status, error };
         // Written by the journal's writer thread with its next group commit.
         match self.journal.record_attempt(&entry, job, attempt, decision).await {
-            Ok(Some(retry)) => self.inbox.push(retry),
-            Ok(None) => {}
+            Ok(Some(retry)) => {
+                self.inbox.push(retry);
+                in_flight.recorded = true;
+            }
+            Ok(None) => in_flight.recorded = true,
             Err(err) => tracing::error!(
                 target_name = %self.name, delivery_id = %entry.delivery, error = %err, "cannot record the attempt"
             ),
@@ -531,16 +629,127 @@ impl Lane {
     }
 }
 
+/// The deliveries whose attempt started and is not yet recorded, and,
+/// while the journal is being read for jobs to queue, those whose outcome
+/// was recorded since: a read that began before may have seen them pending.
+#[derive(Default)]
+struct Flight {
+    attempting: HashSet<DeliveryId>,
+    /// Recorded during a read, and when (a tick of `clock`).
+    landed: HashMap<DeliveryId, u64>,
+    /// When each read going on began (a reopen's and the pager's may overlap).
+    reads: Vec<u64>,
+    clock: u64,
+}
+
+impl Flight {
+    fn begin_read(&mut self) -> u64 {
+        self.clock += 1;
+        self.reads.push(self.clock);
+        self.clock
+    }
+
+    /// Whether a read that began at `read` must leave `id` alone.
+    fn held(&self, read: u64, id: DeliveryId) -> bool {
+        self.attempting.contains(&id) || self.landed.get(&id).is_some_and(|&at| at > read)
+    }
+
+    /// The attempt of `id` is over; `recorded`: its outcome is written (if
+    /// not, its queue entry still stands and a read may queue it again).
+    fn land(&mut self, id: DeliveryId, recorded: bool) {
+        self.attempting.remove(&id);
+        if recorded && !self.reads.is_empty() {
+            self.clock += 1;
+            self.landed.insert(id, self.clock);
+        }
+    }
+
+    fn read_done(&mut self, read: u64) {
+        self.reads.retain(|&began| began != read);
+        match self.reads.iter().min() {
+            Some(&oldest) => self.landed.retain(|_, at| *at > oldest),
+            None => self.landed.clear(),
+        }
+    }
+}
+
+/// A read of the journal for jobs to queue, going on until dropped.
+struct Reading<'a> {
+    flight: &'a Mutex<Flight>,
+    began: u64,
+}
+
+impl<'a> Reading<'a> {
+    fn begin(flight: &'a Mutex<Flight>) -> Self {
+        let began = flight.lock().expect("not poisoned").begin_read();
+        Reading { flight, began }
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.flight.lock().expect("not poisoned").read_done(self.began);
+    }
+}
+
 /// Takes a delivery out of the lane's in-flight set when dropped.
-struct InFlight<'a>(&'a Mutex<HashSet<DeliveryId>>, DeliveryId);
+struct InFlight<'a> {
+    flight: &'a Mutex<Flight>,
+    delivery: DeliveryId,
+    /// Set once the attempt's outcome is written, or the job was settled.
+    recorded: bool,
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.lock().expect("not poisoned").remove(&self.1);
+        self.flight.lock().expect("not poisoned").land(self.delivery, self.recorded);
     }
 }
 
 /// Uniform in [0, 1).
 fn jitter() -> f64 {
     getrandom::u64().map_or(0.5, |bits| (bits >> 11) as f64 / (1u64 << 53) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_recorded_during_a_read_is_left_alone_by_that_read_only() {
+        let id = |seq| DeliveryId { received_at_ms: 1, seq };
+        let mut flight = Flight::default();
+        flight.attempting.extend([id(1), id(2), id(3), id(4)]);
+        flight.land(id(1), true);
+        assert!(!flight.held(0, id(1)), "no read going on: gone at once");
+
+        let first = flight.begin_read();
+        flight.land(id(2), true);
+        assert!(flight.held(first, id(2)), "the read may have seen it pending");
+        // A read that begins later sees its outcome: nothing to leave alone.
+        let second = flight.begin_read();
+        assert!(!flight.held(second, id(2)));
+        // Not recorded (the write failed): its queue entry stands, take it.
+        flight.land(id(3), false);
+        assert!(!flight.held(first, id(3)) && !flight.held(second, id(3)));
+        assert!(flight.held(first, id(4)), "still attempting");
+
+        flight.read_done(first);
+        flight.land(id(4), true);
+        assert!(flight.held(second, id(4)));
+        assert!(!flight.landed.contains_key(&id(2)), "forgotten once no read began before it");
+        flight.read_done(second);
+        assert!(flight.landed.is_empty() && flight.reads.is_empty());
+    }
+
+    #[test]
+    fn a_read_that_panics_still_ends() {
+        let flight = Mutex::new(Flight::default());
+        let panicked = std::panic::catch_unwind(|| {
+            let _reading = Reading::begin(&flight);
+            panic!("a read gone wrong");
+        });
+        assert!(panicked.is_err());
+        assert!(flight.lock().unwrap().reads.is_empty(), "no read left open to hold jobs back");
+    }
 }

@@ -35,6 +35,9 @@ use queue::LaneQueue;
 pub(crate) struct Inbox {
     queue: Mutex<LaneQueue>,
     bell: Notify,
+    /// Wakes the lane's pager: a class is over its memory bound, or low
+    /// while the journal holds more (see `queue`).
+    pager: Notify,
     paused: std::sync::atomic::AtomicBool,
     /// The target left the config at a reload: nothing is sent.
     retired: std::sync::atomic::AtomicBool,
@@ -42,7 +45,12 @@ pub(crate) struct Inbox {
 
 impl Inbox {
     pub(crate) fn push(&self, entry: QueueEntry) {
-        if self.queue.lock().expect("not poisoned").push(entry) {
+        let mut queue = self.queue.lock().expect("not poisoned");
+        if queue.push(entry) {
+            if queue.needs_paging() {
+                self.pager.notify_one();
+            }
+            drop(queue);
             self.bell.notify_one();
         }
     }
@@ -78,25 +86,21 @@ impl LaneSet {
             tracing::warn!(target_name = %target.name, "target is paused (resume it through the admin API)");
             inbox.paused.store(true, std::sync::atomic::Ordering::Release);
         }
-        let pending = self.journal.queued(&target.name)?;
-        if !pending.is_empty() {
-            tracing::info!(target_name = %target.name, pending = pending.len(), "resuming pending jobs");
+        let lane =
+            Lane::new(target, self.journal.clone(), inbox, self.metrics.clone(), self.enricher.clone());
+        lane.reload()?;
+        let pending = lane.inbox.queue.lock().expect("not poisoned").pending();
+        if pending > 0 {
+            tracing::info!(target_name = %target.name, pending, "resuming pending jobs");
         }
-        for entry in pending {
-            inbox.push(entry);
-        }
-        Ok(Arc::new(Lane::new(
-            target,
-            self.journal.clone(),
-            inbox,
-            self.metrics.clone(),
-            self.enricher.clone(),
-        )))
+        Ok(Arc::new(lane))
     }
 
+    /// Starts the lane and its pager.
     fn spawn(&self, lane: Arc<Lane>) {
+        let pager = tokio::spawn(lane.clone().page(self.stop.clone()));
         let task = tokio::spawn(lane.run(self.stop.clone(), self.grace));
-        self.tasks.lock().expect("not poisoned").push(task);
+        self.tasks.lock().expect("not poisoned").extend([pager, task]);
     }
 }
 
@@ -144,19 +148,24 @@ impl LaneStatus {
         let mut woken = std::collections::HashSet::new();
         for (target, entry) in entries {
             let Some(lane) = self.0.lane(&target) else { continue };
-            lane.inbox.queue.lock().expect("not poisoned").push(entry);
+            let mut queue = lane.inbox.queue.lock().expect("not poisoned");
+            if queue.push(entry) && queue.needs_paging() {
+                lane.inbox.pager.notify_one();
+            }
+            drop(queue);
             if woken.insert(target) {
                 lane.inbox.bell.notify_one();
             }
         }
     }
 
-    /// Queues, in every lane, the journal's pending jobs that the lane
-    /// lost track of (after a reopen); returns how many.
+    /// Reloads every lane's queue from the journal after a reopen (see
+    /// `Lane::reload`), so the jobs a lane lost track of (their outcomes
+    /// could not be written) are sent again; returns how many it queued.
     pub fn resync(&self) -> Result<usize, JournalError> {
         let mut added = 0;
         for lane in self.0.all() {
-            added += lane.resync()?;
+            added += lane.reload()?;
         }
         Ok(added)
     }
@@ -278,6 +287,8 @@ mod tests {
         most_open: AtomicUsize,
         observe: std::sync::OnceLock<Box<dyn Fn() -> usize + Send + Sync>>,
         observed: Mutex<Vec<usize>>,
+        /// The `hookrelay-delivery` header of every request.
+        deliveries: Mutex<Vec<String>>,
     }
 
     /// A loopback target that answers every request 200 after `delay`.
@@ -290,9 +301,13 @@ mod tests {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 let counts = shared.clone();
-                let service = hyper::service::service_fn(move |_request| {
+                let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
                     let counts = counts.clone();
+                    let delivery = request.headers().get("hookrelay-delivery").cloned();
                     async move {
+                        if let Some(delivery) = delivery {
+                            counts.deliveries.lock().unwrap().push(delivery.to_str().unwrap().to_owned());
+                        }
                         if let Some(observe) = counts.observe.get() {
                             counts.observed.lock().unwrap().push(observe());
                         }
@@ -345,9 +360,10 @@ mod tests {
         (dispatcher, journal, stop_tx)
     }
 
-    /// Journals the deliveries, then hands them to the lane all at once.
-    async fn deliver(dispatcher: &Dispatcher, journal: &Journal, count: u64) {
-        let mut appended = Vec::new();
+    /// Journals the deliveries (many at once, as ingress does), then hands
+    /// them to the lane in arrival order.
+    async fn deliver(dispatcher: &Dispatcher, journal: &Arc<Journal>, count: u64) {
+        let mut appends = tokio::task::JoinSet::new();
         for n in 0..count {
             let delivery = NewDelivery {
                 received_at_ms: crate::time::now_ms(),
@@ -361,15 +377,18 @@ mod tests {
                 event_group: None,
                 body: b"{}".to_vec(),
             };
-            appended.push(journal.append(delivery, &["t".to_owned()]).await.unwrap().id);
+            let journal = journal.clone();
+            appends.spawn(async move { journal.append(delivery, &["t".to_owned()]).await.unwrap().id });
         }
+        let mut appended = appends.join_all().await;
+        appended.sort();
         for id in appended {
             dispatcher.inboxes().deliver("t", id);
         }
     }
 
     async fn wait_until(done: impl Fn() -> bool, what: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while !done() {
             assert!(tokio::time::Instant::now() < deadline, "timed out waiting: {what}");
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -402,5 +421,58 @@ mod tests {
         drop(held);
         wait_until(|| lane.unrecorded_available() == idle, "every permit back").await;
         assert_eq!(journal.pending_count("t"), 0);
+    }
+
+    /// A paused target piles up more jobs than a lane keeps in memory: the
+    /// pager indexes the ones past the bound and lets them go, a restart
+    /// loads only the first page, and once resumed every job is sent once,
+    /// read back page by page, with no queue entry left behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backlog_past_the_memory_bound_waits_in_the_journal_and_each_job_goes_once() {
+        use queue::{IN_MEMORY_PER_CLASS, SPILL_ABOVE};
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, counts) = serve(Duration::ZERO).await;
+        let total = SPILL_ABOVE + IN_MEMORY_PER_CLASS / 2;
+        let in_memory = |dispatcher: &Dispatcher| {
+            let lane = dispatcher.set.lane("t").unwrap();
+            let held = lane.inbox.queue.lock().unwrap().len();
+            (held, lane.gauges(0).pending)
+        };
+        {
+            let (dispatcher, journal, stop) = dispatcher(dir.path(), addr, 8);
+            dispatcher.status().set_paused("t", true, 0).unwrap();
+            deliver(&dispatcher, &journal, total as u64).await;
+            // Every job is in memory or, indexed, in the journal alone.
+            wait_until(
+                || {
+                    let (held, _) = in_memory(&dispatcher);
+                    held <= SPILL_ABOVE && held + journal.indexed_jobs("t") == total
+                },
+                "the jobs past the bound left memory",
+            )
+            .await;
+            assert!(in_memory(&dispatcher).0 >= IN_MEMORY_PER_CLASS);
+            assert_eq!(in_memory(&dispatcher).1, total, "they still count as pending");
+            stop.send(true).unwrap();
+            dispatcher.run().await;
+        }
+
+        let (dispatcher, journal, _stop) = dispatcher(dir.path(), addr, 8);
+        assert_eq!(
+            in_memory(&dispatcher),
+            (IN_MEMORY_PER_CLASS, total),
+            "a restart loads one page, counts all"
+        );
+        assert_eq!(counts.received.load(Ordering::SeqCst), 0, "nothing was sent while paused");
+        dispatcher.status().set_paused("t", false, 0).unwrap();
+        wait_until(|| counts.received.load(Ordering::SeqCst) >= total, "every job sent").await;
+        wait_until(|| journal.pending_count("t") == 0, "every outcome recorded").await;
+        let mut sent = counts.deliveries.lock().unwrap().clone();
+        assert_eq!(sent.len(), total, "no job sent twice");
+        sent.sort();
+        sent.dedup();
+        assert_eq!(sent.len(), total, "each job sent once");
+        assert_eq!(journal.indexed_jobs("t"), 0, "no queue entry left behind");
+        assert_eq!(in_memory(&dispatcher), (0, 0));
     }
 }

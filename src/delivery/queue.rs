@@ -1,6 +1,6 @@
 //! A lane's in-memory view of its pending jobs. The journal's queue index is
-//! the durable copy (read once at start, kept in step by every write); this
-//! one spares each pick a disk scan. Pure: no I/O, time comes in.
+//! the durable copy (kept in step by every write); this one spares each pick
+//! a disk scan. Pure: no I/O, time comes in.
 //!
 //! Fresh jobs go first, in arrival order; retries wait for their due time.
 //! After [`FRESH_BEFORE_RETRY`] fresh jobs in a row a due retry goes next, so
@@ -11,13 +11,37 @@
 //! nothing live is ready, or after [`LIVE_BEFORE_REPLAY`] live jobs in a row,
 //! so a replay of a large backlog takes at most a tenth of a busy lane and
 //! still finishes while live traffic never stops.
+//!
+//! Memory is bounded: each class keeps about [`IN_MEMORY_PER_CLASS`] jobs, the
+//! first in its order. A target down for a day piles up millions of jobs;
+//! those past the bound live only in the journal's queue index ("spilled")
+//! and are read back a page at a time as the lane drains. [`LaneQueue::paging`]
+//! says what to do; the lane does the I/O (a fresh job is indexed before it
+//! may leave memory) and reports back with [`LaneQueue::evict`] and
+//! [`LaneQueue::refilled`]. The invariant: every pending job of a class that
+//! is neither here nor in flight is in the queue index at or after the
+//! class's `spilled_from`.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet};
 
-use crate::journal::{DeliveryId, QueueClass, QueueEntry};
+use crate::journal::{DeliveryId, QueueClass, QueueEntry, QueueKey, QueuePage};
 
 pub const FRESH_BEFORE_RETRY: u32 = 4;
 pub const LIVE_BEFORE_REPLAY: u32 = 9;
+
+/// Jobs of one class a lane keeps in memory when it has more pending: a
+/// few pages' worth, so a drain at full speed reads the journal a few
+/// times a second, and a hundred backed-up targets hold ~100 MiB at most.
+pub const IN_MEMORY_PER_CLASS: usize = 4_096;
+/// A class is trimmed back to [`IN_MEMORY_PER_CLASS`] once it holds more
+/// than this: spills go in batches, not one per push.
+pub const SPILL_ABOVE: usize = IN_MEMORY_PER_CLASS + IN_MEMORY_PER_CLASS / 4;
+/// A class with spilled jobs reads the next page once it holds fewer.
+pub const REFILL_BELOW: usize = IN_MEMORY_PER_CLASS / 2;
+
+const FIRST_KEY: QueueKey = (0, DeliveryId { received_at_ms: 0, seq: 0 });
+
+const CLASSES: [QueueClass; 3] = [QueueClass::Fresh, QueueClass::Retry, QueueClass::Replay];
 
 /// What the lane should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,11 +53,98 @@ pub enum Next {
     Empty,
 }
 
+/// Work that keeps a lane's memory bounded (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Paging {
+    /// These jobs (the class's last, past the bound) may leave memory once
+    /// each is in the queue index: fresh ones must be indexed first.
+    Spill(QueueClass, Vec<QueueEntry>),
+    /// Read the next page of the class from the journal.
+    Refill(Refill),
+}
+
+/// One page to read from a class of the journal's queue index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refill {
+    pub class: QueueClass,
+    /// The first key to read.
+    pub from: QueueKey,
+    /// Most entries to read.
+    pub limit: usize,
+    /// The class's spilled-mark version when the read began.
+    version: u64,
+}
+
+#[derive(Debug, Default)]
+struct ClassQueue {
+    /// The class's first jobs, and fresh ones that arrived past
+    /// `spilled_from` ("parked": not ready until the jobs before them are
+    /// read back, so the order holds).
+    jobs: BTreeSet<QueueKey>,
+    /// Where the jobs only the journal holds begin; `None`: there are none.
+    spilled_from: Option<QueueKey>,
+    /// Jobs in memory at or past `spilled_from`.
+    parked: usize,
+    /// About how many jobs only the journal holds (for the gauges): counted
+    /// at a start, kept up by spills and refills since.
+    spilled: usize,
+    /// Bumped whenever `spilled_from` changes: a refill that read the
+    /// journal across a change (an eviction, another read) may not cover
+    /// what the change did, so it cannot raise the mark past it.
+    version: u64,
+}
+
+impl ClassQueue {
+    fn is_past_spill(&self, key: QueueKey) -> bool {
+        self.spilled_from.is_some_and(|from| key >= from)
+    }
+
+    /// Jobs in memory that may go, in order.
+    fn ready(&self) -> usize {
+        self.jobs.len() - self.parked
+    }
+
+    fn first_ready(&self) -> Option<QueueKey> {
+        self.jobs.first().copied().filter(|&key| !self.is_past_spill(key))
+    }
+
+    fn insert(&mut self, key: QueueKey) {
+        if self.jobs.insert(key) && self.is_past_spill(key) {
+            self.parked += 1;
+        }
+    }
+
+    fn set_spilled_from(&mut self, from: Option<QueueKey>) {
+        self.spilled_from = from;
+        self.version += 1;
+        self.parked = from.map_or(0, |from| self.jobs.range(from..).count());
+    }
+
+    fn needs_paging(&self) -> bool {
+        self.jobs.len() > SPILL_ABOVE || (self.spilled_from.is_some() && self.ready() < REFILL_BELOW)
+    }
+
+    /// The jobs past the bound, once the class is over [`SPILL_ABOVE`].
+    fn overflow(&self, class: QueueClass) -> Option<Vec<QueueEntry>> {
+        (self.jobs.len() > SPILL_ABOVE).then(|| {
+            let over = self.jobs.len() - IN_MEMORY_PER_CLASS;
+            let mut last: Vec<QueueEntry> =
+                self.jobs.iter().rev().take(over).map(|&(due, id)| QueueEntry::new(class, due, id)).collect();
+            last.reverse();
+            last
+        })
+    }
+
+    fn refill(&self, class: QueueClass) -> Option<Refill> {
+        let from = self.spilled_from.filter(|_| self.ready() < REFILL_BELOW)?;
+        Some(Refill { class, from, limit: IN_MEMORY_PER_CLASS - self.ready(), version: self.version })
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct LaneQueue {
-    fresh: VecDeque<QueueEntry>,
-    retries: BTreeMap<(u64, DeliveryId), QueueEntry>,
-    replays: BTreeMap<(u64, DeliveryId), QueueEntry>,
+    /// By [`QueueClass`]: fresh, retries, replays.
+    classes: [ClassQueue; 3],
     fresh_streak: u32,
     /// Live jobs taken since the last replayed one.
     live_streak: u32,
@@ -43,48 +154,77 @@ pub struct LaneQueue {
 }
 
 impl LaneQueue {
+    fn class(&self, class: QueueClass) -> &ClassQueue {
+        &self.classes[class as usize]
+    }
+
+    fn class_mut(&mut self, class: QueueClass) -> &mut ClassQueue {
+        &mut self.classes[class as usize]
+    }
+
     /// Queues `entry`; false (and nothing changes) when its delivery is
-    /// already queued.
+    /// already queued. A retry or replayed job due past the class's spilled
+    /// ones is left to the journal, where it is already (only fresh jobs are
+    /// not indexed), and read back in its turn.
     pub fn push(&mut self, entry: QueueEntry) -> bool {
+        if self.queued.contains(&entry.delivery) {
+            return false;
+        }
+        let queue = self.class_mut(entry.class);
+        if entry.class != QueueClass::Fresh && queue.is_past_spill((entry.due_ms, entry.delivery)) {
+            queue.spilled += 1;
+            return true;
+        }
+        self.hold(entry)
+    }
+
+    /// Holds `entry` in memory, unless its delivery is held already.
+    fn hold(&mut self, entry: QueueEntry) -> bool {
         if !self.queued.insert(entry.delivery) {
             return false;
         }
-        match entry.class {
-            QueueClass::Fresh => self.fresh.push_back(entry),
-            QueueClass::Retry => {
-                self.retries.insert((entry.due_ms, entry.delivery), entry);
-            }
-            QueueClass::Replay => {
-                self.replays.insert((entry.due_ms, entry.delivery), entry);
-            }
-        }
+        self.class_mut(entry.class).insert((entry.due_ms, entry.delivery));
         true
     }
 
+    /// Jobs held in memory.
     pub fn len(&self) -> usize {
-        self.fresh.len() + self.retries.len() + self.replays.len()
-    }
-
-    /// Queued replayed jobs (included in [`LaneQueue::len`]).
-    pub fn replays(&self) -> usize {
-        self.replays.len()
+        self.queued.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Pending jobs, in memory or only in the journal (the latter counted
+    /// at the start and kept up since: an estimate while any are spilled).
+    pub fn pending(&self) -> usize {
+        self.len() + self.classes.iter().map(|class| class.spilled).sum::<usize>()
+    }
+
+    /// Pending replayed jobs (included in [`LaneQueue::pending`]).
+    pub fn replays(&self) -> usize {
+        let replays = self.class(QueueClass::Replay);
+        replays.jobs.len() + replays.spilled
+    }
+
     /// When the oldest queued live delivery arrived (for the pending-age
     /// gauge; a replay of last month's deliveries is not a month late).
+    /// Fresh jobs are held oldest first, so only a retry past the bound
+    /// (due later, received earlier) can be older than this says.
     pub fn oldest_arrival_ms(&self) -> Option<u64> {
-        let fresh = self.fresh.front().map(|entry| entry.delivery.received_at_ms);
-        let retry = self.retries.values().map(|entry| entry.delivery.received_at_ms).min();
+        let fresh = self.class(QueueClass::Fresh).first_ready().map(|(_, id)| id.received_at_ms);
+        let retry = self.class(QueueClass::Retry).jobs.iter().map(|(_, id)| id.received_at_ms).min();
         fresh.into_iter().chain(retry).min()
+    }
+
+    fn first_due(&self, class: QueueClass) -> Option<u64> {
+        self.class(class).first_ready().map(|(due, _)| due)
     }
 
     /// Which job would go next at `now_ms`, without taking it.
     pub fn next(&self, now_ms: u64) -> Next {
-        let replay_due = self.replays.keys().next().map(|(due, _)| *due);
+        let replay_due = self.first_due(QueueClass::Replay);
         let replay_ready = replay_due.is_some_and(|due| due <= now_ms);
         match self.next_live(now_ms) {
             Next::Ready(_) if replay_ready && self.live_streak >= LIVE_BEFORE_REPLAY => {
@@ -101,38 +241,108 @@ impl LaneQueue {
 
     /// The next fresh job or retry, ignoring replays.
     fn next_live(&self, now_ms: u64) -> Next {
-        let retry_due = self.retries.keys().next().map(|(due, _)| *due);
+        let retry_due = self.first_due(QueueClass::Retry);
         let retry_ready = retry_due.is_some_and(|due| due <= now_ms);
-        match (self.fresh.is_empty(), retry_ready) {
-            (false, true) if self.fresh_streak >= FRESH_BEFORE_RETRY => Next::Ready(QueueClass::Retry),
-            (false, _) => Next::Ready(QueueClass::Fresh),
-            (true, true) => Next::Ready(QueueClass::Retry),
-            (true, false) => retry_due.map_or(Next::Empty, Next::NotBefore),
+        let fresh_waiting = self.class(QueueClass::Fresh).first_ready().is_some();
+        match (fresh_waiting, retry_ready) {
+            (true, true) if self.fresh_streak >= FRESH_BEFORE_RETRY => Next::Ready(QueueClass::Retry),
+            (true, _) => Next::Ready(QueueClass::Fresh),
+            (false, true) => Next::Ready(QueueClass::Retry),
+            (false, false) => retry_due.map_or(Next::Empty, Next::NotBefore),
         }
     }
 
     /// Removes the next job of `class` (as chosen by [`LaneQueue::next`]).
     pub fn take(&mut self, class: QueueClass) -> Option<QueueEntry> {
-        let taken = match class {
+        let queue = self.class_mut(class);
+        let (due_ms, delivery) = queue.first_ready()?;
+        queue.jobs.remove(&(due_ms, delivery));
+        self.queued.remove(&delivery);
+        match class {
             QueueClass::Fresh => {
                 self.fresh_streak = self.fresh_streak.saturating_add(1);
                 self.live_streak = self.live_streak.saturating_add(1);
-                self.fresh.pop_front()
             }
             QueueClass::Retry => {
                 self.fresh_streak = 0;
                 self.live_streak = self.live_streak.saturating_add(1);
-                self.retries.pop_first().map(|(_, entry)| entry)
             }
-            QueueClass::Replay => {
-                self.live_streak = 0;
-                self.replays.pop_first().map(|(_, entry)| entry)
+            QueueClass::Replay => self.live_streak = 0,
+        }
+        Some(QueueEntry::new(class, due_ms, delivery))
+    }
+
+    /// Whether [`LaneQueue::paging`] has work: cheap, for every push and take.
+    pub fn needs_paging(&self) -> bool {
+        self.classes.iter().any(ClassQueue::needs_paging)
+    }
+
+    /// What keeps memory bounded now: a spill first (memory over the bound),
+    /// else a refill (a class running low while the journal holds more).
+    pub fn paging(&self) -> Option<Paging> {
+        let spill = CLASSES
+            .into_iter()
+            .find_map(|class| self.class(class).overflow(class).map(|entries| Paging::Spill(class, entries)));
+        spill.or_else(|| {
+            CLASSES.into_iter().find_map(|class| self.class(class).refill(class).map(Paging::Refill))
+        })
+    }
+
+    /// Lets the spilled `entries` of `class` go from memory, each now in the
+    /// journal's queue index; those taken meanwhile are gone already.
+    pub fn evict(&mut self, class: QueueClass, entries: &[QueueEntry]) {
+        let queue = &mut self.classes[class as usize];
+        let mut evicted = 0;
+        let mut from = queue.spilled_from;
+        for entry in entries {
+            let key = (entry.due_ms, entry.delivery);
+            if queue.jobs.remove(&key) {
+                self.queued.remove(&entry.delivery);
+                from = Some(from.map_or(key, |from| from.min(key)));
+                evicted += 1;
+            }
+        }
+        queue.set_spilled_from(from);
+        queue.spilled += evicted;
+    }
+
+    /// A page of every class from its start: what a lane reads when it
+    /// starts, and after a journal reopen (when it may have lost track of
+    /// jobs whose outcomes could not be written).
+    pub fn refills_from_start(&self) -> [Refill; 3] {
+        CLASSES.map(|class| Refill {
+            class,
+            from: FIRST_KEY,
+            limit: IN_MEMORY_PER_CLASS,
+            version: self.class(class).version,
+        })
+    }
+
+    /// Takes what the journal held for `refill`: queues each entry unless
+    /// `skip` says its delivery is in flight (or was, while the page was
+    /// read), and moves the class's spilled mark past the page. Returns how
+    /// many were queued.
+    pub fn refilled(&mut self, refill: Refill, page: QueuePage, skip: impl Fn(DeliveryId) -> bool) -> usize {
+        let added =
+            page.entries.into_iter().filter(|entry| !skip(entry.delivery) && self.hold(*entry)).count();
+        let queue = self.class_mut(refill.class);
+        let from = if queue.version == refill.version {
+            page.next
+        } else {
+            // The mark moved while the page was read (jobs evicted, another
+            // read): never past where it is now.
+            match (page.next, queue.spilled_from) {
+                (Some(next), Some(from)) => Some(next.min(from)),
+                (next, from) => next.or(from),
             }
         };
-        if let Some(entry) = &taken {
-            self.queued.remove(&entry.delivery);
-        }
-        taken
+        queue.set_spilled_from(from);
+        queue.spilled = match (page.rest, queue.spilled_from) {
+            (_, None) => 0,
+            (Some(rest), Some(_)) => rest,
+            (None, Some(_)) => queue.spilled.saturating_sub(added),
+        };
+        added
     }
 }
 
@@ -254,6 +464,156 @@ mod tests {
         queue.push(entry(QueueClass::Fresh, 100, 1));
         queue.push(QueueEntry::new(QueueClass::Retry, 900, DeliveryId { received_at_ms: 40, seq: 2 }));
         assert_eq!(queue.oldest_arrival_ms(), Some(40));
+    }
+
+    fn fresh_keys(queue: &LaneQueue) -> Vec<u64> {
+        queue.class(QueueClass::Fresh).jobs.iter().map(|(_, id)| id.seq).collect()
+    }
+
+    /// A page as the journal would hold it: `keys` of the class from the
+    /// refill's first key on, `limit` at most.
+    fn page_of(refill: Refill, keys: &[u64]) -> QueuePage {
+        let mut from: Vec<QueueEntry> = keys
+            .iter()
+            .map(|&seq| entry(refill.class, seq, seq))
+            .filter(|entry| (entry.due_ms, entry.delivery) >= refill.from)
+            .collect();
+        let rest = from.split_off(from.len().min(refill.limit));
+        QueuePage { entries: from, next: rest.first().map(|e| (e.due_ms, e.delivery)), rest: None }
+    }
+
+    #[test]
+    fn memory_is_bounded_and_spilled_jobs_come_back_in_order() {
+        let mut queue = LaneQueue::default();
+        let total = SPILL_ABOVE as u64 + 1;
+        for seq in 0..total {
+            queue.push(entry(QueueClass::Fresh, seq, seq));
+        }
+        assert!(queue.needs_paging());
+        // The latest jobs past the bound go, in order.
+        let Some(Paging::Spill(QueueClass::Fresh, spill)) = queue.paging() else { panic!("a spill is due") };
+        let over = total as usize - IN_MEMORY_PER_CLASS;
+        assert_eq!(spill.len(), over);
+        assert_eq!(spill.first().unwrap().delivery.seq, IN_MEMORY_PER_CLASS as u64);
+        assert_eq!(spill.last().unwrap().delivery.seq, total - 1);
+        queue.evict(QueueClass::Fresh, &spill);
+        assert_eq!(queue.len(), IN_MEMORY_PER_CLASS);
+        assert_eq!(queue.pending(), total as usize, "spilled jobs still count as pending");
+        assert!(!queue.needs_paging());
+        assert_eq!(queue.paging(), None);
+
+        // Drained below the refill mark: the next page is read from the first spilled job.
+        let mut taken = Vec::new();
+        while queue.len() >= REFILL_BELOW {
+            taken.push(queue.take(QueueClass::Fresh).unwrap().delivery.seq);
+        }
+        assert!(queue.needs_paging());
+        let Some(Paging::Refill(refill)) = queue.paging() else { panic!("a refill is due") };
+        assert_eq!(refill.class, QueueClass::Fresh);
+        assert_eq!(refill.from.1.seq, IN_MEMORY_PER_CLASS as u64);
+        assert_eq!(refill.limit, IN_MEMORY_PER_CLASS - queue.len());
+        let journal: Vec<u64> = (IN_MEMORY_PER_CLASS as u64..total).collect();
+        let added = queue.refilled(refill, page_of(refill, &journal), |_| false);
+        assert_eq!(added, over);
+        assert_eq!(queue.pending(), queue.len(), "nothing left only in the journal");
+        assert_eq!(queue.paging(), None);
+        while let Some(job) = queue.take(QueueClass::Fresh) {
+            taken.push(job.delivery.seq);
+        }
+        assert_eq!(taken, (0..total).collect::<Vec<_>>(), "every job once, in arrival order");
+    }
+
+    #[test]
+    fn a_refill_reads_one_page_at_a_time_and_skips_jobs_in_flight() {
+        let mut queue = LaneQueue::default();
+        let [refill, ..] = queue.refills_from_start();
+        let journal: Vec<u64> = (0..3 * IN_MEMORY_PER_CLASS as u64).collect();
+        let mut page = page_of(refill, &journal);
+        page.rest = Some(2 * IN_MEMORY_PER_CLASS);
+        // Delivery 7 is being attempted: queuing it again would send it twice.
+        assert_eq!(queue.refilled(refill, page, |id| id.seq == 7), IN_MEMORY_PER_CLASS - 1);
+        assert_eq!(queue.pending(), 3 * IN_MEMORY_PER_CLASS - 1, "the rest is counted");
+        assert!(!fresh_keys(&queue).contains(&7));
+        let mut taken = 0;
+        while queue.len() >= REFILL_BELOW {
+            taken += usize::from(queue.take(QueueClass::Fresh).is_some());
+        }
+        let Some(Paging::Refill(refill)) = queue.paging() else { panic!("a refill is due") };
+        assert_eq!(refill.from.1.seq, IN_MEMORY_PER_CLASS as u64, "on from the first job past the page");
+        let added = queue.refilled(refill, page_of(refill, &journal), |_| false);
+        assert_eq!(added, refill.limit);
+        assert!(queue.class(QueueClass::Fresh).spilled_from.is_some(), "a third page is left");
+        assert_eq!(queue.pending(), 3 * IN_MEMORY_PER_CLASS - 1 - taken);
+    }
+
+    /// Spilled jobs come before anything that arrives after them: a retry
+    /// due later stays in the journal, and a new fresh job waits in memory
+    /// until the older ones are read back.
+    #[test]
+    fn jobs_arriving_after_a_spill_wait_their_turn() {
+        let mut queue = LaneQueue::default();
+        for seq in 0..=SPILL_ABOVE as u64 {
+            queue.push(entry(QueueClass::Fresh, seq, seq));
+            queue.push(entry(QueueClass::Retry, seq, 100_000 + seq));
+        }
+        for _ in 0..2 {
+            let Some(Paging::Spill(class, spill)) = queue.paging() else { panic!("a spill is due") };
+            queue.evict(class, &spill);
+        }
+        let spilled = SPILL_ABOVE + 1 - IN_MEMORY_PER_CLASS;
+        let pending = queue.pending();
+        // A retry due after the spilled ones is not held: the journal has it.
+        assert!(queue.push(entry(QueueClass::Retry, 50_000, 200_000)));
+        assert_eq!(queue.class(QueueClass::Retry).jobs.len(), IN_MEMORY_PER_CLASS);
+        // One due before them is.
+        assert!(queue.push(entry(QueueClass::Retry, 0, 200_001)));
+        assert_eq!(queue.class(QueueClass::Retry).jobs.len(), IN_MEMORY_PER_CLASS + 1);
+        // A new fresh job is held (it is not indexed) but not ready.
+        assert!(queue.push(entry(QueueClass::Fresh, 60_000, 300_000)));
+        assert_eq!(queue.pending(), pending + 3);
+
+        let mut taken = Vec::new();
+        while let Some(job) = queue.take(QueueClass::Fresh) {
+            taken.push(job.delivery.seq);
+        }
+        assert_eq!(
+            taken,
+            (0..IN_MEMORY_PER_CLASS as u64).collect::<Vec<_>>(),
+            "not the new one before the spilled"
+        );
+        assert_eq!(queue.oldest_arrival_ms(), Some(0), "the oldest retry");
+        let Some(Paging::Refill(refill)) = queue.paging() else { panic!("a refill is due") };
+        assert_eq!(refill.class, QueueClass::Fresh);
+        let journal: Vec<u64> = (IN_MEMORY_PER_CLASS as u64..=SPILL_ABOVE as u64).collect();
+        assert_eq!(queue.refilled(refill, page_of(refill, &journal), |_| false), spilled);
+        let mut taken = Vec::new();
+        while let Some(job) = queue.take(QueueClass::Fresh) {
+            taken.push(job.delivery.seq);
+        }
+        let mut expected = journal.clone();
+        expected.push(300_000);
+        assert_eq!(taken, expected, "the spilled ones, then the new one");
+    }
+
+    #[test]
+    fn an_eviction_during_a_refill_keeps_the_evicted_jobs_reachable() {
+        let mut queue = LaneQueue::default();
+        for seq in 0..=SPILL_ABOVE as u64 {
+            queue.push(entry(QueueClass::Retry, seq, seq));
+        }
+        // A reopen's refill reads the journal before these were spilled...
+        let refill = queue.refills_from_start()[QueueClass::Retry as usize];
+        let Some(Paging::Spill(class, spill)) = queue.paging() else { panic!("a spill is due") };
+        queue.evict(class, &spill);
+        // ...and finds nothing past its page: the spilled ones must still be read later.
+        let page = QueuePage { entries: Vec::new(), next: None, rest: Some(0) };
+        queue.refilled(refill, page, |_| false);
+        let first_spilled = (spill[0].due_ms, spill[0].delivery);
+        assert_eq!(queue.class(QueueClass::Retry).spilled_from, Some(first_spilled));
+        // Without the eviction, the same page would have cleared it.
+        let refill = queue.refills_from_start()[QueueClass::Retry as usize];
+        queue.refilled(refill, QueuePage::default(), |_| false);
+        assert_eq!(queue.class(QueueClass::Retry).spilled_from, None);
     }
 
     #[test]

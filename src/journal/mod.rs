@@ -461,6 +461,73 @@ impl Journal {
         Ok(entries)
     }
 
+    /// One page of `target`'s queue index in `class`: up to `limit` entries
+    /// from `from` on, in key order, the key of the first one past them,
+    /// and with `count_rest` how many lie past them. How a lane reads its
+    /// jobs back a page at a time (see `delivery::queue`).
+    pub fn queued_page(
+        &self,
+        target: &str,
+        class: QueueClass,
+        from: QueueKey,
+        limit: usize,
+        count_rest: bool,
+    ) -> Result<QueuePage, JournalError> {
+        let prefix = keys::queue_prefix(target, class);
+        let start = keys::queue(target, class, from.0, from.1);
+        // An error ends nothing here: it is returned below.
+        let mut scan = self
+            .tree()?
+            .range(start..)
+            .keys()
+            .take_while(|key| key.as_ref().map_or(true, |key| key.starts_with(&prefix)));
+        let parse = |key: sled::IVec| {
+            QueueEntry::parse(&key, target.len()).ok_or_else(|| JournalError::Corrupt {
+                key: format!("{key:02x?}"),
+                error: DecodeError::Truncated,
+            })
+        };
+        let mut page = QueuePage::default();
+        for key in scan.by_ref() {
+            let entry = parse(key?)?;
+            if page.entries.len() == limit {
+                page.next = Some((entry.due_ms, entry.delivery));
+                break;
+            }
+            page.entries.push(entry);
+        }
+        if count_rest {
+            let mut rest = usize::from(page.next.is_some());
+            for key in scan {
+                key?;
+                rest += 1;
+            }
+            page.rest = Some(rest);
+        }
+        Ok(page)
+    }
+
+    /// `target`'s pending fresh jobs that are not in the queue index (those
+    /// of the last minute or so: see `fresh`), in arrival order.
+    pub fn unindexed_fresh_jobs(&self, target: &str) -> Result<Vec<QueueEntry>, JournalError> {
+        Ok(fresh::unqueued(&self.tree()?, Some(target))?.into_iter().map(|(_, entry)| entry).collect())
+    }
+
+    /// Puts `target`'s fresh jobs `entries` into the queue index, so a lane
+    /// may let them go from memory; resolves once that is flushed. A job
+    /// settled meanwhile, or indexed already, is left as it is.
+    pub async fn index_fresh_jobs(&self, target: &str, entries: &[QueueEntry]) -> Result<(), JournalError> {
+        let writes = entries
+            .iter()
+            .map(|entry| writer::Write::IndexWaiting {
+                delivery: entry.delivery,
+                target: target.to_owned(),
+                queue_key: entry.key(target),
+            })
+            .collect();
+        self.store()?.writer.write(writes).await
+    }
+
     /// How many jobs of `target` are dead (kept until replayed or purged).
     pub fn dead_count(&self, target: &str) -> u64 {
         let count = self.dead.lock().expect("not poisoned").get(target).copied().unwrap_or(0);
@@ -719,6 +786,21 @@ pub enum QueueClass {
     Fresh = 0,
     Retry = 1,
     Replay = 2,
+}
+
+/// A job's place in its class of a target's queue index: due time, then
+/// delivery (a fresh job is due when it arrived).
+pub type QueueKey = (u64, DeliveryId);
+
+/// A page of a target's queue index (see [`Journal::queued_page`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueuePage {
+    /// In key order.
+    pub entries: Vec<QueueEntry>,
+    /// The key of the first entry past the page; `None`: the class ended.
+    pub next: Option<QueueKey>,
+    /// How many entries lie past the page, when counted.
+    pub rest: Option<usize>,
 }
 
 /// A queued job of a target: its place in the journal's queue index. A lane

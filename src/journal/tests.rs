@@ -847,3 +847,50 @@ async fn fresh_jobs_that_waited_are_indexed_in_chunks_and_release_the_mark() {
     let queued: Vec<_> = journal.queued("a").unwrap().iter().map(|e| (e.class, e.delivery)).collect();
     assert_eq!(queued, [fresh(new), (QueueClass::Retry, old_2)]);
 }
+
+/// A lane reads its jobs back a page at a time: each page starts where the
+/// last one said, stays within its target and class, and can count the rest.
+/// Fresh jobs it lets go from memory are indexed first.
+#[tokio::test]
+async fn the_queue_index_is_read_a_page_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    // "ab" shares a's first letter: its entries must not show up in a's pages.
+    let targets = vec!["a".to_owned(), "ab".to_owned()];
+    let mut ids = Vec::new();
+    for n in 0..7 {
+        ids.push(journal.append(delivery(&format!("evt_{n}"), 1_000 + n), &targets).await.unwrap().id);
+    }
+    let fresh: Vec<QueueEntry> =
+        ids.iter().map(|&id| QueueEntry::new(QueueClass::Fresh, id.received_at_ms, id)).collect();
+    assert_eq!(journal.unindexed_fresh_jobs("a").unwrap(), fresh, "not indexed yet");
+    let first = (0, DeliveryId { received_at_ms: 0, seq: 0 });
+    assert_eq!(
+        journal.queued_page("a", QueueClass::Fresh, first, 10, true).unwrap(),
+        QueuePage { entries: Vec::new(), next: None, rest: Some(0) }
+    );
+
+    // Five of a's are spilled by its lane: indexed, while ab's stay as they are.
+    journal.index_fresh_jobs("a", &fresh[2..]).await.unwrap();
+    journal.index_fresh_jobs("a", &fresh[2..3]).await.unwrap(); // again: no change
+    assert_eq!(journal.unindexed_fresh_jobs("a").unwrap(), fresh[..2]);
+    assert_eq!(journal.unindexed_fresh_jobs("ab").unwrap(), fresh);
+    assert_eq!(journal.indexed_jobs("a"), 5);
+    assert_eq!(journal.indexed_jobs("ab"), 0);
+
+    let key = |entry: &QueueEntry| (entry.due_ms, entry.delivery);
+    let page = journal.queued_page("a", QueueClass::Fresh, first, 2, true).unwrap();
+    assert_eq!(page, QueuePage { entries: fresh[2..4].to_vec(), next: Some(key(&fresh[4])), rest: Some(3) });
+    let page = journal.queued_page("a", QueueClass::Fresh, page.next.unwrap(), 2, false).unwrap();
+    assert_eq!(page, QueuePage { entries: fresh[4..6].to_vec(), next: Some(key(&fresh[6])), rest: None });
+    let page = journal.queued_page("a", QueueClass::Fresh, page.next.unwrap(), 2, true).unwrap();
+    assert_eq!(page, QueuePage { entries: fresh[6..].to_vec(), next: None, rest: Some(0) });
+    // Other classes are pages of their own.
+    let retries = journal.queued_page("a", QueueClass::Retry, first, 10, true).unwrap();
+    assert_eq!(retries, QueuePage { entries: Vec::new(), next: None, rest: Some(0) });
+
+    // An indexed fresh job's outcome takes its entry with it.
+    use crate::delivery::policy::Decision;
+    settle(&journal, ids[2], "a", Decision::Delivered).await;
+    assert_eq!(journal.indexed_jobs("a"), 4);
+}
