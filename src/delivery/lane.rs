@@ -453,8 +453,11 @@ impl Lane {
     /// group commit (which would leave the target idle while the disk syncs;
     /// [`UNRECORDED_PER_LANE`] bounds how far sending runs ahead of writing).
     async fn attempt(&self, entry: QueueEntry, permit: OwnedSemaphorePermit) {
-        // Leaves the in-flight set on every path out of here, after a retry
-        // is back in the queue (see `resync`).
+        // Leaves the in-flight set on every path out of here, before a retry
+        // is queued: the retry is a job of its own, which could otherwise be
+        // taken and then lose its in-flight mark when this one lands. A read
+        // of the journal in between finds the retry's durable entry (see
+        // `Flight`), and queuing it twice changes nothing.
         let mut in_flight = InFlight { flight: &self.in_flight, delivery: entry.delivery, recorded: false };
         let settings = self.settings.get();
         let started_ms = now_ms();
@@ -571,16 +574,18 @@ impl Lane {
         };
         let attempt = Attempt { at_ms: started_ms, latency_ms, status, error };
         // Written by the journal's writer thread with its next group commit.
-        match self.journal.record_attempt(&entry, job, attempt, decision).await {
-            Ok(Some(retry)) => {
-                self.inbox.push(retry);
+        let retry = match self.journal.record_attempt(&entry, job, attempt, decision).await {
+            Ok(retry) => {
                 in_flight.recorded = true;
+                retry
             }
-            Ok(None) => in_flight.recorded = true,
-            Err(err) => tracing::error!(
-                target_name = %self.name, delivery_id = %entry.delivery, error = %err, "cannot record the attempt"
-            ),
-        }
+            Err(err) => {
+                tracing::error!(
+                    target_name = %self.name, delivery_id = %entry.delivery, error = %err, "cannot record the attempt"
+                );
+                None
+            }
+        };
         let result = outcome.describe();
         let delivery_id = entry.delivery.to_string();
         match decision {
@@ -599,6 +604,9 @@ impl Lane {
         // Counted once the outcome is recorded and the job is out of flight,
         // so a scrape never sees an attempt both finished and in flight.
         drop(in_flight);
+        if let Some(retry) = retry {
+            self.inbox.push(retry);
+        }
         self.metrics.attempt(&self.name, counted, elapsed);
         // A retry may be queued, and a probe may have settled the breaker.
         self.inbox.bell.notify_one();

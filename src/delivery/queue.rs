@@ -163,23 +163,11 @@ impl LaneQueue {
     }
 
     /// Queues `entry`; false (and nothing changes) when its delivery is
-    /// already queued. A retry or replayed job due past the class's spilled
-    /// ones is left to the journal, where it is already (only fresh jobs are
-    /// not indexed), and read back in its turn.
+    /// already queued. One due past the class's spilled jobs is parked: it
+    /// waits for them to be read back, and goes first if memory is trimmed.
+    /// (A retry there is in the journal already, but leaving it out would
+    /// race a page being read that may have passed its key.)
     pub fn push(&mut self, entry: QueueEntry) -> bool {
-        if self.queued.contains(&entry.delivery) {
-            return false;
-        }
-        let queue = self.class_mut(entry.class);
-        if entry.class != QueueClass::Fresh && queue.is_past_spill((entry.due_ms, entry.delivery)) {
-            queue.spilled += 1;
-            return true;
-        }
-        self.hold(entry)
-    }
-
-    /// Holds `entry` in memory, unless its delivery is held already.
-    fn hold(&mut self, entry: QueueEntry) -> bool {
         if !self.queued.insert(entry.delivery) {
             return false;
         }
@@ -210,10 +198,14 @@ impl LaneQueue {
 
     /// When the oldest queued live delivery arrived (for the pending-age
     /// gauge; a replay of last month's deliveries is not a month late).
-    /// Fresh jobs are held oldest first, so only a retry past the bound
-    /// (due later, received earlier) can be older than this says.
+    /// Only a retry past the bound (due later, received earlier) can be
+    /// older than this says.
     pub fn oldest_arrival_ms(&self) -> Option<u64> {
-        let fresh = self.class(QueueClass::Fresh).first_ready().map(|(_, id)| id.received_at_ms);
+        // A fresh job is due when it arrived: the first one spilled is
+        // older than any held past it.
+        let fresh_queue = self.class(QueueClass::Fresh);
+        let fresh =
+            fresh_queue.jobs.first().into_iter().chain(&fresh_queue.spilled_from).map(|(due, _)| *due).min();
         let retry = self.class(QueueClass::Retry).jobs.iter().map(|(_, id)| id.received_at_ms).min();
         fresh.into_iter().chain(retry).min()
     }
@@ -324,7 +316,7 @@ impl LaneQueue {
     /// many were queued.
     pub fn refilled(&mut self, refill: Refill, page: QueuePage, skip: impl Fn(DeliveryId) -> bool) -> usize {
         let added =
-            page.entries.into_iter().filter(|entry| !skip(entry.delivery) && self.hold(*entry)).count();
+            page.entries.into_iter().filter(|entry| !skip(entry.delivery) && self.push(*entry)).count();
         let queue = self.class_mut(refill.class);
         let from = if queue.version == refill.version {
             page.next
@@ -562,15 +554,16 @@ mod tests {
         }
         let spilled = SPILL_ABOVE + 1 - IN_MEMORY_PER_CLASS;
         let pending = queue.pending();
-        // A retry due after the spilled ones is not held: the journal has it.
+        // A retry due after the spilled ones waits for them; one due before them goes first.
         assert!(queue.push(entry(QueueClass::Retry, 50_000, 200_000)));
-        assert_eq!(queue.class(QueueClass::Retry).jobs.len(), IN_MEMORY_PER_CLASS);
-        // One due before them is.
         assert!(queue.push(entry(QueueClass::Retry, 0, 200_001)));
-        assert_eq!(queue.class(QueueClass::Retry).jobs.len(), IN_MEMORY_PER_CLASS + 1);
-        // A new fresh job is held (it is not indexed) but not ready.
+        assert_eq!(queue.class(QueueClass::Retry).ready(), IN_MEMORY_PER_CLASS + 1);
+        let first_two = [queue.take(QueueClass::Retry).unwrap(), queue.take(QueueClass::Retry).unwrap()];
+        assert_eq!(first_two.map(|job| job.delivery.seq), [100_000, 200_001], "by due time");
+        // A new fresh job waits as well.
         assert!(queue.push(entry(QueueClass::Fresh, 60_000, 300_000)));
-        assert_eq!(queue.pending(), pending + 3);
+        assert_eq!(queue.class(QueueClass::Fresh).ready(), IN_MEMORY_PER_CLASS);
+        assert_eq!(queue.pending(), pending + 1);
 
         let mut taken = Vec::new();
         while let Some(job) = queue.take(QueueClass::Fresh) {
@@ -581,7 +574,12 @@ mod tests {
             (0..IN_MEMORY_PER_CLASS as u64).collect::<Vec<_>>(),
             "not the new one before the spilled"
         );
-        assert_eq!(queue.oldest_arrival_ms(), Some(0), "the oldest retry");
+        while queue.take(QueueClass::Retry).is_some() {}
+        assert_eq!(
+            queue.oldest_arrival_ms(),
+            Some(IN_MEMORY_PER_CLASS as u64),
+            "the first fresh job spilled"
+        );
         let Some(Paging::Refill(refill)) = queue.paging() else { panic!("a refill is due") };
         assert_eq!(refill.class, QueueClass::Fresh);
         let journal: Vec<u64> = (IN_MEMORY_PER_CLASS as u64..=SPILL_ABOVE as u64).collect();
@@ -593,6 +591,32 @@ mod tests {
         let mut expected = journal.clone();
         expected.push(300_000);
         assert_eq!(taken, expected, "the spilled ones, then the new one");
+    }
+
+    /// A retry queued while a page is read, past where the read has got to:
+    /// the page does not have it, and it must not be left behind.
+    #[test]
+    fn a_retry_queued_during_a_refill_is_not_left_behind() {
+        let mut queue = LaneQueue::default();
+        for seq in 0..=SPILL_ABOVE as u64 {
+            queue.push(entry(QueueClass::Retry, seq, seq));
+        }
+        let Some(Paging::Spill(class, spill)) = queue.paging() else { panic!("a spill is due") };
+        queue.evict(class, &spill);
+        while queue.class(QueueClass::Retry).ready() >= REFILL_BELOW {
+            queue.take(QueueClass::Retry);
+        }
+        let Some(Paging::Refill(refill)) = queue.paging() else { panic!("a refill is due") };
+        let late = entry(QueueClass::Retry, 1_000_000, 1_000_000);
+        assert!(queue.push(late));
+        let journal: Vec<u64> = (IN_MEMORY_PER_CLASS as u64..=SPILL_ABOVE as u64).collect();
+        queue.refilled(refill, page_of(refill, &journal), |_| false);
+        assert_eq!(queue.class(QueueClass::Retry).spilled_from, None, "the page reached the end");
+        let mut taken = Vec::new();
+        while let Some(job) = queue.take(QueueClass::Retry) {
+            taken.push(job.delivery.seq);
+        }
+        assert_eq!(taken.last(), Some(&late.delivery.seq), "the late retry goes, last");
     }
 
     #[test]
