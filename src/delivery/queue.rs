@@ -331,7 +331,11 @@ impl LaneQueue {
         queue.set_spilled_from(from);
         queue.spilled = match (page.rest, queue.spilled_from) {
             (_, None) => 0,
-            (Some(rest), Some(_)) => rest,
+            // Those past the page that are held already (a reload after a
+            // reopen) are counted in memory.
+            (Some(rest), Some(_)) => {
+                rest.saturating_sub(page.next.map_or(0, |next| queue.jobs.range(next..).count()))
+            }
             (None, Some(_)) => queue.spilled.saturating_sub(added),
         };
         added
@@ -591,6 +595,23 @@ mod tests {
         let mut expected = journal.clone();
         expected.push(300_000);
         assert_eq!(taken, expected, "the spilled ones, then the new one");
+    }
+
+    /// A reload after a reopen reads the first page of what the lane holds
+    /// already: the jobs past the page that it holds count once.
+    #[test]
+    fn a_reload_counts_each_pending_job_once() {
+        let mut queue = LaneQueue::default();
+        for seq in 0..10 {
+            queue.push(entry(QueueClass::Retry, seq, seq));
+        }
+        let refill = Refill { limit: 5, ..queue.refills_from_start()[QueueClass::Retry as usize] };
+        let journal: Vec<u64> = (0..20).collect();
+        let mut page = page_of(refill, &journal);
+        page.rest = Some(15);
+        assert_eq!(queue.refilled(refill, page, |_| false), 0, "the page's jobs are held already");
+        assert_eq!(queue.pending(), 20);
+        assert_eq!(queue.class(QueueClass::Retry).ready(), 5, "those past the page wait for it");
     }
 
     /// A retry queued while a page is read, past where the read has got to:
