@@ -77,9 +77,9 @@ pub struct Refill {
 
 #[derive(Debug, Default)]
 struct ClassQueue {
-    /// The class's first jobs, and fresh ones that arrived past
-    /// `spilled_from` ("parked": not ready until the jobs before them are
-    /// read back, so the order holds).
+    /// The class's first jobs, and any that arrived past `spilled_from`
+    /// ("parked": not ready until the jobs before them are read back, so
+    /// the order holds).
     jobs: BTreeSet<QueueKey>,
     /// Where the jobs only the journal holds begin; `None`: there are none.
     spilled_from: Option<QueueKey>,
