@@ -44,15 +44,22 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
+    /// Queues `entry` and wakes the lane (see [`Inbox::push_quietly`]).
     pub(crate) fn push(&self, entry: QueueEntry) {
-        let mut queue = self.queue.lock().expect("not poisoned");
-        if queue.push(entry) {
-            if queue.needs_paging() {
-                self.pager.notify_one();
-            }
-            drop(queue);
+        if self.push_quietly(entry) {
             self.bell.notify_one();
         }
+    }
+
+    /// Queues `entry` without waking the lane, waking its pager if memory
+    /// needs trimming; false when the delivery is queued already.
+    fn push_quietly(&self, entry: QueueEntry) -> bool {
+        let mut queue = self.queue.lock().expect("not poisoned");
+        let queued = queue.push(entry);
+        if queued && queue.needs_paging() {
+            self.pager.notify_one();
+        }
+        queued
     }
 }
 
@@ -148,11 +155,7 @@ impl LaneStatus {
         let mut woken = std::collections::HashSet::new();
         for (target, entry) in entries {
             let Some(lane) = self.0.lane(&target) else { continue };
-            let mut queue = lane.inbox.queue.lock().expect("not poisoned");
-            if queue.push(entry) && queue.needs_paging() {
-                lane.inbox.pager.notify_one();
-            }
-            drop(queue);
+            lane.inbox.push_quietly(entry);
             if woken.insert(target) {
                 lane.inbox.bell.notify_one();
             }

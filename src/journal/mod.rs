@@ -443,18 +443,16 @@ impl Journal {
 
     /// Every pending job of `target`: the queue index (indexed fresh ones in
     /// arrival order, retries and replays by due time), then the unindexed
-    /// fresh ones from the mark on, in arrival order. Read once per lane at
-    /// start.
+    /// fresh ones from the mark on, in arrival order. The whole of it, for
+    /// tests and [`Journal::pending_count`]; lanes read it a page at a time
+    /// ([`Journal::queued_page`]).
     pub fn queued(&self, target: &str) -> Result<Vec<QueueEntry>, JournalError> {
         let tree = self.tree()?;
         let mut entries = tree
             .scan_prefix(keys::queue_target_prefix(target))
             .map(|entry| {
                 let (key, _) = entry?;
-                QueueEntry::parse(&key, target.len()).ok_or_else(|| JournalError::Corrupt {
-                    key: format!("{key:02x?}"),
-                    error: DecodeError::Truncated,
-                })
+                QueueEntry::from_key(&key, target)
             })
             .collect::<Result<Vec<_>, _>>()?;
         entries.extend(fresh::unqueued(&tree, Some(target))?.into_iter().map(|(_, entry)| entry));
@@ -475,21 +473,15 @@ impl Journal {
     ) -> Result<QueuePage, JournalError> {
         let prefix = keys::queue_prefix(target, class);
         let start = keys::queue(target, class, from.0, from.1);
-        // An error ends nothing here: it is returned below.
+        // A read error passes the prefix check and is returned below.
         let mut scan = self
             .tree()?
             .range(start..)
             .keys()
             .take_while(|key| key.as_ref().map_or(true, |key| key.starts_with(&prefix)));
-        let parse = |key: sled::IVec| {
-            QueueEntry::parse(&key, target.len()).ok_or_else(|| JournalError::Corrupt {
-                key: format!("{key:02x?}"),
-                error: DecodeError::Truncated,
-            })
-        };
         let mut page = QueuePage::default();
         for key in scan.by_ref() {
-            let entry = parse(key?)?;
+            let entry = QueueEntry::from_key(&key?, target)?;
             if page.entries.len() == limit {
                 page.next = Some((entry.due_ms, entry.delivery));
                 break;
@@ -517,14 +509,7 @@ impl Journal {
     /// may let them go from memory; resolves once that is flushed. A job
     /// settled meanwhile, or indexed already, is left as it is.
     pub async fn index_fresh_jobs(&self, target: &str, entries: &[QueueEntry]) -> Result<(), JournalError> {
-        let writes = entries
-            .iter()
-            .map(|entry| writer::Write::IndexWaiting {
-                delivery: entry.delivery,
-                target: target.to_owned(),
-                queue_key: entry.key(target),
-            })
-            .collect();
+        let writes = entries.iter().map(|entry| entry.index_waiting(target.to_owned())).collect();
         self.store()?.writer.write(writes).await
     }
 
@@ -732,14 +717,7 @@ impl Journal {
             return Ok(0);
         }
         let keys: Vec<Vec<u8>> = found.iter().map(|(job, entry)| entry.key(&job.target)).collect();
-        let writes = found
-            .into_iter()
-            .map(|(job, entry)| writer::Write::IndexWaiting {
-                delivery: entry.delivery,
-                queue_key: entry.key(&job.target),
-                target: job.target,
-            })
-            .collect();
+        let writes = found.into_iter().map(|(job, entry)| entry.index_waiting(job.target)).collect();
         self.store()?.writer.write(writes).await?;
         // The writer skips a job settled meanwhile (or one it does not
         // track): count what is really indexed now, so a caller looping
@@ -821,6 +799,20 @@ impl QueueEntry {
     /// Its key in `target`'s queue index.
     pub fn key(&self, target: &str) -> Vec<u8> {
         keys::queue(target, self.class, self.due_ms, self.delivery)
+    }
+
+    /// The entry `key` (of `target`'s queue index) stands for.
+    fn from_key(key: &[u8], target: &str) -> Result<Self, JournalError> {
+        Self::parse(key, target.len()).ok_or_else(|| JournalError::Corrupt {
+            key: format!("{key:02x?}"),
+            error: DecodeError::Truncated,
+        })
+    }
+
+    /// The write that indexes this fresh job of `target` (skipped by the
+    /// writer if the job is settled or indexed already).
+    fn index_waiting(&self, target: String) -> writer::Write {
+        writer::Write::IndexWaiting { delivery: self.delivery, queue_key: self.key(&target), target }
     }
 
     fn parse(key: &[u8], target_len: usize) -> Option<Self> {
