@@ -22,6 +22,10 @@ use hookrelay::delivery::policy::Decision;
 use hookrelay::delivery::queue::LaneQueue;
 use hookrelay::journal::{Attempt, Journal, NewDelivery};
 
+#[path = "common/realistic.rs"]
+mod realistic;
+use realistic::{BODY_BYTES, Detection, Rng};
+
 const WRITERS: u64 = 64;
 
 fn status_kib(field: &str) -> u64 {
@@ -36,49 +40,6 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// A small deterministic generator (xorshift64*), so every run writes the
-/// same varied journal.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn hex(&mut self, len: usize) -> String {
-        (0..len).map(|_| char::from(b"0123456789abcdef"[(self.next() % 16) as usize])).collect()
-    }
-
-    fn base64(&mut self, len: usize) -> String {
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        (0..len).map(|_| char::from(ALPHABET[(self.next() % 64) as usize])).collect()
-    }
-
-    /// `len` bytes of real English prose: a window of this repository's
-    /// README, whitespace squeezed, with JSON's special characters dropped.
-    fn prose(&mut self, len: usize) -> String {
-        static WORDS: std::sync::OnceLock<Vec<&str>> = std::sync::OnceLock::new();
-        let words = WORDS.get_or_init(|| {
-            include_str!("../README.md")
-                .split_whitespace()
-                .filter(|w| w.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'))
-                .collect()
-        });
-        let mut text = String::with_capacity(len + 16);
-        let mut at = (self.next() % words.len() as u64) as usize;
-        while text.len() < len {
-            text.push_str(words[at % words.len()]);
-            text.push(' ');
-            at += 1;
-        }
-        text.truncate(len);
-        text
-    }
-}
-
 /// One delivery as the journal would hold it for an enriched
 /// `monitor.event.detected` (PROTOCOL.md): random webhook and group ids, one
 /// of a few monitors and teams, a cited finding in prose; exactly `BODY_BYTES`
@@ -86,26 +47,9 @@ impl Rng {
 /// `synthetic` shape (see BENCHMARKS.md), and one repeated byte as padding
 /// would flatter any compression.
 fn delivery(rng: &mut Rng, n: u64, synthetic: bool) -> NewDelivery {
-    const TEAMS: [&str; 4] = ["research", "sales", "risk", "platform"];
-    let monitor = format!("monitor_{:016x}", (rng.next() % 20).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     // Ten a second: 10⁶ deliveries span 28 hours, inside the dedup window.
     let seconds = 1_800_000_000 + n / 10;
-    let group = format!("mevtgrp_{}", rng.hex(16));
-    let timestamp = hookrelay::time::rfc3339(seconds);
-    let head = format!(
-        r#"{{"type":"monitor.event.detected","timestamp":"{timestamp}","data":{{"monitor_id":"{monitor}","event":{{"event_group_id":"{group}"}},"metadata":{{"team":"{}","customer":"cust_{}"}},"events":[{{"event_type":"event_stream","event_id":"mevt_{}","event_date":"2027-01-1{}","output":{{"type":"text","content":""#,
-        TEAMS[(rng.next() % 4) as usize],
-        rng.hex(8),
-        rng.hex(16),
-        rng.next() % 10,
-    );
-    let url = format!("https://news.example{}.com/{}/{}", rng.next() % 50, rng.hex(6), rng.hex(10));
-    let excerpt = rng.prose(120);
-    let tail = format!(
-        r#""}},"basis":[{{"field":"content","citations":[{{"url":"{url}","excerpts":["{excerpt}"]}}],"confidence":"high"}}]}}]}}}}"#
-    );
-    let content = rng.prose(BODY_BYTES - head.len() - tail.len());
-    let mut body = [head, content, tail].concat().into_bytes();
+    let Detection { mut body, monitor, group, .. } = realistic::detection(rng, seconds);
     let mut webhook_id = format!("whevent_{}", rng.hex(24));
     let mut group = Some(group);
     if synthetic {
@@ -130,8 +74,6 @@ fn delivery(rng: &mut Rng, n: u64, synthetic: bool) -> NewDelivery {
         body,
     }
 }
-
-const BODY_BYTES: usize = 1024;
 
 fn main() {
     // SAFETY: the first thing the bench does; no other thread exists yet.

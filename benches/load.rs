@@ -1,5 +1,7 @@
 //! End-to-end load bench over HTTPS (rustls, HTTP/1.1 keep-alive): signed
-//! 1 KiB webhooks from C connections into, in the same run,
+//! 1 KiB webhooks (realistic detections, each with its own random webhook
+//! and event-group ids: see `Detections`) from C connections into, in the
+//! same run,
 //! (a) a bare hyper + rustls server that reads the body and answers 200,
 //! (b) the same plus the HMAC verify — the physical baselines — and
 //! (c) the gateway with durable acknowledgements, fanning out to K local
@@ -34,6 +36,10 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+#[path = "common/realistic.rs"]
+mod realistic;
+use realistic::{Detection, Rng};
+
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";
 
@@ -64,11 +70,33 @@ fn cpu_cost(cpu: Duration, wall: Duration, work: u64, item: &str) -> String {
     )
 }
 
-fn body() -> Bytes {
-    let mut body = br#"{"type":"monitor.event.detected","data":{"monitor_id":"monitor_1","pad":""#.to_vec();
-    body.resize(1024 - 3, b'a');
-    body.extend_from_slice(br#""}}"#);
-    Bytes::from(body)
+/// A few realistic detections per connection (see `realistic`); each
+/// request sends one of them with a new event group and a random webhook id,
+/// as a real source does: counting ids would flatter the journal's indexes.
+struct Detections {
+    rng: Rng,
+    pool: Vec<Detection>,
+    sent: usize,
+}
+
+impl Detections {
+    const POOL: usize = 8;
+
+    fn new(seed: u64) -> Self {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (seed + 1));
+        let seconds = now_secs() as u64;
+        let pool = (0..Self::POOL).map(|_| realistic::detection(&mut rng, seconds)).collect();
+        Detections { rng, pool, sent: 0 }
+    }
+
+    /// (webhook id, body) of the next request.
+    fn next(&mut self) -> (String, Bytes) {
+        let detection = &self.pool[self.sent % Self::POOL];
+        self.sent += 1;
+        let mut body = detection.body.clone();
+        self.rng.fill_hex(&mut body[detection.group_digits.clone()]);
+        (format!("whevent_{}", self.rng.hex(24)), Bytes::from(body))
+    }
 }
 
 /// A certificate for localhost in `dir`: (cert path, key path, client config).
@@ -193,15 +221,18 @@ async fn load(
     concurrency: u64,
     duration: Duration,
     pace: Pace,
-    tag: &str,
 ) -> LoadResult {
+    // Each run its own ids: a gateway that saw an earlier run's would
+    // answer duplicates without journaling them.
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
     let key = signature::SigningKey::from_bytes(SECRET.as_bytes());
-    let body = body();
     let started = Instant::now();
     let deadline = started + duration;
     let tasks: Vec<_> = (0..concurrency)
         .map(|c| {
-            let (key, body, tag, tls) = (key.clone(), body.clone(), tag.to_owned(), tls.clone());
+            let (key, tls) = (key.clone(), tls.clone());
+            let mut detections = Detections::new(run << 20 | c);
             tokio::spawn(async move {
                 let tcp = TcpStream::connect(addr).await.unwrap();
                 tcp.set_nodelay(true).unwrap();
@@ -217,12 +248,12 @@ async fn load(
                 // Spread the connections' schedules over one interval.
                 let mut due = Instant::now()
                     + interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / concurrency as f64));
-                let (mut latencies, mut non_2xx, mut n) = (Vec::new(), 0u64, 0u64);
+                let (mut latencies, mut non_2xx) = (Vec::new(), 0u64);
                 while Instant::now() < deadline {
                     if interval.is_some() {
                         tokio::time::sleep_until(due.into()).await;
                     }
-                    let id = format!("evt_{tag}_{c}_{n}");
+                    let (id, body) = detections.next();
                     let ts = now_secs().to_string();
                     let sig = signature::sign(&key, &id, &ts, &body);
                     let request = Request::post("/hooks/parallel")
@@ -231,7 +262,7 @@ async fn load(
                         .header("webhook-id", id)
                         .header("webhook-timestamp", ts)
                         .header("webhook-signature", sig)
-                        .body(Full::new(body.clone()))
+                        .body(Full::new(body))
                         .unwrap();
                     let sent = if interval.is_some() { due } else { Instant::now() };
                     let response = sender.send_request(request).await.unwrap();
@@ -239,7 +270,6 @@ async fn load(
                     let _ = response.into_body().collect().await;
                     latencies.push(sent.elapsed().as_micros() as u64);
                     non_2xx += u64::from(!ok);
-                    n += 1;
                     if let Some(interval) = interval {
                         due += interval;
                     }
@@ -283,7 +313,7 @@ async fn bare_deliveries(targets: u64, per_target: u64, duration: Duration) -> (
         urls.push(format!("http://{}/", counting_target(count.clone()).await).parse::<hyper::Uri>().unwrap());
     }
     let key = signature::signing_key_for_secret(TARGET_SECRET).unwrap();
-    let body = body();
+    let body = Bytes::from(realistic::detection(&mut Rng(1), now_secs() as u64).body);
     let (started, cpu_started) = (Instant::now(), cpu_time());
     let deadline = started + duration;
     let mut tasks = Vec::new();
@@ -414,11 +444,11 @@ fn main() {
         let verifying = baseline_server(server_tls.clone(), true).await;
         let (a, b) = if baselines {
             let mut rates = Vec::new();
-            for (server, tag, name) in
-                [(bare, "a", "(a) baseline: hyper + rustls"), (verifying, "b", "(b) baseline: hyper + rustls + HMAC")]
+            for (server, name) in
+                [(bare, "(a) baseline: hyper + rustls"), (verifying, "(b) baseline: hyper + rustls + HMAC")]
             {
                 let cpu_started = cpu_time();
-                let r = load(server, client.clone(), concurrency, duration, Pace::ClosedLoop, tag).await;
+                let r = load(server, client.clone(), concurrency, duration, Pace::ClosedLoop).await;
                 let cpu = cpu_time() - cpu_started;
                 report(name, &r);
                 println!("    {}", cpu_cost(cpu, r.elapsed, r.requests, "request (load generator included)"));
@@ -440,7 +470,7 @@ fn main() {
         for &targets in &target_counts {
             let gateway = RunningGateway::start(targets, &cert, &key).await;
             let (started, cpu_started) = (Instant::now(), cpu_time());
-            let ingest = load(gateway.addr, client.clone(), concurrency, duration, Pace::ClosedLoop, "gw").await;
+            let ingest = load(gateway.addr, client.clone(), concurrency, duration, Pace::ClosedLoop).await;
             report(&format!("(c) gateway, {targets} target(s): durable ingest"), &ingest);
             let expected = ingest.requests * targets;
             let drain = gateway.drained(expected, started).await;
@@ -466,7 +496,7 @@ fn main() {
             // Latency at half the rate just measured, once the backlog is gone.
             let half = ingest.rate() / 2.0;
             let before = gateway.delivered.load(Ordering::Relaxed);
-            let paced = load(gateway.addr, client.clone(), concurrency, duration, Pace::Rate(half), "half").await;
+            let paced = load(gateway.addr, client.clone(), concurrency, duration, Pace::Rate(half)).await;
             report(&format!("(c) gateway, {targets} target(s): at {half:.0} req/s"), &paced);
             gateway.drained(before + paced.requests * targets, Instant::now()).await;
 
@@ -508,11 +538,11 @@ fn main() {
             let mut csv = String::from("server,concurrency,requests_per_second,p50_ms,p99_ms\n");
             let short = Duration::from_secs(secs.min(3));
             for c in [1, 4, 16, 32, 64] {
-                let r = load(verifying, client.clone(), c, short, Pace::ClosedLoop, "sb").await;
+                let r = load(verifying, client.clone(), c, short, Pace::ClosedLoop).await;
                 report(&format!("sweep (b), {c} connections"), &r);
                 csv.push_str(&format!("baseline (b),{c},{:.0},{:.3},{:.3}\n", r.rate(), r.percentile(0.5), r.percentile(0.99)));
                 let gateway = RunningGateway::start(1, &cert, &key).await;
-                let r = load(gateway.addr, client.clone(), c, short, Pace::ClosedLoop, "sg").await;
+                let r = load(gateway.addr, client.clone(), c, short, Pace::ClosedLoop).await;
                 report(&format!("sweep gateway 1 target, {c} connections"), &r);
                 csv.push_str(&format!("gateway 1 target,{c},{:.0},{:.3},{:.3}\n", r.rate(), r.percentile(0.5), r.percentile(0.99)));
                 gateway.drained(r.requests, Instant::now()).await;
