@@ -294,13 +294,32 @@ impl Ingress {
             event_group: envelope.event_group_id,
             body,
         };
-        let appended = self.journal.append(delivery, &targets).await?;
-        if !appended.duplicate {
-            for target in &targets {
-                self.lanes.deliver(target, appended.id);
+        self.journal_and_fan_out(delivery, targets).await
+    }
+
+    /// Journals `delivery` and hands its fresh jobs to their lanes, as one
+    /// step that runs to the end even if the request that asked is dropped
+    /// (a sender timing out during a slow flush, an h2 reset): the writer
+    /// journals a queued append regardless, and a job journaled but never
+    /// handed to its lane would wait, unseen, for the next start — a retry
+    /// of the webhook is answered as a duplicate.
+    async fn journal_and_fan_out(
+        &self,
+        delivery: NewDelivery,
+        targets: Vec<String>,
+    ) -> Result<Appended, JournalError> {
+        let (journal, lanes) = (self.journal.clone(), self.lanes.clone());
+        tokio::spawn(async move {
+            let appended = journal.append(delivery, &targets).await?;
+            if !appended.duplicate {
+                for target in &targets {
+                    lanes.deliver(target, appended.id);
+                }
             }
-        }
-        Ok(appended)
+            Ok(appended)
+        })
+        .await
+        .unwrap_or_else(|err| Err(JournalError::Storage(format!("the append did not finish: {err}"))))
     }
 
     async fn accept<B>(&self, request: Request<B>) -> Outcome
@@ -363,15 +382,8 @@ impl Ingress {
             event_group: envelope.event_group_id,
             body: body.to_vec(),
         };
-        match self.journal.append(delivery, &targets).await {
-            Ok(appended) => {
-                if !appended.duplicate {
-                    for target in &targets {
-                        self.lanes.deliver(target, appended.id);
-                    }
-                }
-                Outcome::Accepted { id: appended.id.to_string(), duplicate: appended.duplicate }
-            }
+        match self.journal_and_fan_out(delivery, targets).await {
+            Ok(appended) => Outcome::Accepted { id: appended.id.to_string(), duplicate: appended.duplicate },
             Err(JournalError::Full { size, limit }) => {
                 tracing::error!(size, limit, "journal is over journal.max_disk; refusing deliveries");
                 Outcome::JournalFull

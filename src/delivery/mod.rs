@@ -336,20 +336,7 @@ mod tests {
         addr: std::net::SocketAddr,
         concurrency: u32,
     ) -> (Dispatcher, Arc<Journal>, watch::Sender<bool>) {
-        let text = format!(
-            r#"
-            [journal]
-            path = "journal"
-            [sources.parallel]
-            secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
-            [targets.t]
-            source = "parallel"
-            url = "http://{addr}/"
-            signing = "none"
-            concurrency = {concurrency}
-            "#
-        );
-        let config = Config::parse(&dir.join("hookrelay.toml"), &text, &crate::config::ProcessEnv).unwrap();
+        let config = config(dir, addr, concurrency);
         let journal = Arc::new(Journal::open(&config.journal).unwrap());
         let (stop_tx, stop_rx) = watch::channel(false);
         let dispatcher = Dispatcher::new(
@@ -362,6 +349,26 @@ mod tests {
         .unwrap();
         (dispatcher, journal, stop_tx)
     }
+
+    /// The config of [`dispatcher`]: source `parallel` with [`SECRET`], one target `t`.
+    fn config(dir: &std::path::Path, addr: std::net::SocketAddr, concurrency: u32) -> Config {
+        let text = format!(
+            r#"
+            [journal]
+            path = "journal"
+            [sources.parallel]
+            secrets = ["{SECRET}"]
+            [targets.t]
+            source = "parallel"
+            url = "http://{addr}/"
+            signing = "none"
+            concurrency = {concurrency}
+            "#
+        );
+        Config::parse(&dir.join("hookrelay.toml"), &text, &crate::config::ProcessEnv).unwrap()
+    }
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
     /// Journals the deliveries (many at once, as ingress does), then hands
     /// them to the lane in arrival order.
@@ -477,5 +484,43 @@ mod tests {
         assert_eq!(sent.len(), total, "each job sent once");
         assert_eq!(journal.indexed_jobs("t"), 0, "no queue entry left behind");
         assert_eq!(in_memory(&dispatcher), (0, 0));
+    }
+
+    /// The writer journals an append it has been handed whether or not its
+    /// caller still waits; a request dropped mid-append (a sender timing out
+    /// during a slow flush) must still get its jobs to their lanes, or they
+    /// wait unseen for the next start while the sender's retry is answered
+    /// as a duplicate.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_webhook_whose_request_is_dropped_mid_append_is_still_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, counts) = serve(Duration::ZERO).await;
+        let (dispatcher, journal, stop) = dispatcher(dir.path(), addr, 4);
+        let config = config(dir.path(), addr, 4);
+        let ingress = crate::ingress::Ingress::new(
+            &config,
+            journal.clone(),
+            dispatcher.inboxes(),
+            Arc::new(Metrics::new(&config)),
+        );
+        let body = br#"{"type":"monitor.event.detected","data":{"monitor_id":"monitor_1"}}"#;
+        let timestamp = (crate::time::now_ms() / 1000).to_string();
+        let key = crate::signature::signing_key_for_secret(SECRET).unwrap();
+        let request = hyper::Request::post("/hooks/parallel")
+            .header("webhook-id", "evt_dropped")
+            .header("webhook-timestamp", &timestamp)
+            .header("webhook-signature", crate::signature::sign(&key, "evt_dropped", &timestamp, body))
+            .body(Full::new(Bytes::from_static(body)))
+            .unwrap();
+        {
+            let mut handling = Box::pin(ingress.handle(request));
+            let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(handling.as_mut().poll(cx))).await;
+            assert!(polled.is_pending(), "the append waits for its flush");
+            // Dropped here, as hyper drops a request whose sender went away.
+        }
+        wait_until(|| counts.received.load(Ordering::SeqCst) == 1, "the dropped request's delivery").await;
+        wait_until(|| journal.pending_count("t") == 0, "its job settled").await;
+        stop.send(true).unwrap();
+        dispatcher.run().await;
     }
 }
