@@ -4,6 +4,7 @@
 
 mod head_timeout;
 mod idle_timeout;
+mod write_stall;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,6 +25,13 @@ use crate::ingress::Ingress;
 use crate::live::Live;
 use head_timeout::{HeadTimeout, RequestGuard, RequestState};
 use idle_timeout::{IdleTimeout, OpenRequest, OpenRequests};
+use write_stall::WriteStall;
+
+/// Requests open at once on one h2 connection. Each may buffer up to
+/// `max_body` before its signature can be checked, so this multiplies what
+/// `max_connections` clients can make the gateway hold; webhook senders
+/// need no more than a few.
+const H2_MAX_STREAMS: u32 = 8;
 
 /// Per-connection settings taken from `[server]`.
 #[derive(Clone, Copy, Debug)]
@@ -128,6 +136,7 @@ struct Connection {
 impl Connection {
     async fn run(self, stream: TcpStream, watcher: Watcher) {
         let _ = stream.set_nodelay(true);
+        let stream = WriteStall::new(stream, self.limits.header_timeout);
         let Some(acceptor) = self.tls.clone() else {
             return self.serve_http1(stream, watcher).await;
         };
@@ -179,7 +188,7 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let ingress = self.ingress;
-        let open = Arc::new(OpenRequests::default());
+        let open = Arc::new(OpenRequests::new());
         let io = TokioIo::new(IdleTimeout::new(stream, self.limits.header_timeout, open.clone()));
         let service = service_fn(move |request: hyper::Request<Incoming>| {
             let ingress = ingress.clone();
@@ -192,7 +201,7 @@ impl Connection {
         });
         let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .max_concurrent_streams(256)
+            .max_concurrent_streams(H2_MAX_STREAMS)
             .serve_connection(io, service);
         if let Err(err) = watcher.watch(connection).await {
             tracing::debug!(peer = %self.peer, error = %err, "HTTP/2 connection ended with an error");

@@ -702,6 +702,25 @@ fn raw_post(path: &str, lines: &str, body: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// Sends the h2 preface and reads the server's first SETTINGS frame:
+/// its SETTINGS_MAX_CONCURRENT_STREAMS, if it sets one.
+async fn h2_max_concurrent_streams(tls: &mut Tls) -> Option<u32> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend(h2_frame(0x4, 0, 0, &[]));
+    tls.write_all(&preface).await.unwrap();
+    let mut head = [0u8; 9];
+    tls.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[3], 0x4, "the server's first frame is its SETTINGS");
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    tls.read_exact(&mut payload).await.unwrap();
+    payload
+        .chunks_exact(6)
+        .find(|setting| setting[..2] == [0, 3])
+        .map(|setting| u32::from_be_bytes(setting[2..].try_into().unwrap()))
+}
+
 /// One HTTP/2 frame.
 fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
@@ -901,6 +920,10 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_others_are_served() 
     let (_, closed) = exchange(&mut tls, &preface, Duration::from_secs(10)).await;
     assert!(closed, "an idle h2 connection stays open");
     check("h2: a connection idle after its preface", "closed at header_timeout".into());
+    // Each stream may buffer a body before its signature is checked: few per connection.
+    let mut tls = tls_connect(addr, &client, b"h2").await;
+    assert_eq!(h2_max_concurrent_streams(&mut tls).await, Some(8));
+    check("h2: streams per connection", "SETTINGS_MAX_CONCURRENT_STREAMS = 8".into());
     assert_served(addr, &client, "whevent_hostile_after_h2").await;
 
     // Path traversal never leaves /hooks/{source}.
@@ -974,6 +997,93 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_others_are_served() 
     for secret in [SECRET, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", ADMIN_TOKEN] {
         assert!(!logs.contains(secret), "a secret reached the logs");
     }
+}
+
+/// A gateway whose two connection slots are held by `hold` (one client
+/// each, run for 30 s unless the gateway cuts it off) still serves a
+/// well-behaved client: each holder is cut off at `header_timeout` (1 s).
+async fn both_slots_taken_by(
+    name: &str,
+    hold: impl Fn(SocketAddr, Arc<rustls::ClientConfig>) -> tokio::task::JoinHandle<()>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (config_path, client) = hostile_config(dir.path());
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(&config_path, text.replace("max_connections = 64", "max_connections = 2")).unwrap();
+    let daemon = Daemon::start(&config_path);
+    let holders = [hold(daemon.addr, client.clone()), hold(daemon.addr, client.clone())];
+    daemon.wait_for_log("every connection slot is taken", Duration::from_secs(10)).await;
+    let started = Instant::now();
+    // Well before the holders give up by themselves (connecting included).
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        assert_served(daemon.addr, &client, &format!("whevent_after_{name}")),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name}: the slots were still held after 10 s"));
+    println!("hostile: {name}: both slots freed; a client served after {:?}", started.elapsed());
+    for holder in holders {
+        holder.abort();
+    }
+}
+
+/// An h2 client that keeps its connection busy with PINGs but never opens a
+/// request is closed at `header_timeout` like a silent one: frames are not
+/// requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_connections_that_only_ping_are_closed_at_header_timeout() {
+    both_slots_taken_by("h2_pings", |addr, client| {
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let tls = tls_connect(addr, &client, b"h2").await;
+            let (mut reader, mut writer) = tokio::io::split(tls);
+            let drain = tokio::spawn(async move {
+                let mut sink = [0u8; 4096];
+                while reader.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+            });
+            let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+            preface.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
+            let mut sent = writer.write_all(&preface).await;
+            let until = Instant::now() + Duration::from_secs(30);
+            while sent.is_ok() && !drain.is_finished() && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                sent = writer.write_all(&h2_frame(0x6, 0, 0, &[7; 8])).await; // PING
+            }
+        })
+    })
+    .await;
+}
+
+/// A client that pipelines requests and never reads the answers (a tiny
+/// receive window) stalls the gateway's writes; the stalled connection is
+/// cut off at `header_timeout` instead of holding its slot for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_answers_is_cut_off() {
+    both_slots_taken_by("unread_answers", |addr, client| {
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            let tcp = socket.connect(addr).await.unwrap();
+            let mut config = (*client).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls =
+                tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+            // Each answered 404 without a read on this side; the writes block
+            // once the gateway stops reading behind its unsent answers.
+            let requests = b"GET /nowhere HTTP/1.1\r\nhost: localhost\r\n\r\n".repeat(1_000);
+            let until = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < until {
+                match tokio::time::timeout(Duration::from_secs(1), tls.write_all(&requests)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return, // cut off
+                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await, // blocked
+                }
+            }
+        })
+    })
+    .await;
 }
 
 // ------------------------------------------------------------------- security
