@@ -548,8 +548,29 @@ fn parse_raw(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let key = err.path().to_string();
         let key = if key == "." { String::new() } else { key };
-        error(key, err.inner())
+        let mut error = error(key, err.inner());
+        if holds_secret(&error.key) {
+            error.message = without_the_value(&error.message);
+        }
+        error
     })
+}
+
+/// Keys whose values are secrets or references to them. serde's type errors
+/// quote the value (`invalid type: string "whsec_…", expected a sequence`:
+/// `secrets = "whsec_…"` is an easy slip), and config errors reach stderr,
+/// the journal and the reload log.
+fn holds_secret(key: &str) -> bool {
+    let field = key.rsplit('.').next().unwrap_or(key);
+    let field = field.split('[').next().unwrap_or(field);
+    matches!(field, "secrets" | "secret" | "token" | "api_key")
+}
+
+/// serde's message without the value it quotes: what was expected stays.
+fn without_the_value(message: &str) -> String {
+    let kind = if message.starts_with("invalid type") { "invalid type" } else { "invalid value" };
+    let expected = message.find(", expected").map_or("", |at| &message[at..]);
+    format!("{kind} (the value is not shown: it may be a secret){expected}")
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -894,8 +915,15 @@ impl Validator<'_> {
     }
 
     fn url(&self, key: &str, text: &str) -> Result<hyper::Uri, ConfigError> {
-        let uri: hyper::Uri =
-            text.parse().map_err(|err| self.err(key, format!("{text:?} is not a URL: {err}")))?;
+        let uri: hyper::Uri = text.parse().map_err(|err| {
+            // A password with a `#`, `/` or space in it breaks the parse: not shown.
+            let shown = if text.contains('@') {
+                "the URL (not shown: it has an '@')".to_owned()
+            } else {
+                format!("{text:?}")
+            };
+            self.err(key, format!("{shown} is not a URL: {err}"))
+        })?;
         // Checked first: a password in the URL must not reach error messages, logs and the admin API.
         if uri.authority().is_some_and(|authority| authority.as_str().contains('@')) {
             return Err(self

@@ -77,6 +77,42 @@ fn debug_output_has_no_secrets() {
     }
 }
 
+/// A value of the wrong type under a secret's key, or a URL that does not
+/// parse because of its password, is named by its key, never echoed.
+#[test]
+fn errors_do_not_echo_secrets() {
+    let cases = [
+        (
+            "[sources.parallel]\nsecrets = \"whsec_c2VjcmV0LXZhbHVl\"\n",
+            "sources.parallel.secrets",
+            "c2VjcmV0LXZhbHVl",
+        ),
+        ("[sources.parallel]\nsecrets = [4242424242]\n", "sources.parallel.secrets[0]", "4242424242"),
+        (&format!("{MINIMAL}\n[admin]\ntoken = 987654321\n"), "admin.token", "987654321"),
+        (
+            &format!(
+                "{MINIMAL}\n[targets.t]\nsource = \"parallel\"\nurl = \"http://127.0.0.1:1/\"\nsecret = {{ value = \"tok-3141\" }}\n"
+            ),
+            "targets.t.secret",
+            "tok-3141",
+        ),
+        (
+            &format!(
+                "{MINIMAL}\n[targets.t]\nsource = \"parallel\"\nurl = \"https://user:pa ss#word@example.com/\"\nsigning = \"none\"\n"
+            ),
+            "targets.t.url",
+            "pa ss",
+        ),
+    ];
+    for (text, key, secret) in cases {
+        let err = parse(text).unwrap_err();
+        assert_eq!(err.key, key, "{err}");
+        assert!(!err.to_string().contains(secret), "{secret} leaked into {err}");
+    }
+    let err = parse("[sources.parallel]\nsecrets = \"whsec_c2VjcmV0LXZhbHVl\"\n").unwrap_err();
+    assert!(err.message.contains("expected a sequence"), "what was expected stays: {err}");
+}
+
 #[test]
 fn errors_carry_file_line_and_key() {
     let err = parse(&format!("{MINIMAL}\n[server]\nlisten = \"127.0.0.1:8080\"\nlisen = 1\n")).unwrap_err();
