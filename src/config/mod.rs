@@ -549,7 +549,7 @@ fn parse_raw(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
         let key = err.path().to_string();
         let key = if key == "." { String::new() } else { key };
         let mut error = error(key, err.inner());
-        if holds_secret(&error.key) {
+        if holds_secret(&error.key) && error.message.starts_with("invalid ") {
             error.message = without_the_value(&error.message);
         }
         error
@@ -598,6 +598,18 @@ impl Validator<'_> {
         let mut sources = BTreeMap::new();
         for (name, source) in raw.sources {
             let validated = self.source(&name, source)?;
+            // A webhook verifies for `tolerance` either side of its timestamp;
+            // a captured one resent after its dedup entry expired would be
+            // journaled and fanned out again.
+            if journal.dedup_window < 2 * validated.tolerance {
+                return Err(self.err(
+                    format!("sources.{name}.tolerance"),
+                    format!(
+                        "must be at most half of journal.dedup_window ({:?}), not {:?}: a webhook verifies for the tolerance either side of its timestamp, and a resent one must still be recognised as a duplicate",
+                        journal.dedup_window, validated.tolerance
+                    ),
+                ));
+            }
             sources.insert(name, validated);
         }
         let mut targets = BTreeMap::new();

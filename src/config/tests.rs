@@ -114,6 +114,20 @@ fn errors_do_not_echo_secrets() {
 }
 
 #[test]
+fn the_dedup_window_covers_every_source_tolerance_both_ways() {
+    let config = |window: &str, tolerance: &str| {
+        parse(&format!(
+            "[journal]\ndedup_window = \"{window}\"\nretention = \"7d\"\n[sources.parallel]\nsecrets = [\"env:SECRET\"]\ntolerance = \"{tolerance}\"\n"
+        ))
+    };
+    let err = config("1m", "5m").unwrap_err();
+    assert_eq!(err.key, "sources.parallel.tolerance", "{err}");
+    assert!(err.message.contains("half of journal.dedup_window"), "{err}");
+    assert_eq!(config("9m", "5m").unwrap_err().key, "sources.parallel.tolerance");
+    assert!(config("10m", "5m").is_ok());
+}
+
+#[test]
 fn errors_carry_file_line_and_key() {
     let err = parse(&format!("{MINIMAL}\n[server]\nlisten = \"127.0.0.1:8080\"\nlisen = 1\n")).unwrap_err();
     assert_eq!(err.file, Path::new("/etc/hookrelay/hookrelay.toml"));

@@ -439,7 +439,12 @@ async fn retention_prunes_delivered_deliveries_in_the_background_and_keeps_dead_
     assert_eq!(gateway_journal_len(&dir), 5);
 
     // With a tiny retention the sweep at start-up prunes the delivered four.
-    let gateway = TestGateway::with(options("retention = \"1ms\"\ndedup_window = \"1ms\"")).await;
+    // (The dedup window must cover twice each source's tolerance.)
+    let tiny = Options {
+        sources: Some(default_sources().replace("\"]\n", "\"]\ntolerance = \"1ms\"\n")),
+        ..options("retention = \"2ms\"\ndedup_window = \"2ms\"")
+    };
+    let gateway = TestGateway::with(tiny).await;
     let deadline = Instant::now() + WAIT;
     while gateway.journal.len() != 1 {
         assert!(Instant::now() < deadline, "retention did not prune: {} left", gateway.journal.len());
