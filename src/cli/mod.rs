@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, ProcessEnv, SecretRef, Signing};
 use crate::logging::{self, LogFormat};
 use crate::signature;
-use crate::{Gateway, tls};
+use crate::{Gateway, GatewayError, tls};
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
@@ -213,7 +213,13 @@ fn serve(path: &Path) -> u8 {
             Err(err) => {
                 tracing::error!(error = %err, "cannot start");
                 eprintln!("hookrelay: {err}");
-                return EXIT_FAILURE;
+                // A config error like the ones validation finds (the admin
+                // socket systemd passed is where the config says it may not be).
+                return if matches!(err, GatewayError::AdminWithoutToken(_)) {
+                    EXIT_USAGE
+                } else {
+                    EXIT_FAILURE
+                };
             }
         };
         tokio::spawn(reload_on_sighup(hangups, gateway.reload_handle()));

@@ -633,11 +633,34 @@ impl Validator<'_> {
         Ok(value)
     }
 
+    /// A file the config names: relative to the config's directory, or
+    /// `credential:NAME` for `$CREDENTIALS_DIRECTORY/NAME` — how a unit with
+    /// `DynamicUser=` reads a file only root may (`LoadCredential=`).
+    fn file_path(&self, key: &str, path: &Path) -> Result<PathBuf, ConfigError> {
+        let Some(name) = path.to_str().and_then(|text| text.strip_prefix("credential:")) else {
+            return Ok(self.base_dir.join(path));
+        };
+        if name.is_empty() || name.contains('/') {
+            return Err(self.err(key, format!("credential:{name} must name a credential, without slashes")));
+        }
+        let dir = self.env.var("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+            self.err(
+                key,
+                format!(
+                    "credential:{name} needs $CREDENTIALS_DIRECTORY, which systemd sets for a unit with LoadCredential={name}:..."
+                ),
+            )
+        })?;
+        Ok(Path::new(&dir).join(name))
+    }
+
     fn server(&self, raw: RawServer) -> Result<ServerConfig, ConfigError> {
         let tls = raw
             .tls
             .map(|tls| {
-                ServerTls::load(&self.base_dir.join(tls.cert), &self.base_dir.join(tls.key)).map_err(|err| {
+                let cert = self.file_path("server.tls.cert", &tls.cert)?;
+                let key = self.file_path("server.tls.key", &tls.key)?;
+                ServerTls::load(&cert, &key).map_err(|err| {
                     let key = match err.file {
                         TlsFile::Cert => "server.tls.cert",
                         TlsFile::Key => "server.tls.key",

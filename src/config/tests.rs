@@ -127,6 +127,32 @@ fn the_dedup_window_covers_every_source_tolerance_both_ways() {
     assert!(config("10m", "5m").is_ok());
 }
 
+/// With `DynamicUser=`, the service cannot read a key file only root may;
+/// `LoadCredential=` copies it in, and `credential:NAME` finds the copy.
+#[test]
+fn tls_files_may_come_from_systemd_credentials() {
+    let credentials = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(credentials.path().join("tls-cert"), certified.cert.pem()).unwrap();
+    std::fs::write(credentials.path().join("tls-key"), certified.signing_key.serialize_pem()).unwrap();
+    let text = format!(
+        "[server]\ntls = {{ cert = \"credential:tls-cert\", key = \"credential:tls-key\" }}\n{MINIMAL}"
+    );
+    let dir: &'static str = Box::leak(credentials.path().display().to_string().into_boxed_str());
+    let env = FakeEnv(HashMap::from([("SECRET", "whsec_dGVzdA=="), ("CREDENTIALS_DIRECTORY", dir)]));
+    let config = Config::parse(Path::new("/etc/hookrelay/hookrelay.toml"), &text, &env).unwrap();
+    assert!(config.server.tls.is_some());
+
+    let err = parse(&text).unwrap_err();
+    assert_eq!(err.key, "server.tls.cert");
+    assert!(err.message.contains("$CREDENTIALS_DIRECTORY"), "{err}");
+    let err =
+        Config::parse(Path::new("/etc/hookrelay/hookrelay.toml"), &text.replace("tls-key", "../key"), &env)
+            .unwrap_err();
+    assert_eq!(err.key, "server.tls.key");
+    assert!(err.message.contains("without slashes"), "{err}");
+}
+
 #[test]
 fn errors_carry_file_line_and_key() {
     let err = parse(&format!("{MINIMAL}\n[server]\nlisten = \"127.0.0.1:8080\"\nlisen = 1\n")).unwrap_err();

@@ -32,6 +32,8 @@ fn the_unit_files_verify_and_score_well_with_systemd_analyze() {
         "ExecStartPre=/usr/local/bin/hookrelay check-config",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
+        "RestartPreventExitStatus=64",
+        "#LoadCredential=tls-key:",
         "DynamicUser=yes",
         "StateDirectory=hookrelay",
         "ConfigurationDirectory=hookrelay",
@@ -101,6 +103,19 @@ fn the_example_production_config_loads_with_credentials_and_a_state_directory() 
     // The socket unit's first ListenStream is the configured inbound address.
     let socket = std::fs::read_to_string(Path::new(SYSTEMD_DIR).join("hookrelay.socket")).unwrap();
     assert!(socket.contains(&format!("ListenStream={}\n", config.server.listen)), "{socket}");
+
+    // Its commented TLS line, uncommented, reads the pair the unit's
+    // (commented) LoadCredential=tls-cert/tls-key lines copy in.
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(credentials.path().join("tls-cert"), certified.cert.pem()).unwrap();
+    std::fs::write(credentials.path().join("tls-key"), certified.signing_key.serialize_pem()).unwrap();
+    let tls_line = "tls = { cert = \"credential:tls-cert\", key = \"credential:tls-key\" }";
+    let with_tls = text.replace(&format!("# {tls_line}"), tls_line);
+    assert_ne!(with_tls, text, "the shipped config has the TLS line");
+    let config =
+        hookrelay::config::Config::parse(&path, &with_tls, &SystemdEnv(credentials.path().to_owned()))
+            .unwrap_or_else(|err| panic!("{err}"));
+    assert!(config.server.tls.is_some());
 }
 
 /// Reads sd_notify datagrams until one satisfies `pred`; returns it.
@@ -314,7 +329,8 @@ fn refuses_a_public_admin_socket_from_systemd_without_a_token() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    // A config error, like the ones check-config finds: EX_USAGE (64).
+    assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("admin.token: required"), "{stderr}");
 }
