@@ -180,10 +180,17 @@ impl Admin {
             .headers
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .unwrap_or("");
         bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes()))
     }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value; the scheme's name
+/// is case-insensitive (RFC 9110, 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start_matches(' '))
 }
 
 fn unauthorized() -> Response<Full<Bytes>> {
@@ -313,4 +320,20 @@ pub async fn serve(
     }
     // Scrapes in progress finish; nothing here is slow.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_nothing_else_is() {
+        assert_eq!(bearer_token("Bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer_token("bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer_token("BEARER  s3cret"), Some("s3cret"));
+        assert_eq!(bearer_token("Bearer S3CRET"), Some("S3CRET"), "the token itself is compared as is");
+        assert_eq!(bearer_token("Basic s3cret"), None);
+        assert_eq!(bearer_token("Bearers3cret"), None);
+        assert_eq!(bearer_token("s3cret"), None);
+    }
 }
