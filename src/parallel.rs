@@ -114,7 +114,10 @@ impl EventsPage {
                     .get("event_group_id")
                     .or_else(|| event.get("monitor_group_id"))
                     .and_then(|group| group.as_str())
-                    .filter(|group| !group.is_empty() && group.len() <= 256)?;
+                    // It becomes the `webhook-id` header of every attempt.
+                    .filter(|group| {
+                        !group.is_empty() && group.len() <= 256 && group.bytes().all(|b| b.is_ascii_graphic())
+                    })?;
                 let date = event.get("event_date").and_then(|date| date.as_str()).and_then(parse_event_date);
                 Some((group.to_owned(), date))
             })
@@ -514,12 +517,13 @@ mod tests {
             br#"{"events":[
                 {"event_type":"event_stream","event_id":"e1","event_group_id":"g1","event_date":"2026-11-20T10:00:00Z"},
                 {"event_type":"snapshot","event_id":"e2","monitor_group_id":"g2","event_date":"2026-11-21T10:00:00.5Z"},
-                {"event_type":"completion","timestamp":"2026-11-21T11:00:00Z"}
+                {"event_type":"completion","timestamp":"2026-11-21T11:00:00Z"},
+                {"event_type":"event_stream","event_id":"e3","event_group_id":"g 3\n"}
             ],"next_cursor":"c2"}"#,
         )
         .unwrap();
         let dated = page.dated_groups();
-        assert_eq!(dated.len(), 2);
+        assert_eq!(dated.len(), 2, "not the group that cannot be a webhook-id: {dated:?}");
         assert_eq!(dated[0], ("g1".to_owned(), crate::time::parse_rfc3339("2026-11-20T10:00:00Z")));
         assert_eq!(dated[1].0, "g2");
         assert_eq!(page.next_cursor.as_deref(), Some("c2"));

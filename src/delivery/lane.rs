@@ -3,7 +3,7 @@
 //! breaker, a concurrency permit and the rate limiter, sends, and records the
 //! outcome in the journal.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -209,7 +209,7 @@ impl Lane {
             "pending": gauges.pending,
             "replay_pending": self.inbox.queue.lock().expect("not poisoned").replays(),
             "dead": gauges.dead,
-            "in_flight": self.in_flight.lock().expect("not poisoned").attempting.len(),
+            "in_flight": self.in_flight.lock().expect("not poisoned").attempts(),
             "oldest_pending_age_seconds": gauges.oldest_pending_age.map(|age| age.as_secs_f64()),
             "rate_limit": settings.rate.map(|r| serde_json::json!({"per_second": r.per_second.get(), "burst": r.burst.get()})),
             "concurrency": settings.concurrency,
@@ -230,7 +230,7 @@ impl Lane {
     /// Pending jobs (queued and in flight), the oldest one's age, the breaker.
     pub(crate) fn gauges(&self, now_ms: u64) -> TargetGauges {
         let queue = self.inbox.queue.lock().expect("not poisoned");
-        let in_flight = self.in_flight.lock().expect("not poisoned").attempting.len();
+        let in_flight = self.in_flight.lock().expect("not poisoned").attempts();
         TargetGauges {
             pending: queue.pending() + in_flight,
             oldest_pending_age: queue
@@ -413,7 +413,7 @@ impl Lane {
                 let mut take = |class| {
                     let entry = queue.take(class);
                     if let Some(entry) = &entry {
-                        self.in_flight.lock().expect("not poisoned").attempting.insert(entry.delivery);
+                        self.in_flight.lock().expect("not poisoned").start(entry.delivery);
                     }
                     if queue.needs_paging() {
                         self.inbox.pager.notify_one();
@@ -462,22 +462,24 @@ impl Lane {
         let settings = self.settings.get();
         let started_ms = now_ms();
         let started = Instant::now();
-        // Set when an enrichment failure (not the target) failed the attempt.
-        let enrichment_refused;
+        // Set when the request never went out (enrichment refused, or it
+        // could not be built): that says nothing about the target.
+        let not_sent;
         let (outcome, number, job, webhook_id) = match self.load(&entry) {
-            Ok((_, None)) => {
-                // Settled while its entry waited (a resync raced the
-                // attempt that settled it): nothing to send.
-                tracing::debug!(target_name = %self.name, delivery_id = %entry.delivery, "job already settled");
+            Ok(Loaded::Stale) => {
+                // Settled while its entry waited (a resync raced the attempt
+                // that settled it), or gone: nothing to send, and an indexed
+                // entry would be read again by every reload and page.
+                tracing::debug!(target_name = %self.name, delivery_id = %entry.delivery, "job already settled or gone");
                 in_flight.recorded = true;
-                let mut breaker = self.breaker.lock().expect("not poisoned");
-                if breaker.state() == BreakerState::Probing {
-                    breaker.record(false, now_ms()); // a probe must come back one way or the other
+                self.settle_probe();
+                if let Err(err) = self.journal.forget_queue_entry(&self.name, &entry).await {
+                    tracing::warn!(target_name = %self.name, delivery_id = %entry.delivery, error = %err, "cannot drop a stale queue entry");
                 }
                 self.inbox.bell.notify_one();
                 return;
             }
-            Ok((job, Some(record))) => {
+            Ok(Loaded::Pending(job, record)) => {
                 let mut info = AttemptInfo {
                     number: job.attempts + 1,
                     replay: job.replay.is_some(),
@@ -506,7 +508,6 @@ impl Lane {
                 }
                 // Signed as of now: a slow fetch must not leave a stale timestamp.
                 info.now_secs = now_ms() / 1000;
-                enrichment_refused = refused.is_some();
                 let built = match refused {
                     Some(reason) => Err(reason),
                     None => outbound::build_request(
@@ -516,6 +517,7 @@ impl Lane {
                         &info,
                     ),
                 };
+                not_sent = built.is_err();
                 let outcome = match built {
                     Ok(request) => {
                         tokio::time::timeout(settings.timeout, outbound::send(&settings.client, request))
@@ -527,11 +529,19 @@ impl Lane {
                 (outcome, info.number, job, record.webhook_id.clone())
             }
             Err(err) => {
-                // Left in the journal's queue: retried after a restart. Counted
-                // as a failure so a probe that cannot load does not hold the
-                // breaker half-open forever.
+                // Not the target's doing: the breaker hears of it only to
+                // settle a probe. A storage error may pass, so the job is
+                // tried again in a while; a corrupt one stays pending in the
+                // journal, logged, until an operator acts.
                 tracing::error!(target_name = %self.name, delivery_id = %entry.delivery, error = %err, "cannot load the job");
-                self.breaker.lock().expect("not poisoned").record(false, now_ms());
+                self.settle_probe();
+                if matches!(err, crate::journal::JournalError::Storage(_)) {
+                    let inbox = self.inbox.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(JOURNAL_RECHECK_MS)).await;
+                        inbox.push(entry);
+                    });
+                }
                 self.inbox.bell.notify_one();
                 return;
             }
@@ -545,11 +555,12 @@ impl Lane {
             Decision::RetryAt(_) => AttemptResult::Retry,
             Decision::Dead => AttemptResult::Dead,
         };
-        // The API failing says nothing about the target: the breaker only
-        // hears about real sends (a probe refused this way settles as failed).
+        // The breaker only hears about real sends: a job that cannot be
+        // sent must not pause a healthy target (a probe refused this way
+        // settles as failed).
         let breaker_change = {
             let mut breaker = self.breaker.lock().expect("not poisoned");
-            if enrichment_refused && breaker.state() != BreakerState::Probing {
+            if not_sent && breaker.state() != BreakerState::Probing {
                 None
             } else {
                 breaker.record(outcome.is_success(), now)
@@ -612,29 +623,37 @@ impl Lane {
         self.inbox.bell.notify_one();
     }
 
-    fn load(
-        &self,
-        entry: &QueueEntry,
-    ) -> Result<
-        (crate::journal::Job, Option<Arc<crate::journal::DeliveryRecord>>),
-        crate::journal::JournalError,
-    > {
-        let missing = || {
-            crate::journal::JournalError::Storage(format!(
-                "job {} → {} is missing",
-                entry.delivery, self.name
-            ))
-        };
+    /// A probe must come back one way or the other, even when nothing was sent.
+    fn settle_probe(&self) {
+        let mut breaker = self.breaker.lock().expect("not poisoned");
+        if breaker.state() == BreakerState::Probing {
+            breaker.record(false, now_ms());
+        }
+    }
+
+    fn load(&self, entry: &QueueEntry) -> Result<Loaded, crate::journal::JournalError> {
         // The job first, and the record only for a pending one: a delivery
         // is never deleted while it has a pending job (this one, which the
         // lane holds), so no deleted record is read back into memory.
-        let job = self.journal.job(entry.delivery, &self.name)?.ok_or_else(missing)?;
+        let Some(job) = self.journal.job(entry.delivery, &self.name)? else { return Ok(Loaded::Stale) };
         if job.state != crate::journal::JobState::Pending {
-            return Ok((job, None));
+            return Ok(Loaded::Stale);
         }
-        let record = self.journal.record_to_send(entry.delivery)?.ok_or_else(missing)?;
-        Ok((job, Some(record)))
+        let record = self.journal.record_to_send(entry.delivery)?.ok_or_else(|| {
+            crate::journal::JournalError::Storage(format!(
+                "delivery {} is missing, with its job to {} pending",
+                entry.delivery, self.name
+            ))
+        })?;
+        Ok(Loaded::Pending(job, record))
     }
+}
+
+/// What an attempt finds in the journal for its entry.
+enum Loaded {
+    Pending(crate::journal::Job, Arc<crate::journal::DeliveryRecord>),
+    /// The job is settled, or gone: the entry is stale.
+    Stale,
 }
 
 /// The deliveries whose attempt started and is not yet recorded, and,
@@ -642,7 +661,10 @@ impl Lane {
 /// was recorded since: a read that began before may have seen them pending.
 #[derive(Default)]
 struct Flight {
-    attempting: HashSet<DeliveryId>,
+    /// Attempts under way per delivery: normally one, but a replay can
+    /// requeue a job whose last attempt is still being recorded, and the
+    /// delivery stays held until both have landed.
+    attempting: HashMap<DeliveryId, u32>,
     /// Recorded during a read, and when (a tick of `clock`).
     landed: HashMap<DeliveryId, u64>,
     /// When each read going on began (a reopen's and the pager's may overlap).
@@ -651,6 +673,15 @@ struct Flight {
 }
 
 impl Flight {
+    fn start(&mut self, id: DeliveryId) {
+        *self.attempting.entry(id).or_default() += 1;
+    }
+
+    /// Attempts started whose outcome is not yet written.
+    fn attempts(&self) -> usize {
+        self.attempting.values().map(|&n| n as usize).sum()
+    }
+
     fn begin_read(&mut self) -> u64 {
         self.clock += 1;
         self.reads.push(self.clock);
@@ -659,13 +690,18 @@ impl Flight {
 
     /// Whether a read that began at `read` must leave `id` alone.
     fn held(&self, read: u64, id: DeliveryId) -> bool {
-        self.attempting.contains(&id) || self.landed.get(&id).is_some_and(|&at| at > read)
+        self.attempting.contains_key(&id) || self.landed.get(&id).is_some_and(|&at| at > read)
     }
 
     /// The attempt of `id` is over; `recorded`: its outcome is written (if
     /// not, its queue entry still stands and a read may queue it again).
     fn land(&mut self, id: DeliveryId, recorded: bool) {
-        self.attempting.remove(&id);
+        if let Some(attempts) = self.attempting.get_mut(&id) {
+            *attempts -= 1;
+            if *attempts == 0 {
+                self.attempting.remove(&id);
+            }
+        }
         if recorded && !self.reads.is_empty() {
             self.clock += 1;
             self.landed.insert(id, self.clock);
@@ -727,7 +763,7 @@ mod tests {
     fn a_job_recorded_during_a_read_is_left_alone_by_that_read_only() {
         let id = |seq| DeliveryId { received_at_ms: 1, seq };
         let mut flight = Flight::default();
-        flight.attempting.extend([id(1), id(2), id(3), id(4)]);
+        (1..=4).for_each(|n| flight.start(id(n)));
         flight.land(id(1), true);
         assert!(!flight.held(0, id(1)), "no read going on: gone at once");
 
@@ -748,6 +784,24 @@ mod tests {
         assert!(!flight.landed.contains_key(&id(2)), "forgotten once no read began before it");
         flight.read_done(second);
         assert!(flight.landed.is_empty() && flight.reads.is_empty());
+    }
+
+    /// A replay can requeue a job whose attempt is still being recorded; the
+    /// delivery is held until both attempts have landed, or a read would
+    /// queue it a third time while the second is still sending.
+    #[test]
+    fn a_delivery_attempted_twice_at_once_is_held_until_both_land() {
+        let id = DeliveryId { received_at_ms: 1, seq: 7 };
+        let mut flight = Flight::default();
+        flight.start(id);
+        flight.start(id);
+        assert_eq!(flight.attempts(), 2);
+        let read = flight.begin_read();
+        flight.land(id, false);
+        assert!(flight.held(read, id), "the second attempt is still under way");
+        flight.land(id, false);
+        assert!(!flight.held(read, id));
+        assert_eq!(flight.attempts(), 0);
     }
 
     #[test]

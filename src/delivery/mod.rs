@@ -523,4 +523,85 @@ mod tests {
         stop.send(true).unwrap();
         dispatcher.run().await;
     }
+
+    /// A job whose request cannot be built (a stored `webhook-id` no header
+    /// may carry) fails without reaching the target: the breaker must not
+    /// count it, or a run of such jobs pauses a healthy target.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_that_cannot_be_built_do_not_pause_a_healthy_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, counts) = serve(Duration::ZERO).await;
+        let (dispatcher, journal, stop) = dispatcher(dir.path(), addr, 4);
+        let threshold = u64::from(config(dir.path(), addr, 4).targets["t"].breaker.failures.get());
+        let mut broken = Vec::new();
+        for n in 0..threshold + 2 {
+            let delivery = NewDelivery {
+                received_at_ms: crate::time::now_ms(),
+                source: "parallel".into(),
+                webhook_id: format!("whbackfill_bad\n{n}"),
+                webhook_timestamp: "1700000000".into(),
+                webhook_signature: String::new(),
+                content_type: None,
+                event_type: None,
+                monitor_id: None,
+                event_group: None,
+                body: b"{}".to_vec(),
+            };
+            let id = journal.append(delivery, &["t".to_owned()]).await.unwrap().id;
+            dispatcher.inboxes().deliver("t", id);
+            broken.push(id);
+        }
+        let attempted = |id| journal.job(id, "t").unwrap().is_some_and(|job| job.attempts >= 1);
+        wait_until(|| broken.iter().all(|&id| attempted(id)), "an attempt of each broken job").await;
+        let lane = dispatcher.set.lane("t").unwrap();
+        assert!(!lane.gauges(crate::time::now_ms()).breaker_open, "the target was never tried");
+        assert_eq!(counts.received.load(Ordering::SeqCst), 0);
+        deliver(&dispatcher, &journal, 1).await;
+        wait_until(|| counts.received.load(Ordering::SeqCst) == 1, "a good delivery").await;
+        stop.send(true).unwrap();
+        dispatcher.run().await;
+    }
+
+    /// A queue entry can outlive its job's settling (the journal's failure
+    /// paths: a retry's entry in sled's memory though its flush failed, then
+    /// the outcome recorded under the job's other entry). The lane that
+    /// finds the job settled drops the entry, or every reload and page
+    /// would read it again, and never sends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_queue_entry_is_dropped_when_its_job_turns_out_settled() {
+        use crate::journal::{Attempt, QueueEntry};
+        use policy::Decision;
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, counts) = serve(Duration::ZERO).await;
+        {
+            let (dispatcher, journal, stop) = dispatcher(dir.path(), addr, 4);
+            dispatcher.status().set_paused("t", true, 0).unwrap();
+            deliver(&dispatcher, &journal, 1).await;
+            stop.send(true).unwrap();
+            dispatcher.run().await;
+            // One attempt leaves a retry entry; the job is then settled under
+            // its fresh entry, so the retry entry is left behind.
+            let id = journal.queued("t").unwrap()[0].delivery;
+            let fresh = QueueEntry::new(QueueClass::Fresh, id.received_at_ms, id);
+            let attempt =
+                Attempt { at_ms: crate::time::now_ms(), latency_ms: 1, status: Some(500), error: None };
+            let job = journal.job(id, "t").unwrap().unwrap();
+            let retry = journal
+                .record_attempt(&fresh, job, attempt.clone(), Decision::RetryAt(crate::time::now_ms()))
+                .await
+                .unwrap()
+                .expect("a retry");
+            let job = journal.job(id, "t").unwrap().unwrap();
+            let delivered = Attempt { status: Some(200), ..attempt };
+            journal.record_attempt(&fresh, job, delivered, Decision::Delivered).await.unwrap();
+            assert_eq!(journal.queued("t").unwrap(), vec![retry], "the stale entry");
+            journal.flush().unwrap();
+        }
+        let (dispatcher, journal, stop) = dispatcher(dir.path(), addr, 4);
+        dispatcher.status().set_paused("t", false, 0).unwrap();
+        wait_until(|| journal.indexed_jobs("t") == 0, "the stale entry dropped").await;
+        assert_eq!(counts.received.load(Ordering::SeqCst), 0, "nothing sent for a settled job");
+        stop.send(true).unwrap();
+        dispatcher.run().await;
+    }
 }

@@ -513,6 +513,13 @@ impl Journal {
         self.store()?.writer.write(writes).await
     }
 
+    /// Removes `entry` from `target`'s queue index, if it is there: for an
+    /// entry whose job turned out settled or gone, which every later reload
+    /// or page would read again.
+    pub async fn forget_queue_entry(&self, target: &str, entry: &QueueEntry) -> Result<(), JournalError> {
+        self.store()?.writer.write(vec![writer::Write::Remove(entry.key(target))]).await
+    }
+
     /// How many jobs of `target` are dead (kept until replayed or purged).
     pub fn dead_count(&self, target: &str) -> u64 {
         let count = self.dead.lock().expect("not poisoned").get(target).copied().unwrap_or(0);
