@@ -890,7 +890,7 @@ fn index_dead_jobs(db: &sled::Db, tree: &sled::Tree) -> Result<(), JournalError>
     let mut batch = sled::Batch::default();
     for entry in tree.scan_prefix(keys::JOB) {
         let (key, value) = entry?;
-        let job = decode_job(&key, &value)?;
+        let Some(job) = unless_corrupt(decode_job(&key, &value), "dead-job index")? else { continue };
         if job.state == JobState::Dead {
             batch.insert(keys::dead(&job.target, job.delivery), &[]);
         }
@@ -912,7 +912,7 @@ fn index_event_groups(db: &sled::Db, tree: &sled::Tree) -> Result<(), JournalErr
     let mut indexed = std::collections::HashSet::new();
     for entry in tree.scan_prefix(keys::DELIVERY) {
         let (key, value) = entry?;
-        let record = decode(&key[1..], &value)?;
+        let Some(record) = unless_corrupt(decode(&key[1..], &value), "event-group index")? else { continue };
         let Some(group) = crate::envelope::Envelope::from_body(&record.body).event_group_id else { continue };
         let group_key = keys::group(&record.source, &group);
         if indexed.insert(group_key.clone()) && !tree.contains_key(&group_key)? {
@@ -924,6 +924,20 @@ fn index_event_groups(db: &sled::Db, tree: &sled::Tree) -> Result<(), JournalErr
     tree.apply_batch(batch)?;
     db.flush()?;
     Ok(())
+}
+
+/// `Ok(None)` for a corrupt record or job, logged: a scan over the whole
+/// journal (retention, the open's one-time indexing) goes on past one bad
+/// entry, which stays as it is, instead of stopping at it for good.
+fn unless_corrupt<T>(result: Result<T, JournalError>, scan: &'static str) -> Result<Option<T>, JournalError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(err @ JournalError::Corrupt { .. }) => {
+            tracing::error!(error = %err, scan, "skipping a corrupt journal entry; it is kept as it is");
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
 }
 
 fn decode_job(key: &[u8], bytes: &[u8]) -> Result<Job, JournalError> {
@@ -979,6 +993,12 @@ mod keys {
 
     pub fn replay_pairs(id: u64) -> Vec<u8> {
         [REPLAY_PAIR, &id.to_be_bytes()].concat()
+    }
+
+    /// The replay id of any key in a replay's pair list.
+    pub fn replay_pairs_id(key: &[u8]) -> Option<u64> {
+        let id = key.strip_prefix(REPLAY_PAIR)?.get(..8)?;
+        Some(u64::from_be_bytes(id.try_into().ok()?))
     }
 
     pub fn replay_pair(id: u64, delivery: DeliveryId, target: &str) -> Vec<u8> {

@@ -235,10 +235,34 @@ impl Journal {
             .collect()
     }
 
-    /// Removes a finished replay's record and pair list (its jobs stay),
-    /// the record first so a half-removed replay is never listed.
+    /// Removes a finished replay's pair list, then its record (its jobs
+    /// stay). In that order: a crash part way leaves the record, so the
+    /// next sweep finds the replay (still finished, fewer pairs) and
+    /// finishes the job; pairs without a record would never be found.
     pub(super) fn forget_replay(&self, id: ReplayId) -> Result<(), JournalError> {
+        self.forget_replay_pairs(id)?;
         self.wrote(self.tree()?.remove(keys::replay(id.0)))?;
+        Ok(())
+    }
+
+    /// Removes pair lists left without their replay's record (by a crash
+    /// while an earlier version, which removed the record first, forgot a
+    /// replay): one seek per replay.
+    pub(super) fn forget_orphaned_replay_pairs(&self) -> Result<(), JournalError> {
+        let tree = self.tree()?;
+        let mut from = keys::replay_pairs(0);
+        while let Some(entry) = tree.range(from..).next() {
+            let Some(id) = keys::replay_pairs_id(&entry?.0) else { return Ok(()) };
+            if !tree.contains_key(keys::replay(id))? {
+                self.forget_replay_pairs(ReplayId(id))?;
+            }
+            let Some(next) = id.checked_add(1) else { return Ok(()) };
+            from = keys::replay_pairs(next);
+        }
+        Ok(())
+    }
+
+    fn forget_replay_pairs(&self, id: ReplayId) -> Result<(), JournalError> {
         loop {
             let mut batch = sled::Batch::default();
             let mut removed = 0;

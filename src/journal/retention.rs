@@ -62,6 +62,12 @@ impl Journal {
                 self.forget_replay(replay.id)?;
             }
         }
+        if !self.maintenance_stopped() {
+            // Under the lock: a replay being started has its record already,
+            // but not yet all its pairs.
+            let _maintenance = self.maintenance.lock().expect("not poisoned");
+            self.forget_orphaned_replay_pairs()?;
+        }
         Ok(swept)
     }
 
@@ -106,11 +112,14 @@ impl Journal {
                     next = Some(id);
                     break;
                 }
-                let record = super::decode(&key[1..], &value)?;
+                let Some(record) = super::unless_corrupt(super::decode(&key[1..], &value), "retention")?
+                else {
+                    continue;
+                };
                 if source.is_some_and(|source| record.source != source) {
                     continue;
                 }
-                let jobs = self.jobs_of(id)?;
+                let Some(jobs) = super::unless_corrupt(self.jobs_of(id), "retention")? else { continue };
                 if !rule.applies(&jobs) {
                     continue;
                 }

@@ -324,6 +324,85 @@ async fn retention_prunes_only_old_fully_delivered_deliveries() {
     assert_eq!(journal.prune_delivered(10_000).unwrap(), Swept::default());
 }
 
+/// A finished replay past retention goes, pair list and record; one whose
+/// removal a crash cut short (some pairs gone, the record left) is found
+/// and finished by the next sweep, leaving no pair behind.
+#[tokio::test]
+async fn retention_forgets_finished_replays_even_half_forgotten_ones() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let both = vec!["a".to_owned(), "b".to_owned()];
+    let id = journal.append(delivery("evt_1", 1_000), &both).await.unwrap().id;
+    for target in ["a", "b"] {
+        settle(&journal, id, target, Decision::Dead).await;
+    }
+    let pairs = both.iter().map(|target| Ok((id, target.clone())));
+    let replay = journal.start_replay(serde_json::json!({}), pairs, 2_000, drop).unwrap().id;
+    for target in ["a", "b"] {
+        settle(&journal, id, target, Decision::Delivered).await;
+    }
+    let pair_keys = || journal.tree().unwrap().scan_prefix(keys::replay_pairs(replay.0)).count();
+    assert_eq!(pair_keys(), 2);
+    // Cut short: one pair removed, the record still there.
+    journal.tree().unwrap().remove(keys::replay_pair(replay.0, id, "a")).unwrap();
+    assert!(journal.replay_progress(replay).unwrap().unwrap().finished());
+    journal.prune_delivered(10_000).unwrap();
+    assert_eq!(journal.replay_progress(replay).unwrap(), None);
+    assert_eq!(pair_keys(), 0, "no pair left behind");
+
+    // Cut short by an earlier version, which removed the record first: the
+    // pairs are found all the same. A replay with its record is left alone.
+    let pairs = both.iter().map(|target| Ok((id, target.clone())));
+    let orphaned = journal.start_replay(serde_json::json!({}), pairs, 20_000, drop).unwrap().id;
+    settle(&journal, id, "a", Decision::Delivered).await;
+    let kept =
+        journal.start_replay(serde_json::json!({}), [Ok((id, "a".to_owned()))], 20_000, drop).unwrap().id;
+    journal.tree().unwrap().remove(keys::replay(orphaned.0)).unwrap();
+    let pairs_of =
+        |replay: ReplayId| journal.tree().unwrap().scan_prefix(keys::replay_pairs(replay.0)).count();
+    assert_eq!((pairs_of(orphaned), pairs_of(kept)), (2, 1));
+    journal.prune_delivered(10_000).unwrap();
+    assert_eq!((pairs_of(orphaned), pairs_of(kept)), (0, 1));
+    assert!(journal.replay_progress(kept).unwrap().is_some());
+}
+
+/// One corrupt record or job does not stop retention for good, nor the
+/// open's one-time indexing: each passes over it, logged, and keeps it.
+#[tokio::test]
+async fn a_corrupt_entry_is_skipped_by_retention_and_by_the_open() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let a = vec!["a".to_owned()];
+    let bad_record = journal.append(delivery("evt_1", 1_000), &a).await.unwrap().id;
+    let bad_job = journal.append(delivery("evt_2", 1_001), &a).await.unwrap().id;
+    let good = journal.append(delivery("evt_3", 1_002), &a).await.unwrap().id;
+    for id in [bad_record, bad_job, good] {
+        settle(&journal, id, "a", Decision::Delivered).await;
+    }
+    let tree = journal.tree().unwrap();
+    tree.insert(keys::delivery(bad_record), &b"\xffnot a record"[..]).unwrap();
+    tree.insert(keys::job(bad_job, "a"), &b"\xffnot a job"[..]).unwrap();
+    assert_eq!(journal.prune_delivered(10_000).unwrap().deliveries, 1, "the good one");
+    assert!(journal.get(good).unwrap().is_none());
+    assert!(
+        tree.contains_key(keys::delivery(bad_record)).unwrap() && journal.get(bad_job).unwrap().is_some()
+    );
+
+    // A journal from before the dead-job and event-group indexes, with them.
+    tree.remove(keys::DEAD_INDEX_MARKER).unwrap();
+    tree.remove(keys::GROUP_INDEX_MARKER).unwrap();
+    journal.flush().unwrap();
+    drop((tree, journal));
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let tree = journal.tree().unwrap();
+    assert!(
+        tree.contains_key(keys::DEAD_INDEX_MARKER).unwrap()
+            && tree.contains_key(keys::GROUP_INDEX_MARKER).unwrap()
+    );
+}
+
 /// Whether the lanes' record of `id` is in memory (see `recent`).
 fn kept_in_memory(journal: &Journal, id: DeliveryId) -> bool {
     journal.recent.lock().unwrap().get(id).is_some()
