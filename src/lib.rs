@@ -426,11 +426,11 @@ async fn recover_journal(
         }
         let (journal, lanes) = (journal.clone(), lanes.clone());
         let recovered = tokio::task::spawn_blocking(move || {
-            journal.reopen()?;
+            let recovery = journal.reopen()?;
             // Lanes send again only once they have reloaded their queues: a
             // job whose outcome could not be written is pending again.
             let requeued = lanes.resync()?;
-            journal.mark_writable();
+            journal.mark_writable(recovery)?;
             Ok::<_, JournalError>(requeued)
         })
         .await;

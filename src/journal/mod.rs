@@ -46,6 +46,7 @@
 
 mod codec;
 mod fresh;
+mod health;
 mod job;
 mod recent;
 mod record;
@@ -67,6 +68,8 @@ pub use retention::Swept;
 
 use crate::config::JournalConfig;
 use crate::delivery::policy::Decision;
+use health::Health;
+pub use health::Recovery;
 use recent::RecentRecords;
 use writer::Writer;
 
@@ -116,8 +119,8 @@ pub struct Appended {
 pub struct Journal {
     /// `None` only while [`Journal::reopen`] swaps it.
     store: RwLock<Option<Arc<Store>>>,
-    /// Set by the first failed write; cleared by a successful reopen.
-    failed: Arc<AtomicBool>,
+    /// Set by the first failed write; cleared by a successful recovery.
+    failed: Arc<Health>,
     /// Bumped by every successful reopen.
     generation: AtomicU64,
     path: PathBuf,
@@ -212,7 +215,7 @@ impl Store {
         path: &std::path::Path,
         cache: u64,
         dedup_window_ms: u64,
-        failed: Arc<AtomicBool>,
+        failed: Arc<Health>,
         recent: Arc<Mutex<RecentRecords>>,
     ) -> Result<Store, JournalError> {
         let (db, recovery) = open_db(path, cache)?;
@@ -263,7 +266,7 @@ impl Journal {
 
     fn open_once(config: &JournalConfig) -> Result<Journal, JournalError> {
         let dedup_window_ms = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
-        let failed = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(Health::default());
         let recent = Arc::new(Mutex::new(RecentRecords::new(recent::RECENT_RECORDS_BYTES)));
         let store = Store::open(&config.path, config.cache, dedup_window_ms, failed.clone(), recent.clone())?;
         let quota = match config.max_disk {
@@ -324,7 +327,7 @@ impl Journal {
     /// refuses every write until the journal is reopened.
     fn wrote<T>(&self, result: sled::Result<T>) -> Result<T, JournalError> {
         result.map_err(|err| {
-            if matches!(err, sled::Error::Io(_)) && !self.failed.swap(true, Ordering::AcqRel) {
+            if matches!(err, sled::Error::Io(_)) && self.failed.fail() {
                 tracing::error!(error = %err, "journal write failed; refusing writes until the journal is reopened");
             }
             err.into()
@@ -334,7 +337,7 @@ impl Journal {
     /// False after a storage failure, until a [`Journal::reopen`] succeeded
     /// and [`Journal::mark_writable`] ended the recovery.
     pub fn is_writable(&self) -> bool {
-        !self.failed.load(Ordering::Acquire)
+        !self.failed.is_failed()
     }
 
     /// How many times the journal was reopened.
@@ -349,8 +352,10 @@ impl Journal {
     /// Blocks; on error, call again later. Like [`Journal::open`], it opens
     /// a second time when sled had a long log to replay (all it wrote since
     /// the process started).
-    pub fn reopen(&self) -> Result<(), JournalError> {
-        self.reopen_again_after(LONG_RECOVERY).map(drop)
+    /// Returns where the recovery began, for [`Journal::mark_writable`].
+    pub fn reopen(&self) -> Result<Recovery, JournalError> {
+        self.reopen_again_after(LONG_RECOVERY)?;
+        Ok(self.failed.recovery())
     }
 
     /// [`Journal::reopen`], opening again when sled's recovery took
@@ -409,9 +414,15 @@ impl Journal {
     }
 
     /// Ends a recovery: once [`Journal::reopen`] succeeded and the lanes
-    /// took the journal's queue back, they may send again.
-    pub fn mark_writable(&self) {
-        self.failed.store(false, Ordering::Release);
+    /// took the journal's queue back, they may send again — unless a write
+    /// failed meanwhile (its job may be one the lanes did not take back):
+    /// then the journal stays failed, for another recovery.
+    pub fn mark_writable(&self, recovery: Recovery) -> Result<(), JournalError> {
+        if self.failed.recovered(recovery) {
+            Ok(())
+        } else {
+            Err(JournalError::Storage("a write failed again during the recovery".to_owned()))
+        }
     }
 
     /// Journals a delivery and one pending job per target in `targets`,

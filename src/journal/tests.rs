@@ -582,18 +582,24 @@ async fn reopening_in_place_keeps_what_was_flushed_and_takes_writes_again() {
     let journal = Journal::open(&config(dir.path())).unwrap();
     let first = journal.append(delivery("evt_a", 1_000), &["t".to_owned()]).await.unwrap();
     // What a failed write leaves behind: the flag, and sled refusing writes.
-    journal.failed.store(true, Ordering::Release);
+    journal.failed.fail();
     assert!(!journal.is_writable());
     let handle = journal.store().unwrap();
     let busy = journal.reopen();
     assert!(busy.is_err(), "a store still in use is not swapped: {busy:?}");
     assert!(!journal.is_writable());
     drop(handle);
-    journal.reopen().unwrap();
+    let recovery = journal.reopen().unwrap();
     assert!(!journal.is_writable(), "writable only once the lanes have resynced");
-    journal.mark_writable();
+    // A write failing while the lanes resync (the disk still full): the
+    // recovery does not end; another one is needed.
+    journal.failed.fail();
+    assert!(journal.mark_writable(recovery).is_err());
+    assert!(!journal.is_writable());
+    let recovery = journal.reopen().unwrap();
+    journal.mark_writable(recovery).unwrap();
     assert!(journal.is_writable());
-    assert_eq!(journal.generation(), 1);
+    assert_eq!(journal.generation(), 2);
     assert_eq!(journal.get(first.id).unwrap().unwrap().webhook_id, "evt_a");
     assert_eq!(journal.queued("t").unwrap().len(), 1, "its job is still queued");
     let second = journal.append(delivery("evt_b", 2_000), &[]).await.unwrap();

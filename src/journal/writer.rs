@@ -10,7 +10,7 @@
 //! request is answered before the flush that covers its write.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -83,7 +83,7 @@ impl Writer {
         db: sled::Db,
         tree: sled::Tree,
         dedup_window_ms: u64,
-        failed: Arc<AtomicBool>,
+        failed: Arc<super::health::Health>,
         fresh: FreshJobs,
         recent: Arc<Mutex<RecentRecords>>,
     ) -> std::io::Result<Self> {
@@ -107,9 +107,7 @@ impl Writer {
                     }
                 }
                 if !group.is_empty() {
-                    if !group.commit(&db, &tree, dedup_window_ms, &mut fresh, &recent)
-                        && !failed.swap(true, Ordering::AcqRel)
-                    {
+                    if !group.commit(&db, &tree, dedup_window_ms, &mut fresh, &recent) && failed.fail() {
                         tracing::error!(
                             "journal write failed; refusing writes until the journal is reopened"
                         );
@@ -132,7 +130,7 @@ impl Writer {
                         if let Ok(tracked) = fresh::track_leftovers(&tree) {
                             fresh = tracked;
                         }
-                        if !failed.swap(true, Ordering::AcqRel) {
+                        if failed.fail() {
                             tracing::error!(
                                 "journal write failed; refusing writes until the journal is reopened"
                             );
