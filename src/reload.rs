@@ -117,7 +117,10 @@ impl Reloadable {
         let needs_restart = self.startup.changed(&StartupKeys::of(&config));
         // Lanes first: a new target has its lane before ingress routes to it.
         self.metrics.register(&config);
-        self.dispatcher.reconfigure(&config).map_err(|err| format!("cannot start new targets: {err}"))?;
+        self.dispatcher
+            .reconfigure(&config)
+            .await
+            .map_err(|err| format!("cannot start new targets: {err}"))?;
         self.ingress.reload(&config);
         self.parallel.reload(&config);
         if let (Some(live), Some(tls)) = (&self.tls, &config.server.tls) {

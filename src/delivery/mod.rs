@@ -224,15 +224,19 @@ impl Dispatcher {
 
     /// Takes the targets of a reloaded config: changed ones are
     /// reconfigured in place, new ones get a lane, removed ones are retired.
-    /// New lanes are built first, outside the lock: a journal error leaves
-    /// everything as it was, and ingress never waits on a journal scan.
-    pub fn reconfigure(&self, config: &Config) -> Result<(), JournalError> {
-        let mut new_lanes = Vec::new();
-        for target in config.targets.values() {
-            if self.set.lane(&target.name).is_none() {
-                new_lanes.push(self.set.prepare(target)?);
-            }
-        }
+    /// New lanes are built first, outside the lock and on the blocking pool
+    /// (each reads its target's queue, a backlog of millions included): a
+    /// journal error leaves everything as it was, and neither ingress nor
+    /// the runtime's workers wait on a journal scan.
+    pub async fn reconfigure(&self, config: &Config) -> Result<(), JournalError> {
+        let added: Vec<TargetConfig> =
+            config.targets.values().filter(|target| self.set.lane(&target.name).is_none()).cloned().collect();
+        let set = self.set.clone();
+        let new_lanes = tokio::task::spawn_blocking(move || {
+            added.iter().map(|target| set.prepare(target)).collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|err| JournalError::Storage(format!("preparing the new lanes did not finish: {err}")))??;
         let mut lanes = self.set.lanes.write().expect("not poisoned");
         for lane in new_lanes {
             self.set.spawn(lane.clone());
