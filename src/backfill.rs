@@ -229,8 +229,7 @@ impl Backfiller {
             }
             let retention = self.settings.get().retention;
             for (source, monitor, reconcile) in due {
-                // Never past retention (see `backfill`).
-                let lookback = reconcile.lookback.min(retention);
+                let lookback = reconcile_lookback(reconcile.lookback, retention);
                 let since = crate::time::now_ms().saturating_sub(lookback.as_millis() as u64);
                 if let Err(err) = self.backfill(&source, &monitor, since, false).await {
                     tracing::warn!(%source, %monitor, error = %err, "reconcile failed; next try at the next interval");
@@ -247,3 +246,32 @@ impl Backfiller {
 /// How long the reconcile task sleeps when nothing is scheduled (a reload
 /// may add a schedule).
 const RECONCILE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How far back a reconcile pass looks: never past retention (see
+/// `backfill`), with [`RETENTION_MARGIN`] to spare, since `backfill` reads
+/// the clock again for its check.
+fn reconcile_lookback(lookback: std::time::Duration, retention: std::time::Duration) -> std::time::Duration {
+    lookback.min(retention.saturating_sub(RETENTION_MARGIN))
+}
+
+/// How far inside `journal.retention` a reconcile's window stays, so that
+/// a lookback as long as retention is never refused for the milliseconds
+/// between two readings of the clock.
+const RETENTION_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_reconcile_window_stays_inside_retention_with_time_to_spare() {
+        let hours = |n: u64| Duration::from_secs(n * 3600);
+        assert_eq!(reconcile_lookback(hours(24), hours(72)), hours(24));
+        // As long as retention (the defaults: 72 h both): the check in
+        // `backfill`, a few milliseconds later, must still pass.
+        let window = reconcile_lookback(hours(72), hours(72));
+        assert!(window + Duration::from_secs(1) < hours(72), "{window:?}");
+        assert!(reconcile_lookback(hours(500), hours(72)) < hours(72));
+    }
+}
