@@ -251,7 +251,7 @@ const RECONCILE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 /// `backfill`), with [`RETENTION_MARGIN`] to spare, since `backfill` reads
 /// the clock again for its check.
 fn reconcile_lookback(lookback: std::time::Duration, retention: std::time::Duration) -> std::time::Duration {
-    lookback.min(retention.saturating_sub(RETENTION_MARGIN))
+    lookback.min(retention.saturating_sub(RETENTION_MARGIN.min(retention / 2)))
 }
 
 /// How far inside `journal.retention` a reconcile's window stays, so that
@@ -273,5 +273,7 @@ mod tests {
         let window = reconcile_lookback(hours(72), hours(72));
         assert!(window + Duration::from_secs(1) < hours(72), "{window:?}");
         assert!(reconcile_lookback(hours(500), hours(72)) < hours(72));
+        // A retention shorter than the margin still leaves a window.
+        assert_eq!(reconcile_lookback(hours(72), Duration::from_secs(10)), Duration::from_secs(5));
     }
 }

@@ -114,10 +114,12 @@ impl EventsPage {
                     .get("event_group_id")
                     .or_else(|| event.get("monitor_group_id"))
                     .and_then(|group| group.as_str())
-                    // It becomes the `webhook-id` header of every attempt.
-                    .filter(|group| {
-                        !group.is_empty() && group.len() <= 256 && group.bytes().all(|b| b.is_ascii_graphic())
-                    })?;
+                    .filter(|group| !group.is_empty() && group.len() <= 256)?;
+                // It becomes the `webhook-id` header of every attempt.
+                if !group.bytes().all(|b| b.is_ascii_graphic()) {
+                    tracing::warn!(event_group_id = ?group, "skipping an event group whose id cannot be a webhook-id");
+                    return None;
+                }
                 let date = event.get("event_date").and_then(|date| date.as_str()).and_then(parse_event_date);
                 Some((group.to_owned(), date))
             })

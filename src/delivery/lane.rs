@@ -466,11 +466,15 @@ impl Lane {
         // could not be built): that says nothing about the target.
         let not_sent;
         let (outcome, number, job, webhook_id) = match self.load(&entry) {
-            Ok(Loaded::Stale) => {
+            Ok(Loaded::Stale { gone }) => {
                 // Settled while its entry waited (a resync raced the attempt
                 // that settled it), or gone: nothing to send, and an indexed
                 // entry would be read again by every reload and page.
-                tracing::debug!(target_name = %self.name, delivery_id = %entry.delivery, "job already settled or gone");
+                if gone {
+                    tracing::warn!(target_name = %self.name, delivery_id = %entry.delivery, "a queued job is gone from the journal; its entry is dropped");
+                } else {
+                    tracing::debug!(target_name = %self.name, delivery_id = %entry.delivery, "job already settled");
+                }
                 in_flight.recorded = true;
                 self.settle_probe();
                 if let Err(err) = self.journal.forget_queue_entry(&self.name, &entry).await {
@@ -529,19 +533,16 @@ impl Lane {
                 (outcome, info.number, job, record.webhook_id.clone())
             }
             Err(err) => {
-                // Not the target's doing: the breaker hears of it only to
-                // settle a probe. A storage error may pass, so the job is
-                // tried again in a while; a corrupt one stays pending in the
-                // journal, logged, until an operator acts.
-                tracing::error!(target_name = %self.name, delivery_id = %entry.delivery, error = %err, "cannot load the job");
+                // Left pending in the journal, out of memory: the next start,
+                // or reopen after a storage failure, reads it again. (Put
+                // back at once, a job that never loads would be every probe
+                // and keep the breaker open.) Not the target's doing: the
+                // breaker hears of it only to settle a probe.
+                tracing::error!(
+                    target_name = %self.name, delivery_id = %entry.delivery, error = %err,
+                    "cannot load the job; it stays pending in the journal for the next start"
+                );
                 self.settle_probe();
-                if matches!(err, crate::journal::JournalError::Storage(_)) {
-                    let inbox = self.inbox.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(JOURNAL_RECHECK_MS)).await;
-                        inbox.push(entry);
-                    });
-                }
                 self.inbox.bell.notify_one();
                 return;
             }
@@ -635,9 +636,11 @@ impl Lane {
         // The job first, and the record only for a pending one: a delivery
         // is never deleted while it has a pending job (this one, which the
         // lane holds), so no deleted record is read back into memory.
-        let Some(job) = self.journal.job(entry.delivery, &self.name)? else { return Ok(Loaded::Stale) };
+        let Some(job) = self.journal.job(entry.delivery, &self.name)? else {
+            return Ok(Loaded::Stale { gone: true });
+        };
         if job.state != crate::journal::JobState::Pending {
-            return Ok(Loaded::Stale);
+            return Ok(Loaded::Stale { gone: false });
         }
         let record = self.journal.record_to_send(entry.delivery)?.ok_or_else(|| {
             crate::journal::JournalError::Storage(format!(
@@ -653,7 +656,9 @@ impl Lane {
 enum Loaded {
     Pending(crate::journal::Job, Arc<crate::journal::DeliveryRecord>),
     /// The job is settled, or gone: the entry is stale.
-    Stale,
+    Stale {
+        gone: bool,
+    },
 }
 
 /// The deliveries whose attempt started and is not yet recorded, and,

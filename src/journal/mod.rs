@@ -352,10 +352,15 @@ impl Journal {
     /// Blocks; on error, call again later. Like [`Journal::open`], it opens
     /// a second time when sled had a long log to replay (all it wrote since
     /// the process started).
-    /// Returns where the recovery began, for [`Journal::mark_writable`].
+    /// Returns where the recovery began, for [`Journal::mark_writable`]:
+    /// before the old store is let go, so that a write failing on either
+    /// store from here on (an attempt's outcome, whose job the lanes'
+    /// reload may skip while it is in flight) keeps the journal failed for
+    /// another recovery.
     pub fn reopen(&self) -> Result<Recovery, JournalError> {
+        let recovery = self.failed.recovery();
         self.reopen_again_after(LONG_RECOVERY)?;
-        Ok(self.failed.recovery())
+        Ok(recovery)
     }
 
     /// [`Journal::reopen`], opening again when sled's recovery took

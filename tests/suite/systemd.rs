@@ -27,9 +27,11 @@ fn the_unit_files_verify_and_score_well_with_systemd_analyze() {
     let dir = tempfile::tempdir().unwrap();
     // verify checks that ExecStart's binary exists: point it at this build.
     let unit = std::fs::read_to_string(Path::new(SYSTEMD_DIR).join("hookrelay.service")).unwrap();
+    // A config error must reach RestartPreventExitStatus=64, which systemd
+    // applies to the main process only: no check-config in ExecStartPre=.
+    assert!(!unit.contains("\nExecStartPre="), "a config error in ExecStartPre= is restarted");
     for directive in [
         "Type=notify",
-        "ExecStartPre=/usr/local/bin/hookrelay check-config",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         "RestartPreventExitStatus=64",
