@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -196,11 +197,56 @@ pub struct Ingress {
     lanes: Inboxes,
     metrics: Arc<Metrics>,
     journal: Arc<Journal>,
+    /// Appends under way, including those whose request was dropped.
+    appending: Arc<AtomicUsize>,
+}
+
+/// Counts one append under way for as long as it lives.
+struct Appending(Arc<AtomicUsize>);
+
+impl Appending {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Appending(count.clone())
+    }
+}
+
+impl Drop for Appending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Returns once `count` is zero, or after `limit`; says which.
+async fn until_none_left(count: &AtomicUsize, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if count.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 impl Ingress {
     pub fn new(config: &Config, journal: Arc<Journal>, lanes: Inboxes, metrics: Arc<Metrics>) -> Self {
-        Ingress { rules: Live::new(Rules::new(config, None)), lanes, metrics, journal }
+        Ingress {
+            rules: Live::new(Rules::new(config, None)),
+            lanes,
+            metrics,
+            journal,
+            appending: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Waits, up to `limit`, for the appends still under way (those of
+    /// requests dropped at the end of the grace period among them): at a
+    /// stop, before the journal's last indexing and flush.
+    pub async fn appends_finished(&self, limit: Duration) {
+        until_none_left(&self.appending, limit).await;
     }
 
     /// Takes the sources (secrets, tolerances, rate limits), routes and body
@@ -309,7 +355,9 @@ impl Ingress {
         targets: Vec<String>,
     ) -> Result<Appended, JournalError> {
         let (journal, lanes) = (self.journal.clone(), self.lanes.clone());
+        let appending = Appending::enter(&self.appending);
         tokio::spawn(async move {
+            let _appending = appending;
             let appended = journal.append(delivery, &targets).await?;
             if !appended.duplicate {
                 for target in &targets {
@@ -441,6 +489,25 @@ fn truncate_for_log(text: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_stop_waits_for_appends_under_way_up_to_its_limit() {
+        let count = Arc::new(AtomicUsize::new(0));
+        assert!(until_none_left(&count, Duration::ZERO).await, "none under way");
+        let appending = Appending::enter(&count);
+        let started = tokio::time::Instant::now();
+        assert!(!until_none_left(&count, Duration::from_millis(50)).await);
+        assert!(started.elapsed() >= Duration::from_millis(50), "waited its limit");
+        let waiting = tokio::spawn({
+            let count = count.clone();
+            async move { until_none_left(&count, Duration::from_secs(60)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "still waiting while the append is under way");
+        drop(appending);
+        assert!(waiting.await.unwrap(), "done once the append finished");
+        assert_eq!(count.load(Ordering::Acquire), 0);
+    }
 
     #[test]
     fn paths() {

@@ -98,6 +98,9 @@ const WAITING_JOB_INTERVAL: Duration = Duration::from_secs(30);
 /// between watchdog pings, which come at half `WATCHDOG_USEC`).
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How long a stop waits for appends still under way (see `Ingress`).
+const APPENDS_AT_STOP: Duration = Duration::from_secs(5);
+
 /// How often the journal's health is looked at, and how a reopen backs off
 /// while the storage keeps failing.
 const JOURNAL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -322,7 +325,7 @@ impl Gateway {
         };
         let heartbeat = heartbeat(notifier.clone(), journal.clone(), status, stop_rx.clone());
         let mut server_stop = stop_rx.clone();
-        let serving = server::serve(listener, tls, ingress, limits, async move {
+        let serving = server::serve(listener, tls, ingress.clone(), limits, async move {
             let _ = server_stop.wait_for(|stopping| *stopping).await;
         });
         let delivering = dispatcher.run();
@@ -349,6 +352,10 @@ impl Gateway {
         for task in [pruner, doctor, indexer] {
             let _ = task.await;
         }
+        // An append whose request the grace period cut off still finishes
+        // (see `Ingress`): before the last indexing, and before `run` returns
+        // with nothing left holding the journal. One group commit, normally.
+        ingress.appends_finished(APPENDS_AT_STOP).await;
         // Nothing is attempted any more: index what is still pending, so the
         // journal left behind is one an earlier version reads whole.
         match journal.queue_fresh_jobs().await {
