@@ -374,23 +374,28 @@ mod tests {
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
+    /// A small webhook of source `parallel`, received now.
+    fn new_delivery(webhook_id: String) -> NewDelivery {
+        NewDelivery {
+            received_at_ms: crate::time::now_ms(),
+            source: "parallel".into(),
+            webhook_id,
+            webhook_timestamp: "1700000000".into(),
+            webhook_signature: String::new(),
+            content_type: None,
+            event_type: None,
+            monitor_id: None,
+            event_group: None,
+            body: b"{}".to_vec(),
+        }
+    }
+
     /// Journals the deliveries (many at once, as ingress does), then hands
     /// them to the lane in arrival order.
     async fn deliver(dispatcher: &Dispatcher, journal: &Arc<Journal>, count: u64) {
         let mut appends = tokio::task::JoinSet::new();
         for n in 0..count {
-            let delivery = NewDelivery {
-                received_at_ms: crate::time::now_ms(),
-                source: "parallel".into(),
-                webhook_id: format!("evt_{n}"),
-                webhook_timestamp: "1700000000".into(),
-                webhook_signature: String::new(),
-                content_type: None,
-                event_type: None,
-                monitor_id: None,
-                event_group: None,
-                body: b"{}".to_vec(),
-            };
+            let delivery = new_delivery(format!("evt_{n}"));
             let journal = journal.clone();
             appends.spawn(async move { journal.append(delivery, &["t".to_owned()]).await.unwrap().id });
         }
@@ -539,18 +544,7 @@ mod tests {
         let threshold = u64::from(config(dir.path(), addr, 4).targets["t"].breaker.failures.get());
         let mut broken = Vec::new();
         for n in 0..threshold + 2 {
-            let delivery = NewDelivery {
-                received_at_ms: crate::time::now_ms(),
-                source: "parallel".into(),
-                webhook_id: format!("whbackfill_bad\n{n}"),
-                webhook_timestamp: "1700000000".into(),
-                webhook_signature: String::new(),
-                content_type: None,
-                event_type: None,
-                monitor_id: None,
-                event_group: None,
-                body: b"{}".to_vec(),
-            };
+            let delivery = new_delivery(format!("whbackfill_bad\n{n}"));
             let id = journal.append(delivery, &["t".to_owned()]).await.unwrap().id;
             dispatcher.inboxes().deliver("t", id);
             broken.push(id);
