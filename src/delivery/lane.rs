@@ -227,6 +227,29 @@ impl Lane {
         Ok(())
     }
 
+    /// Queues the fresh job of `delivery`, handed over by ingress once it is
+    /// journaled, unless its attempt is under way already: a reopen's resync
+    /// can find a fresh job in the journal first, and the lane take it,
+    /// before ingress's hand-off arrives; queued again it would be sent
+    /// twice at once. (The attempt under way records it, or queues its retry.)
+    pub(super) fn deliver_fresh(&self, delivery: DeliveryId) {
+        let entry = QueueEntry::new(QueueClass::Fresh, delivery.received_at_ms, delivery);
+        let queued = {
+            let mut queue = self.inbox.queue.lock().expect("not poisoned");
+            if self.in_flight.lock().expect("not poisoned").attempting.contains_key(&delivery) {
+                return;
+            }
+            let queued = queue.push(entry);
+            if queued && queue.needs_paging() {
+                self.inbox.pager.notify_one();
+            }
+            queued
+        };
+        if queued {
+            self.inbox.bell.notify_one();
+        }
+    }
+
     /// Pending jobs (queued and in flight), the oldest one's age, the breaker.
     pub(crate) fn gauges(&self, now_ms: u64) -> TargetGauges {
         let queue = self.inbox.queue.lock().expect("not poisoned");

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, TargetConfig};
-use crate::journal::{DeliveryId, Journal, JournalError, QueueClass, QueueEntry};
+use crate::journal::{DeliveryId, Journal, JournalError, QueueEntry};
 use crate::metrics::{Metrics, TargetGauges};
 use lane::Lane;
 use queue::LaneQueue;
@@ -120,7 +120,7 @@ impl Inboxes {
     /// journal) and wakes the target's lane.
     pub fn deliver(&self, target: &str, delivery: DeliveryId) {
         if let Some(lane) = self.0.lane(target) {
-            lane.inbox.push(QueueEntry::new(QueueClass::Fresh, delivery.received_at_ms, delivery));
+            lane.deliver_fresh(delivery);
         }
     }
 }
@@ -283,7 +283,7 @@ mod tests {
     use hyper::body::Bytes;
 
     use super::*;
-    use crate::journal::NewDelivery;
+    use crate::journal::{NewDelivery, QueueClass};
 
     /// What a test target saw: requests answered, the most open at once,
     /// and what `observe` said as each request arrived.
@@ -599,6 +599,26 @@ mod tests {
         dispatcher.status().set_paused("t", false, 0).unwrap();
         wait_until(|| journal.indexed_jobs("t") == 0, "the stale entry dropped").await;
         assert_eq!(counts.received.load(Ordering::SeqCst), 0, "nothing sent for a settled job");
+        stop.send(true).unwrap();
+        dispatcher.run().await;
+    }
+
+    /// A reopen's resync can find a fresh job in the journal and the lane
+    /// take it before ingress hands the same job over: the hand-off must not
+    /// queue it again while its attempt is under way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fresh_job_handed_over_while_its_attempt_is_under_way_is_sent_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, counts) = serve(Duration::from_millis(300)).await;
+        let (dispatcher, journal, stop) = dispatcher(dir.path(), addr, 4);
+        let id = journal.append(new_delivery("evt_raced".into()), &["t".to_owned()]).await.unwrap().id;
+        dispatcher.inboxes().deliver("t", id);
+        wait_until(|| counts.open.load(Ordering::SeqCst) == 1, "the first attempt at the target").await;
+        dispatcher.inboxes().deliver("t", id);
+        wait_until(|| journal.pending_count("t") == 0, "the job settled").await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(counts.received.load(Ordering::SeqCst), 1, "sent once");
+        assert_eq!(counts.most_open.load(Ordering::SeqCst), 1);
         stop.send(true).unwrap();
         dispatcher.run().await;
     }
