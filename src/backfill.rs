@@ -135,12 +135,10 @@ impl Backfiller {
         since_ms: u64,
         dry_run: bool,
     ) -> Result<Backfilled, BackfillError> {
-        // Older than retention, the journal may have pruned detections that
-        // did arrive: they would come back as new deliveries.
-        let horizon = crate::time::now_ms().saturating_sub(self.settings.get().retention.as_millis() as u64);
-        if since_ms < horizon {
+        if let Some(horizon) = past_retention(since_ms, crate::time::now_ms(), self.settings.get().retention)
+        {
             return Err(BackfillError::BadRequest(format!(
-                "since is older than journal.retention ({}): detections pruned from the journal would be injected again",
+                "since, taken back to the start of its day (Parallel's event dates may be days only), is older than journal.retention ({}): detections pruned from the journal would be injected again",
                 crate::time::rfc3339(horizon / 1000)
             )));
         }
@@ -247,12 +245,28 @@ impl Backfiller {
 /// may add a schedule).
 const RECONCILE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// How far back a reconcile pass looks: never past retention (see
-/// `backfill`), with [`RETENTION_MARGIN`] to spare, since `backfill` reads
-/// the clock again for its check.
-fn reconcile_lookback(lookback: std::time::Duration, retention: std::time::Duration) -> std::time::Duration {
-    lookback.min(retention.saturating_sub(RETENTION_MARGIN.min(retention / 2)))
+/// The retention horizon, when a backfill from `since_ms` at `now_ms`
+/// would look past it. Older than retention, the journal may have pruned
+/// detections that did arrive (their event-group entries with them): they
+/// would come back as new deliveries. The window starts at the beginning of
+/// since's day (see [`crate::parallel::since_day`]), so that is what counts.
+fn past_retention(since_ms: u64, now_ms: u64, retention: std::time::Duration) -> Option<u64> {
+    let horizon = now_ms.saturating_sub(retention.as_millis() as u64);
+    (crate::parallel::since_day(since_ms) < horizon).then_some(horizon)
 }
+
+/// How far back a reconcile pass looks: never past retention once taken
+/// back to the start of its day (see [`past_retention`]), with
+/// [`RETENTION_MARGIN`] to spare, since `backfill` reads the clock again.
+/// Zero when retention is too short for any window (config refuses that).
+pub(crate) fn reconcile_lookback(
+    lookback: std::time::Duration,
+    retention: std::time::Duration,
+) -> std::time::Duration {
+    lookback.min(retention.saturating_sub(DAY + RETENTION_MARGIN))
+}
+
+const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 /// How far inside `journal.retention` a reconcile's window stays, so that
 /// a lookback as long as retention is never refused for the milliseconds
@@ -264,16 +278,36 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    const HOUR_MS: u64 = 3_600_000;
+
     #[test]
-    fn a_reconcile_window_stays_inside_retention_with_time_to_spare() {
+    fn a_backfill_window_is_refused_once_its_day_starts_before_the_horizon() {
+        let retention = Duration::from_secs(72 * 3600);
+        // Thursday 10:00; the horizon is Monday 10:00.
+        let now = 20 * 24 * HOUR_MS + 10 * HOUR_MS;
+        let horizon = now - 72 * HOUR_MS;
+        assert_eq!(past_retention(now - 24 * HOUR_MS, now, retention), None);
+        // Monday 11:00 is inside retention, but its day began at 00:00: a
+        // detection delivered (and pruned) Monday at 09:00 would come back.
+        assert_eq!(past_retention(horizon + HOUR_MS, now, retention), Some(horizon));
+        // Tuesday 00:00 is the earliest since that is safe.
+        assert_eq!(past_retention(horizon + 14 * HOUR_MS, now, retention), None);
+    }
+
+    #[test]
+    fn a_reconcile_window_stays_inside_retention_whatever_the_hour() {
         let hours = |n: u64| Duration::from_secs(n * 3600);
-        assert_eq!(reconcile_lookback(hours(24), hours(72)), hours(24));
-        // As long as retention (the defaults: 72 h both): the check in
-        // `backfill`, a few milliseconds later, must still pass.
-        let window = reconcile_lookback(hours(72), hours(72));
-        assert!(window + Duration::from_secs(1) < hours(72), "{window:?}");
-        assert!(reconcile_lookback(hours(500), hours(72)) < hours(72));
-        // A retention shorter than the margin still leaves a window.
-        assert_eq!(reconcile_lookback(hours(72), Duration::from_secs(10)), Duration::from_secs(5));
+        assert_eq!(reconcile_lookback(hours(24), hours(30 * 24)), hours(24));
+        for retention in [hours(72), hours(30 * 24), hours(26)] {
+            let lookback = reconcile_lookback(hours(10_000), retention);
+            assert!(!lookback.is_zero());
+            // Every hour of a day, and the check a little later.
+            for hour in 0..24 {
+                let now = 40 * 24 * HOUR_MS + hour * HOUR_MS + 1;
+                let since = now - lookback.as_millis() as u64;
+                assert_eq!(past_retention(since, now + 1_000, retention), None, "{retention:?} at {hour}h");
+            }
+        }
+        assert!(reconcile_lookback(hours(72), hours(24)).is_zero(), "no window under a day and a minute");
     }
 }

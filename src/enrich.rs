@@ -107,7 +107,7 @@ impl Enricher {
         let api = self.apis.get(&record.source).ok_or_else(|| {
             format!("source {:?} has no [sources.{}.parallel] API key", record.source, record.source)
         })?;
-        let content = api.enrichment(source).await.map_err(|err| err.to_string())?;
+        let content = api.enrichment(source, MAX_ENRICHMENT).await.map_err(|err| err.to_string())?;
         if content.as_array().is_some_and(Vec::is_empty) {
             // Not indexed yet, most likely: try again later rather than
             // attach "no events" for good.

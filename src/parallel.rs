@@ -140,7 +140,8 @@ pub fn parse_event_date(text: &str) -> Option<u64> {
 const DAY_MS: u64 = 86_400_000;
 
 /// `since` as far back as the start of its day: dates may be days only.
-fn since_day(since_ms: u64) -> u64 {
+/// What a backfill from `since_ms` really looks at.
+pub fn since_day(since_ms: u64) -> u64 {
     since_ms - since_ms % DAY_MS
 }
 
@@ -333,7 +334,7 @@ impl ParallelApi {
     ) -> Result<Vec<EventGroup>, ApiError> {
         let mut events = Vec::new();
         let path = format!("/v1/monitors/{}/events?limit={PAGE_SIZE}", encode(monitor_id));
-        self.walk_pages(&path, |page| {
+        self.walk_pages(&path, usize::MAX, |page| {
             let dated = page.dated_groups();
             // The listing runs newest first: a page wholly older than
             // `since` means the rest is too.
@@ -363,8 +364,13 @@ impl ParallelApi {
     }
 
     /// The content `source` names: a detection's events (every page), or a
-    /// task run's result.
-    pub async fn enrichment(&self, source: &EnrichmentSource) -> Result<serde_json::Value, ApiError> {
+    /// task run's result. A detection's pages stop being read once they
+    /// come to more than `max_bytes`: the caller refuses that much anyway.
+    pub async fn enrichment(
+        &self,
+        source: &EnrichmentSource,
+        max_bytes: usize,
+    ) -> Result<serde_json::Value, ApiError> {
         match source {
             EnrichmentSource::TaskResult { run_id } => {
                 let body = self.get(&format!("/v1/tasks/runs/{}/result", encode(run_id))).await?;
@@ -378,7 +384,7 @@ impl ParallelApi {
                     encode(monitor_id),
                     encode(event_group_id)
                 );
-                self.walk_pages(&path, |page| {
+                self.walk_pages(&path, max_bytes, |page| {
                     // An event repeated across pages is attached once.
                     events.extend(page.events.into_iter().filter(|event| {
                         event.get("event_id").is_none_or(|id| seen_events.insert(id.to_string()))
@@ -394,20 +400,27 @@ impl ParallelApi {
     /// Reads `path` (a query string included) and the pages its cursor
     /// leads to, handing each to `visit`, which says whether to read on.
     /// Stops at the last page or a cursor seen before; fails past
-    /// [`MAX_PAGES`].
+    /// [`MAX_PAGES`], or once the pages come to more than `max_bytes`.
     async fn walk_pages(
         &self,
         path: &str,
+        max_bytes: usize,
         mut visit: impl FnMut(EventsPage) -> bool,
     ) -> Result<(), ApiError> {
         let mut cursor: Option<String> = None;
         let mut seen_cursors = HashSet::new();
+        let mut read = 0usize;
         for _ in 0..MAX_PAGES {
             let url = match &cursor {
                 None => path.to_owned(),
                 Some(cursor) => format!("{path}&cursor={}", encode(cursor)),
             };
-            let mut page = EventsPage::parse(&self.get(&url).await?)?;
+            let body = self.get(&url).await?;
+            read = read.saturating_add(body.len());
+            if read > max_bytes {
+                return Err(ApiError::Unreadable(format!("the events come to more than {max_bytes} bytes")));
+            }
+            let mut page = EventsPage::parse(&body)?;
             let next = page.next_cursor.take();
             let read_on = visit(page);
             match next {

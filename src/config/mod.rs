@@ -610,6 +610,18 @@ impl Validator<'_> {
                     ),
                 ));
             }
+            if let Some(reconcile) =
+                validated.parallel.as_ref().and_then(|parallel| parallel.reconcile.as_ref())
+                && crate::backfill::reconcile_lookback(reconcile.lookback, journal.retention).is_zero()
+            {
+                return Err(self.err(
+                    format!("sources.{name}.parallel.reconcile"),
+                    format!(
+                        "needs journal.retention longer than a day and a minute, not {:?}: a backfill looks back to the start of a day, and never past retention",
+                        journal.retention
+                    ),
+                ));
+            }
             sources.insert(name, validated);
         }
         let mut targets = BTreeMap::new();

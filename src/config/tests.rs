@@ -226,4 +226,19 @@ fn a_source_may_carry_a_parallel_api_key_with_defaults() {
         let err = parse(&format!("{MINIMAL}[sources.parallel.parallel]\n{extra}\n")).unwrap_err().to_string();
         assert!(err.contains(key), "{extra}: {err}");
     }
+    // A backfill looks back to the start of a day and never past retention:
+    // a retention of a day leaves a reconcile nothing to look at.
+    let short = "[journal]\ndedup_window = \"24h\"\nretention = \"24h\"\n";
+    let reconcile =
+        "[sources.parallel.parallel]\napi_key = \"env:SECRET\"\nreconcile = { monitors = [\"m\"] }\n";
+    let err = parse(&format!("{short}{MINIMAL}{reconcile}")).unwrap_err();
+    assert_eq!(err.key, "sources.parallel.parallel.reconcile", "{err}");
+    assert!(err.message.contains("longer than a day"), "{err}");
+    assert!(
+        parse(&format!(
+            "{}{MINIMAL}{reconcile}",
+            short.replace("retention = \"24h\"", "retention = \"26h\"")
+        ))
+        .is_ok()
+    );
 }

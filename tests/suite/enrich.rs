@@ -279,3 +279,28 @@ async fn the_api_key_never_reaches_the_logs() {
         assert!(!reply.text().contains(API_KEY));
     }
 }
+
+/// A detection whose events come to more than the 4 MiB an enrichment may
+/// hold: the pages stop being read once over it (not every page first), and
+/// the target gets the original payload, marked failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_group_over_the_size_limit_is_not_read_to_the_end() {
+    let big = |n: usize| {
+        let mut event = api_event(9, n);
+        event["output"]["content"] = "x".repeat(1 << 20).into();
+        event
+    };
+    // Six events of 1 MiB: three pages of the fake's two.
+    let api = FakeParallel::start(MONITOR, (1..=6).map(big).collect()).await;
+    let rich = TestTarget::start(Some(RICH_SECRET), vec![]).await;
+    let gateway = gateway(&api, target("rich", &rich, RICH_SECRET, "enrich = true")).await;
+    assert_eq!(
+        gateway.post_signed(Transport::Http, "parallel", "whevent_big", &detected(9)).await.status,
+        200
+    );
+    let got = rich.wait_for(1, WAIT).await;
+    assert_eq!(got[0].header("hookrelay-enrichment"), "failed");
+    assert_eq!(got[0].body, detected(9).as_bytes(), "the original payload");
+    let pages = api.requests().iter().filter(|(uri, _)| uri.contains("event_group_id=mevtgrp_9")).count();
+    assert_eq!(pages, 2, "stopped at the page that went over 4 MiB");
+}
