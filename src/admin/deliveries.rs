@@ -227,7 +227,11 @@ pub fn purge(
                 }),
             )
         }
-        Err(err) => journal_error(&err),
+        Err(err) if request.dry_run => journal_error(&err),
+        Err(err) => super::journal_failed_part_way(
+            &err,
+            "the journal failed: deliveries the purge removed before the failure stay removed; run it again once the journal takes writes",
+        ),
     }
 }
 

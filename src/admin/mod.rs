@@ -207,6 +207,17 @@ pub(super) fn journal_error(err: &crate::journal::JournalError) -> Response<Full
     error(StatusCode::SERVICE_UNAVAILABLE, "journal_unavailable", "the journal could not be read")
 }
 
+/// A write of many batches (a replay, a purge) failed after some of them:
+/// `what_stands` says what is done already, so the operator does not take
+/// the 503 for nothing having happened.
+pub(super) fn journal_failed_part_way(
+    err: &crate::journal::JournalError,
+    what_stands: &str,
+) -> Response<Full<Bytes>> {
+    tracing::error!(error = %err, "admin API: journal write failed part way");
+    error(StatusCode::SERVICE_UNAVAILABLE, "journal_unavailable", what_stands)
+}
+
 pub(super) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
     *response.status_mut() = status;

@@ -39,6 +39,10 @@ pub fn start(replayer: &Replayer, body: &[u8], now_ms: u64) -> Response<Full<Byt
                 "skipped_pending": started.skipped, "selection": selection.describe(),
             }),
         ),
+        Err(ReplayError::Journal(err)) => super::journal_failed_part_way(
+            &err,
+            "the journal failed: if the replay had begun, the jobs it requeued before the failure stay requeued, under the newest replay in GET /v1/replays",
+        ),
         Err(err) => replay_error(&err),
     }
 }
