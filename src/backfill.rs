@@ -268,9 +268,9 @@ pub(crate) fn reconcile_lookback(
 
 const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
 
-/// How far inside `journal.retention` a reconcile's window stays, so that
-/// a lookback as long as retention is never refused for the milliseconds
-/// between two readings of the clock.
+/// How far inside `journal.retention` (a day beside) a reconcile's window
+/// stays, so that a window at the very edge is never refused for the
+/// milliseconds between two readings of the clock.
 const RETENTION_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! sled refuses every write after its first I/O error, until the database is
 //! reopened. The first failed write marks the journal failed; a recovery
 //! (reopen, then the lanes reloading their queues) clears the mark, but only
-//! if no write failed after the reopen: one that failed while the lanes were
+//! if no write failed once it began: one that failed while the lanes were
 //! reloading (an attempt's outcome, the disk still full) may have left a job
 //! that the reload did not see, and only another recovery will.
 
@@ -32,7 +32,7 @@ impl Health {
         self.0.load(Ordering::Acquire) & 1 == 1
     }
 
-    /// Marks the point a recovery starts from (taken once the reopen worked).
+    /// Marks the point a recovery starts from (taken before the reopen).
     pub(crate) fn recovery(&self) -> Recovery {
         Recovery { failures: self.0.load(Ordering::Acquire) >> 1 }
     }
