@@ -649,21 +649,10 @@ impl Validator<'_> {
     /// `credential:NAME` for `$CREDENTIALS_DIRECTORY/NAME` — how a unit with
     /// `DynamicUser=` reads a file only root may (`LoadCredential=`).
     fn file_path(&self, key: &str, path: &Path) -> Result<PathBuf, ConfigError> {
-        let Some(name) = path.to_str().and_then(|text| text.strip_prefix("credential:")) else {
-            return Ok(self.base_dir.join(path));
-        };
-        if name.is_empty() || name.contains('/') {
-            return Err(self.err(key, format!("credential:{name} must name a credential, without slashes")));
+        match path.to_str().and_then(|text| text.strip_prefix("credential:")) {
+            Some(name) => secret::credential_path(name, self.env).map_err(|message| self.err(key, message)),
+            None => Ok(self.base_dir.join(path)),
         }
-        let dir = self.env.var("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-            self.err(
-                key,
-                format!(
-                    "credential:{name} needs $CREDENTIALS_DIRECTORY, which systemd sets for a unit with LoadCredential={name}:..."
-                ),
-            )
-        })?;
-        Ok(Path::new(&dir).join(name))
     }
 
     fn server(&self, raw: RawServer) -> Result<ServerConfig, ConfigError> {

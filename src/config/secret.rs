@@ -102,24 +102,28 @@ impl SecretRef {
                 env.var(name).ok_or_else(|| format!("environment variable {name} is not set"))?
             }
             SecretRef::File(path) => read_secret_file(&base_dir.join(path))?,
-            SecretRef::Credential(name) => {
-                if name.is_empty() || name.contains('/') {
-                    return Err(format!("credential:{name} must name a credential, without slashes"));
-                }
-                let dir = env.var("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                    format!(
-                        "credential:{name} needs $CREDENTIALS_DIRECTORY, which systemd sets \
-                         for a unit with LoadCredential={name}:..."
-                    )
-                })?;
-                read_secret_file(&Path::new(&dir).join(name))?
-            }
+            SecretRef::Credential(name) => read_secret_file(&credential_path(name, env)?)?,
         };
         if value.is_empty() {
             return Err(format!("secret {self:?} is empty"));
         }
         Ok(Secret(value))
     }
+}
+
+/// Where systemd put credential `name` (`LoadCredential=NAME:...`):
+/// `$CREDENTIALS_DIRECTORY/NAME`.
+pub(crate) fn credential_path(name: &str, env: &dyn Environment) -> Result<PathBuf, String> {
+    if name.is_empty() || name.contains('/') {
+        return Err(format!("credential:{name} must name a credential, without slashes"));
+    }
+    let dir = env.var("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+        format!(
+            "credential:{name} needs $CREDENTIALS_DIRECTORY, which systemd sets \
+             for a unit with LoadCredential={name}:..."
+        )
+    })?;
+    Ok(Path::new(&dir).join(name))
 }
 
 /// Reads a secret file, dropping the trailing newline editors and `echo` add.

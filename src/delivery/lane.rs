@@ -234,20 +234,10 @@ impl Lane {
     /// twice at once. (The attempt under way records it, or queues its retry.)
     pub(super) fn deliver_fresh(&self, delivery: DeliveryId) {
         let entry = QueueEntry::new(QueueClass::Fresh, delivery.received_at_ms, delivery);
-        let queued = {
-            let mut queue = self.inbox.queue.lock().expect("not poisoned");
-            if self.in_flight.lock().expect("not poisoned").attempting.contains_key(&delivery) {
-                return;
-            }
-            let queued = queue.push(entry);
-            if queued && queue.needs_paging() {
-                self.inbox.pager.notify_one();
-            }
-            queued
-        };
-        if queued {
-            self.inbox.bell.notify_one();
-        }
+        // Under the queue's lock, then the in-flight set's: the lanes' order.
+        self.inbox.push_unless(entry, || {
+            self.in_flight.lock().expect("not poisoned").attempting.contains_key(&delivery)
+        });
     }
 
     /// Pending jobs (queued and in flight), the oldest one's age, the breaker.

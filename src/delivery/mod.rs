@@ -46,15 +46,24 @@ pub(crate) struct Inbox {
 impl Inbox {
     /// Queues `entry` and wakes the lane (see [`Inbox::push_quietly`]).
     pub(crate) fn push(&self, entry: QueueEntry) {
-        if self.push_quietly(entry) {
+        self.push_unless(entry, || false);
+    }
+
+    /// [`Inbox::push`], unless `skip`, asked under the queue's lock, says not to.
+    pub(crate) fn push_unless(&self, entry: QueueEntry, skip: impl FnOnce() -> bool) {
+        if self.push_quietly(entry, skip) {
             self.bell.notify_one();
         }
     }
 
     /// Queues `entry` without waking the lane, waking its pager if memory
-    /// needs trimming; false when the delivery is queued already.
-    fn push_quietly(&self, entry: QueueEntry) -> bool {
+    /// needs trimming; false when the delivery is queued already, or `skip`
+    /// (asked under the queue's lock) says not to queue it.
+    fn push_quietly(&self, entry: QueueEntry, skip: impl FnOnce() -> bool) -> bool {
         let mut queue = self.queue.lock().expect("not poisoned");
+        if skip() {
+            return false;
+        }
         let queued = queue.push(entry);
         if queued && queue.needs_paging() {
             self.pager.notify_one();
@@ -155,7 +164,7 @@ impl LaneStatus {
         let mut woken = std::collections::HashSet::new();
         for (target, entry) in entries {
             let Some(lane) = self.0.lane(&target) else { continue };
-            lane.inbox.push_quietly(entry);
+            lane.inbox.push_quietly(entry, || false);
             if woken.insert(target) {
                 lane.inbox.bell.notify_one();
             }
