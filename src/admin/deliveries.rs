@@ -2,6 +2,8 @@
 //! and stable cursor pagination over the journal's time index, and one
 //! delivery with its body and every job's attempt history.
 
+use std::time::{Duration, Instant};
+
 use base64::Engine;
 use serde_json::{Value, json};
 
@@ -94,8 +96,31 @@ impl Query {
     }
 }
 
+/// How much of the journal one page may read through looking for matches:
+/// a filter few deliveries pass would otherwise walk the whole journal in
+/// one call, far past a client's patience. The page then ends early, with a
+/// cursor to go on from.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanBudget {
+    pub deliveries: usize,
+    pub time: Duration,
+}
+
+impl ScanBudget {
+    pub const PER_PAGE: ScanBudget = ScanBudget { deliveries: 100_000, time: Duration::from_secs(2) };
+}
+
 /// One page of deliveries and the cursor for the next one.
 pub fn list(journal: &Journal, query: &Query) -> Result<Value, JournalError> {
+    list_within(journal, query, ScanBudget::PER_PAGE)
+}
+
+/// [`list`], reading at most `budget` of the journal.
+///
+/// A page reads only below [`Journal::listing_bound`], so a delivery still
+/// landing is not passed by a cursor, and shows up on a later page.
+pub fn list_within(journal: &Journal, query: &Query, budget: ScanBudget) -> Result<Value, JournalError> {
+    let bound = journal.listing_bound();
     let start = match query.cursor {
         // Strictly after the cursor: the next sequence number of the same millisecond.
         Some(cursor) => {
@@ -104,26 +129,32 @@ pub fn list(journal: &Journal, query: &Query) -> Result<Value, JournalError> {
         None => DeliveryId { received_at_ms: query.since_ms, seq: 0 },
     };
     let start = start.max(DeliveryId { received_at_ms: query.since_ms, seq: 0 });
+    let end = query.until_ms.map_or(bound, |until| bound.min(DeliveryId { received_at_ms: until, seq: 0 }));
+    let started = Instant::now();
     let mut page = Vec::new();
-    let mut last = None;
+    // The last delivery this page read, matched or not: where the next page starts.
+    let mut last_read = None;
     let mut more = false;
-    for record in journal.deliveries_from(start) {
+    for (read, record) in journal.deliveries_from(start).enumerate() {
         let record = record?;
-        if query.until_ms.is_some_and(|until| record.id.received_at_ms >= until) {
+        if record.id >= end {
             break;
         }
-        let jobs = journal.jobs_of(record.id)?;
-        if !query.matches(&record, &jobs) {
-            continue;
-        }
-        if page.len() == query.limit {
+        if read >= budget.deliveries || (read % 256 == 255 && started.elapsed() >= budget.time) {
             more = true;
             break;
         }
-        last = Some(record.id);
-        page.push(summary(&record, &jobs));
+        let jobs = journal.jobs_of(record.id)?;
+        if query.matches(&record, &jobs) {
+            if page.len() == query.limit {
+                more = true;
+                break;
+            }
+            page.push(summary(&record, &jobs));
+        }
+        last_read = Some(record.id);
     }
-    let next_cursor = if more { last.map(|id| id.to_string()) } else { None };
+    let next_cursor = if more { last_read.map(|id| id.to_string()) } else { None };
     Ok(json!({ "deliveries": page, "next_cursor": next_cursor }))
 }
 

@@ -14,7 +14,7 @@
 //! token is configured (config validation insists on one unless the listener
 //! is loopback).
 
-mod deliveries;
+pub(crate) mod deliveries;
 mod replays;
 
 use std::convert::Infallible;

@@ -156,27 +156,32 @@ pub(super) fn deliveries(args: DeliveriesArgs) -> u8 {
     if let DeliveriesAction::Purge { status, until, source, dry_run } = &args.action {
         return purge(&args.admin, status, until, source.as_deref(), *dry_run);
     }
-    let path = match &args.action {
+    let body = match &args.action {
         DeliveriesAction::Purge { .. } => unreachable!("handled above"),
-        DeliveriesAction::Show { id } => format!("/v1/deliveries/{}", query_escape(id)),
+        DeliveriesAction::Show { id } => admin_call(
+            &args.admin,
+            hyper::Method::GET,
+            &format!("/v1/deliveries/{}", query_escape(id)),
+            None,
+            ANSWER_TIMEOUT,
+        ),
         DeliveriesAction::List { source, target, status, event, since, until, limit, cursor } => {
-            let params: Vec<String> = [
+            let filters: Vec<String> = [
                 ("source", source.as_deref()),
                 ("target", target.as_deref()),
                 ("status", status.as_deref()),
                 ("event", event.as_deref()),
-                ("since", since.as_deref()),
                 ("until", until.as_deref()),
-                ("cursor", cursor.as_deref()),
             ]
             .into_iter()
             .filter_map(|(key, value)| value.map(|value| format!("{key}={}", query_escape(value))))
-            .chain(std::iter::once(format!("limit={limit}")))
             .collect();
-            format!("/v1/deliveries?{}", params.join("&"))
+            list_pages(&filters, since.as_deref(), *limit, cursor.clone(), |path| {
+                admin_call(&args.admin, hyper::Method::GET, path, None, ANSWER_TIMEOUT)
+            })
         }
     };
-    let body = match admin_call(&args.admin, hyper::Method::GET, &path, None, ANSWER_TIMEOUT) {
+    let body = match body {
         Ok(body) => body,
         Err(code) => return code,
     };
@@ -210,6 +215,39 @@ pub(super) fn deliveries(args: DeliveriesArgs) -> u8 {
         println!("more: --cursor {cursor}");
     }
     EXIT_OK
+}
+
+/// Up to `limit` deliveries, asking page after page: the API ends a page
+/// early, with a cursor, when a filter leaves it reading too much of the
+/// journal in one call. The answer has the API's shape.
+fn list_pages(
+    filters: &[String],
+    since: Option<&str>,
+    limit: usize,
+    mut cursor: Option<String>,
+    mut get: impl FnMut(&str) -> Result<Value, u8>,
+) -> Result<Value, u8> {
+    let mut deliveries = Vec::new();
+    // Only on the first page: a relative `since` read again later could move
+    // past deliveries the cursor has not reached; the cursor is past it anyway.
+    let mut since = since;
+    loop {
+        let mut params = filters.to_vec();
+        if let Some(since) = since.take() {
+            params.push(format!("since={}", query_escape(since)));
+        }
+        if let Some(cursor) = &cursor {
+            params.push(format!("cursor={}", query_escape(cursor)));
+        }
+        params.push(format!("limit={}", limit - deliveries.len()));
+        let path = format!("/v1/deliveries?{}", params.join("&"));
+        let page = get(&path)?;
+        deliveries.extend(page["deliveries"].as_array().into_iter().flatten().cloned());
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() || deliveries.len() >= limit {
+            return Ok(json!({ "deliveries": deliveries, "next_cursor": cursor }));
+        }
+    }
 }
 
 /// Percent-encodes a query value (RFC 3986 unreserved characters stay).
@@ -484,8 +522,10 @@ fn follow(admin: &AdminArgs, id: &str) -> Result<Value, u8> {
     let terminal = std::io::stderr().is_terminal();
     let mut last_line = Instant::now();
     loop {
+        let asked = Instant::now();
         let progress =
             admin_call(admin, hyper::Method::GET, &format!("/v1/replays/{id}"), None, ANSWER_TIMEOUT)?;
+        let took = asked.elapsed();
         let finished = progress["finished"].as_bool().unwrap_or(true);
         let line = progress_line(&progress);
         if terminal {
@@ -501,8 +541,15 @@ fn follow(admin: &AdminArgs, id: &str) -> Result<Value, u8> {
         if finished {
             return Ok(progress);
         }
-        std::thread::sleep(POLL_INTERVAL);
+        std::thread::sleep(poll_pause(took));
     }
+}
+
+/// The pause before asking again. Progress walks every job of the replay:
+/// for a large one, asking twice a second would keep the gateway reading
+/// its journal all the time, against the replay's own deliveries.
+fn poll_pause(last_answer_took: Duration) -> Duration {
+    POLL_INTERVAL.max(last_answer_took * 4)
 }
 
 /// `[#########...........]  450/1000  delivered 440  dead 10  pending 550`
@@ -524,6 +571,49 @@ fn progress_line(progress: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listing_asks_page_after_page_until_it_has_its_limit_or_the_end() {
+        // Pages a filter cut short (the API's scan budget), then a full one.
+        let mut answers = vec![
+            json!({"deliveries": [], "next_cursor": "dlv_a"}),
+            json!({"deliveries": [{"id": "dlv_b"}], "next_cursor": "dlv_c"}),
+            json!({"deliveries": [{"id": "dlv_d"}, {"id": "dlv_e"}], "next_cursor": "dlv_e"}),
+        ]
+        .into_iter();
+        let mut asked = Vec::new();
+        let filters = ["status=dead".to_owned()];
+        let body = list_pages(&filters, Some("2h"), 3, None, |path| {
+            asked.push(path.to_owned());
+            Ok(answers.next().unwrap())
+        })
+        .unwrap();
+        assert_eq!(
+            asked,
+            [
+                "/v1/deliveries?status=dead&since=2h&limit=3",
+                "/v1/deliveries?status=dead&cursor=dlv_a&limit=3",
+                "/v1/deliveries?status=dead&cursor=dlv_c&limit=2",
+            ]
+        );
+        assert_eq!(body["deliveries"].as_array().unwrap().len(), 3);
+        assert_eq!(body["next_cursor"], "dlv_e");
+
+        // The end of the journal: one call, no cursor.
+        let body = list_pages(&[], None, 50, Some("dlv_x".into()), |path| {
+            assert_eq!(path, "/v1/deliveries?cursor=dlv_x&limit=50");
+            Ok(json!({"deliveries": [{"id": "dlv_y"}], "next_cursor": null}))
+        })
+        .unwrap();
+        assert_eq!(body["deliveries"].as_array().unwrap().len(), 1);
+        assert!(body["next_cursor"].is_null());
+    }
+
+    #[test]
+    fn a_slow_progress_answer_spaces_out_the_polls() {
+        assert_eq!(poll_pause(Duration::from_millis(3)), POLL_INTERVAL);
+        assert_eq!(poll_pause(Duration::from_secs(2)), Duration::from_secs(8));
+    }
 
     #[test]
     fn progress_bar_fills_with_settled_jobs() {

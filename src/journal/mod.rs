@@ -47,6 +47,7 @@
 mod codec;
 mod fresh;
 mod health;
+mod horizon;
 mod job;
 mod recent;
 mod record;
@@ -70,6 +71,7 @@ use crate::config::JournalConfig;
 use crate::delivery::policy::Decision;
 use health::Health;
 pub use health::Recovery;
+use horizon::Horizon;
 use recent::RecentRecords;
 use writer::Writer;
 
@@ -140,6 +142,8 @@ pub struct Journal {
     /// (see `recent`). Holds only flushed records; kept across a reopen,
     /// which keeps everything flushed.
     recent: Arc<Mutex<RecentRecords>>,
+    /// How far a listing may read (see `horizon`); kept across a reopen.
+    horizon: Horizon,
 }
 
 /// A disk-size limit, checked against a figure refreshed at most once a
@@ -291,6 +295,7 @@ impl Journal {
             maintenance: Mutex::new(()),
             maintenance_stopped: AtomicBool::new(false),
             recent,
+            horizon: Horizon::default(),
         };
         journal.count_dead_jobs()?;
         Ok(journal)
@@ -434,9 +439,19 @@ impl Journal {
     /// unless `(source, webhook_id)` was seen within the dedup window, and
     /// returns once the outcome is durable on disk. A duplicate is answered
     /// after a flush too: its original may have been written in the same group.
-    pub async fn append(&self, new: NewDelivery, targets: &[String]) -> Result<Appended, JournalError> {
+    pub async fn append(&self, mut new: NewDelivery, targets: &[String]) -> Result<Appended, JournalError> {
         self.check_quota(new.received_at_ms)?;
-        self.store()?.writer.append(new, targets.to_vec()).await
+        let landing = self.horizon.enter(new.received_at_ms);
+        new.received_at_ms = landing.ms();
+        self.store()?.writer.append(new, targets.to_vec(), landing).await
+    }
+
+    /// The receive time (exclusive) up to which a listing may read now: no
+    /// delivery below it is still on its way in, and none can be stamped
+    /// below it later (see `horizon`). Pages that stop there never skip a
+    /// delivery that lands after them.
+    pub fn listing_bound(&self) -> DeliveryId {
+        DeliveryId { received_at_ms: self.horizon.bound(crate::time::now_ms()), seq: 0 }
     }
 
     fn check_quota(&self, now_ms: u64) -> Result<(), JournalError> {

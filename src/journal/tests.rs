@@ -979,3 +979,81 @@ async fn the_queue_index_is_read_a_page_at_a_time() {
     settle(&journal, ids[2], "a", Decision::Delivered).await;
     assert_eq!(journal.indexed_jobs("a"), 4);
 }
+
+/// Ids of a page of `GET /v1/deliveries` from `cursor` on.
+fn listed(journal: &Journal, cursor: Option<DeliveryId>) -> Vec<DeliveryId> {
+    let query = crate::admin::deliveries::Query { cursor, limit: 50, ..Default::default() };
+    let page = crate::admin::deliveries::list(journal, &query).unwrap();
+    page["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_delivery_landing_after_a_later_one_is_not_passed_by_a_tailing_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let first = journal.append(delivery("evt_first", 1_000), &[]).await.unwrap().id;
+    // Stamped at 2,000, still on its way in (a slow flush ahead of it) while
+    // one stamped at 3,000 lands.
+    let on_its_way = journal.horizon.enter(2_000);
+    let later = journal.append(delivery("evt_later", 3_000), &[]).await.unwrap().id;
+    let seen = listed(&journal, None);
+    assert_eq!(seen, [first], "a page stops before a delivery still landing");
+    let late = journal.append(delivery("evt_late", on_its_way.ms()), &[]).await.unwrap().id;
+    drop(on_its_way);
+    // A client tailing from the last id it saw gets both, in order.
+    assert_eq!(listed(&journal, seen.last().copied()), [late, later]);
+}
+
+#[tokio::test]
+async fn a_delivery_stamped_behind_a_page_already_read_is_restamped_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let now = crate::time::now_ms();
+    let first = journal.append(delivery("evt_first", now - 10_000), &[]).await.unwrap().id;
+    let seen = listed(&journal, None);
+    assert_eq!(seen, [first]);
+    // Stamped before that page was read, journaled after it.
+    let late = journal.append(delivery("evt_late", now - 5_000), &[]).await.unwrap().id;
+    assert!(late.received_at_ms >= now, "restamped at the bound handed out");
+    std::thread::sleep(Duration::from_millis(2));
+    assert_eq!(listed(&journal, seen.last().copied()), [late]);
+}
+
+#[tokio::test]
+async fn a_filtered_page_ends_early_with_a_cursor_once_it_has_read_its_budget() {
+    use crate::admin::deliveries::{Query, ScanBudget, list_within};
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let mut ids = Vec::new();
+    for n in 0..7 {
+        let mut new = delivery(&format!("evt_{n}"), 1_000 + n);
+        if n == 4 {
+            new.event_type = Some("task_run.status".into());
+        }
+        ids.push(journal.append(new, &[]).await.unwrap().id);
+    }
+    let budget = ScanBudget { deliveries: 3, time: Duration::from_secs(60) };
+    let mut query = Query { event: Some("task_run.*".into()), limit: 50, ..Default::default() };
+    let page = |query: &Query| {
+        let page = list_within(&journal, query, budget).unwrap();
+        let found: Vec<String> =
+            page["deliveries"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().into()).collect();
+        (found, page["next_cursor"].as_str().map(|c| c.parse::<DeliveryId>().unwrap()))
+    };
+    // Three read, none matched: an empty page that says where to go on.
+    assert_eq!(page(&query), (vec![], Some(ids[2])));
+    query.cursor = Some(ids[2]);
+    assert_eq!(page(&query), (vec![ids[4].to_string()], Some(ids[5])));
+    query.cursor = Some(ids[5]);
+    assert_eq!(page(&query), (vec![], None), "the end of the journal: no cursor");
+    // Without a filter the same budget still fills a page of three.
+    let all = Query { limit: 3, ..Default::default() };
+    let (found, cursor) = page(&all);
+    assert_eq!(found.len(), 3);
+    assert_eq!(cursor, Some(ids[2]));
+}

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use super::fresh::{self, FreshJobs};
+use super::horizon::Landing;
 use super::keys;
 use super::recent::RecentRecords;
 use super::{Appended, DeliveryId, DeliveryRecord, Job, JournalError, NewDelivery};
@@ -68,6 +69,8 @@ pub(crate) struct Append {
     pub new: NewDelivery,
     pub targets: Vec<String>,
     pub reply: oneshot::Sender<Result<Appended, JournalError>>,
+    /// Holds back listings until the group is applied (see `horizon`).
+    pub landing: Landing,
 }
 
 pub(crate) struct Writer {
@@ -149,11 +152,12 @@ impl Writer {
         &self,
         new: NewDelivery,
         targets: Vec<String>,
+        landing: Landing,
     ) -> Result<Appended, JournalError> {
         let stopped = || JournalError::Storage("the journal writer has stopped".to_owned());
         let (reply, answer) = oneshot::channel();
         let queue = self.queue.as_ref().expect("queue lives until drop");
-        queue.send(Request::Append(Append { new, targets, reply })).map_err(|_| stopped())?;
+        queue.send(Request::Append(Append { new, targets, reply, landing })).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -228,7 +232,10 @@ impl Group {
         let mut batch = sled::Batch::default();
         let mut planned = Planned::default();
         let mut outcomes = Vec::with_capacity(self.appends.len());
-        for Append { new, targets, reply } in self.appends {
+        // Let go once the batch is applied (or failed): listings may then read past them.
+        let mut landings = Vec::with_capacity(self.appends.len());
+        for Append { new, targets, reply, landing } in self.appends {
+            landings.push(landing);
             let outcome = plan(db, tree, dedup_window_ms, new, &targets, &mut planned, &mut batch);
             if let Ok(Appended { id, duplicate: false }) = outcome {
                 fresh.appended(id, &targets);
@@ -278,6 +285,7 @@ impl Group {
             batch.insert(keys::FRESH_FROM, fresh::encode_mark(mark));
         }
         let written = tree.apply_batch(batch).and_then(|()| db.flush().map(drop));
+        drop(landings);
         if written.is_ok() {
             if let Some(mark) = mark {
                 fresh.mark_written(mark);
