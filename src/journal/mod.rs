@@ -6,10 +6,12 @@
 //!   being keyed by time, this is also the time index for listing and replay.
 //! - `U` source `\0` webhook-id → the key of the first delivery with that id,
 //!   which carries its receive time, so the window check needs no lookup.
-//! - `G` source `\0` event group → the key of the first delivery of that
-//!   Monitor detection and a backfilled flag; kept as long as the delivery.
-//!   A backfilled detection and its real webhook are one delivery, whichever
-//!   came first and however late (see `backfill`).
+//! - `G` source `\0` event group → the key of the latest delivery of that
+//!   Monitor detection and a backfilled flag; kept as long as that delivery,
+//!   or past a purge of it until it is past retention (`T`). A backfilled
+//!   detection and its real webhook are one delivery, whichever came first
+//!   and however late (see `backfill`).
+//! - `T` delivery id → the `G` key a purge of that delivery left behind.
 //! - `J` delivery id ++ target → encoded [`Job`] (state and attempt history).
 //! - `P` target → present while an operator has the target paused.
 //! - `Q` target `\0` class due_ms delivery id → empty: the work index of
@@ -934,21 +936,25 @@ fn index_dead_jobs(db: &sled::Db, tree: &sled::Tree) -> Result<(), JournalError>
 
 /// Journals written before the `G` index existed hold detections without
 /// entries (a backfill would inject them again): index them once, the
-/// oldest delivery of a group owning it, then leave a marker.
+/// latest delivery of a group owning it (as in the writer), then leave a
+/// marker.
 fn index_event_groups(db: &sled::Db, tree: &sled::Tree) -> Result<(), JournalError> {
     if tree.contains_key(keys::GROUP_INDEX_MARKER)? {
         return Ok(());
     }
-    let mut batch = sled::Batch::default();
-    let mut indexed = std::collections::HashSet::new();
+    let mut owners = HashMap::new();
     for entry in tree.scan_prefix(keys::DELIVERY) {
         let (key, value) = entry?;
         let Some(record) = unless_corrupt(decode(&key[1..], &value), "event-group index")? else { continue };
         let Some(group) = crate::envelope::Envelope::from_body(&record.body).event_group_id else { continue };
-        let group_key = keys::group(&record.source, &group);
-        if indexed.insert(group_key.clone()) && !tree.contains_key(&group_key)? {
-            let backfilled = record.webhook_id.starts_with(crate::parallel::BACKFILL_ID_PREFIX);
-            batch.insert(group_key, keys::group_owner(record.id, backfilled));
+        let backfilled = record.webhook_id.starts_with(crate::parallel::BACKFILL_ID_PREFIX);
+        // In time order: a later delivery of the group takes it over.
+        owners.insert(keys::group(&record.source, &group), keys::group_owner(record.id, backfilled));
+    }
+    let mut batch = sled::Batch::default();
+    for (group_key, owner) in owners {
+        if !tree.contains_key(&group_key)? {
+            batch.insert(group_key, owner);
         }
     }
     batch.insert(keys::GROUP_INDEX_MARKER, &[1u8]);
@@ -1060,6 +1066,15 @@ mod keys {
     pub fn group(source: &str, event_group: &str) -> Vec<u8> {
         [b"G", source.as_bytes(), b"\0", event_group.as_bytes()].concat()
     }
+
+    /// A purged detection whose group entry stays as a tombstone, by the
+    /// purged delivery's time → the group key: retention finds it there once
+    /// it is past retention (see `retention`).
+    pub fn group_tombstone(id: DeliveryId) -> Vec<u8> {
+        [GROUP_TOMBSTONE, &id.to_key()].concat()
+    }
+
+    pub const GROUP_TOMBSTONE: &[u8] = b"T";
 
     /// A group entry's value: the owning delivery, and whether it was backfilled.
     pub fn group_owner(id: DeliveryId, backfilled: bool) -> Vec<u8> {

@@ -2,6 +2,12 @@
 //! and the operator's purge (dead ones, on request). Both walk the time index
 //! from the oldest delivery up to a cutoff and delete a delivery with all of
 //! its jobs in one batch; neither ever touches a delivery with a pending job.
+//!
+//! A detection's event-group entry (`G`, what backfill checks) goes with
+//! the delivery that owns it under retention, since backfill never looks
+//! past retention. A purge keeps it, or the next backfill would bring the
+//! purged detection back, and notes it under the purged delivery's time
+//! (`T`), so that retention removes it later like any other.
 
 use super::{DeliveryId, Job, JobState, Journal, JournalError, keys};
 
@@ -25,13 +31,6 @@ enum Rule {
 }
 
 impl Rule {
-    /// Whether a removed detection's event-group entry goes too. Retention
-    /// removes it (backfill never looks past retention); a purge keeps it
-    /// as a tombstone, or the next backfill would bring the detection back.
-    fn removes_group_entry(self) -> bool {
-        self == Rule::AllDelivered
-    }
-
     fn applies(self, jobs: &[Job]) -> bool {
         match self {
             Rule::AllDelivered => jobs.iter().all(|job| job.state == JobState::Delivered),
@@ -50,6 +49,7 @@ impl Journal {
     /// after [`Journal::stop_maintenance`].
     pub fn prune_delivered(&self, cutoff_ms: u64) -> Result<Swept, JournalError> {
         let swept = self.sweep(cutoff_ms, Rule::AllDelivered, None, false)?;
+        self.sweep_group_tombstones(cutoff_ms)?;
         if self.maintenance_stopped() {
             return Ok(swept);
         }
@@ -128,18 +128,17 @@ impl Journal {
                 batch.remove(key);
                 batch.remove(keys::enrichment(id));
                 removed.push(id);
-                // Its event-group entry goes with it (if it is this delivery's).
-                if rule.removes_group_entry()
-                    && let Some(group) = crate::envelope::Envelope::from_body(&record.body).event_group_id
-                {
+                if let Some(group) = crate::envelope::Envelope::from_body(&record.body).event_group_id {
                     let group_key = keys::group(&record.source, &group);
-                    let owner = self.tree()?.get(&group_key)?;
-                    if owner
-                        .as_deref()
-                        .and_then(keys::parse_group_owner)
-                        .is_some_and(|(owner, _)| owner == id)
-                    {
-                        batch.remove(group_key);
+                    if self.owns_group_entry(id, &group_key)? {
+                        match rule {
+                            // Backfill never looks past retention.
+                            Rule::AllDelivered => batch.remove(group_key),
+                            // Kept, or the next backfill would bring the
+                            // detection back; until retention would have
+                            // removed it (see `sweep_group_tombstones`).
+                            Rule::DeadAndSettled => batch.insert(keys::group_tombstone(id), group_key),
+                        }
                     }
                 }
                 for job in jobs {
@@ -169,5 +168,48 @@ impl Journal {
             self.wrote(self.db()?.flush())?;
         }
         Ok(swept)
+    }
+
+    /// Whether `id` is the delivery a detection's group entry points at (a
+    /// later webhook of the same detection may have taken it over).
+    fn owns_group_entry(&self, id: DeliveryId, group_key: &[u8]) -> Result<bool, JournalError> {
+        let owner = self.tree()?.get(group_key)?;
+        Ok(owner.as_deref().and_then(keys::parse_group_owner).is_some_and(|(owner, _)| owner == id))
+    }
+
+    /// Removes the group entries purges kept for deliveries received before
+    /// `cutoff_ms`: past retention, as retention removes a delivered one's.
+    fn sweep_group_tombstones(&self, cutoff_ms: u64) -> Result<(), JournalError> {
+        let end = keys::group_tombstone(DeliveryId { received_at_ms: cutoff_ms, seq: 0 });
+        let mut removed_any = false;
+        while !self.maintenance_stopped() {
+            let _maintenance = self.maintenance.lock().expect("not poisoned");
+            let tree = self.tree()?;
+            let mut batch = sled::Batch::default();
+            let mut removed = 0;
+            for entry in tree.range(keys::GROUP_TOMBSTONE.to_vec()..end.clone()).take(CHUNK) {
+                let (key, group_key) = entry?;
+                let purged = key.strip_prefix(keys::GROUP_TOMBSTONE).and_then(DeliveryId::from_key);
+                if let Some(purged) = purged
+                    && self.owns_group_entry(purged, &group_key)?
+                {
+                    batch.remove(group_key);
+                }
+                batch.remove(key);
+                removed += 1;
+            }
+            if removed == 0 {
+                break;
+            }
+            self.wrote(tree.apply_batch(batch))?;
+            removed_any = true;
+            if removed < CHUNK {
+                break;
+            }
+        }
+        if removed_any {
+            self.wrote(self.db()?.flush())?;
+        }
+        Ok(())
     }
 }

@@ -689,6 +689,49 @@ async fn retention_drops_a_detections_group_entry_and_a_purge_keeps_it() {
         "a purge keeps it: a backfill must not revive it"
     );
     assert_eq!(journal.len(), 0);
+    // Until retention would have removed it, then it goes.
+    journal.prune_delivered(1_001).unwrap();
+    assert!(
+        journal.has_event_group("parallel", "g_dead").unwrap(),
+        "the purged delivery is not yet past retention"
+    );
+    journal.prune_delivered(1_002).unwrap();
+    assert!(!journal.has_event_group("parallel", "g_dead").unwrap(), "past retention: the tombstone goes");
+    assert_eq!(journal.tree().unwrap().scan_prefix(keys::GROUP_TOMBSTONE).count(), 0);
+}
+
+#[tokio::test]
+async fn a_detections_group_entry_outlives_each_copy_but_the_last() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let detection = |webhook_id: &str, at_ms: u64| NewDelivery {
+        event_group: Some("g".into()),
+        body: br#"{"type":"monitor.event.detected","data":{"event":{"event_group_id":"g"}}}"#.to_vec(),
+        ..delivery(webhook_id, at_ms)
+    };
+    let targets = vec!["a".to_owned()];
+    // Two real webhooks of one detection (different ids): both journaled.
+    let first = journal.append(detection("whevent_1", 1_000), &targets).await.unwrap();
+    let second = journal.append(detection("whevent_2", 5_000), &targets).await.unwrap();
+    assert!(!second.duplicate);
+    for id in [first.id, second.id] {
+        settle(&journal, id, "a", Decision::Delivered).await;
+    }
+    assert_eq!(journal.prune_delivered(2_000).unwrap().deliveries, 1);
+    assert!(journal.has_event_group("parallel", "g").unwrap(), "a copy of the detection is still kept");
+    assert_eq!(journal.prune_delivered(6_000).unwrap().deliveries, 1);
+    assert!(!journal.has_event_group("parallel", "g").unwrap());
+
+    // A purged copy's tombstone leaves alone an entry a later copy took over.
+    let dead = journal.append(detection("whevent_3", 7_000), &targets).await.unwrap().id;
+    settle(&journal, dead, "a", Decision::Dead).await;
+    assert_eq!(journal.purge_dead(8_000, None, false).unwrap().deliveries, 1);
+    let later = journal.append(detection("whevent_4", 9_000), &targets).await.unwrap().id;
+    settle(&journal, later, "a", Decision::Dead).await;
+    journal.prune_delivered(8_000).unwrap();
+    assert!(journal.has_event_group("parallel", "g").unwrap(), "owned by the later copy, still kept");
+    assert_eq!(journal.tree().unwrap().scan_prefix(keys::GROUP_TOMBSTONE).count(), 0);
 }
 
 /// Every key of the queue index, as `(target, delivery)`.

@@ -386,10 +386,10 @@ fn plan(
     }
     batch.insert(dedup_key.clone(), &id.to_key());
     in_group.insert(dedup_key, (id, false));
-    // The first delivery of a detection owns its group entry.
-    if let Some(group_key) = group_key
-        && group_owner.is_none()
-    {
+    // The latest delivery of a detection owns its group entry (a second real
+    // webhook of it takes it over): retention removes the entry with its
+    // owner, and so only once every copy is past retention.
+    if let Some(group_key) = group_key {
         batch.insert(group_key.clone(), keys::group_owner(id, backfilled));
         in_group.insert(group_key, (id, backfilled));
     }
