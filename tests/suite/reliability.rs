@@ -22,11 +22,11 @@ const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC1yZWxpYWJpbGl0eQ==";
 /// every fifth `n`, a `monitor.event.detected` otherwise; team "research"
 /// for even `n`.
 fn event(n: usize, pad: usize) -> String {
-    let kind = if n % 5 == 0 { "task_run.status" } else { "monitor.event.detected" };
+    let kind = if n.is_multiple_of(5) { "task_run.status" } else { "monitor.event.detected" };
     format!(
         r#"{{"type":"{kind}","timestamp":"2025-07-02T23:29:35.114Z","data":{{"monitor_id":"monitor_{}","event":{{"event_group_id":"mevtgrp_{n:06}"}},"metadata":{{"team":"{}"}},"pad":"{}"}}}}"#,
         n % 7,
-        if n % 2 == 0 { "research" } else { "sales" },
+        if n.is_multiple_of(2) { "research" } else { "sales" },
         "x".repeat(pad)
     )
 }
@@ -75,8 +75,8 @@ fn assert_authentic(name: &str, received: &[Received], sent: &BTreeMap<String, S
 /// Which of the crash test's targets a webhook `n` matches.
 fn matches(target: &str, n: usize) -> bool {
     match target {
-        "monitors" => n % 5 != 0,
-        "research" => n % 2 == 0,
+        "monitors" => !n.is_multiple_of(5),
+        "research" => n.is_multiple_of(2),
         _ => true,
     }
 }
