@@ -120,7 +120,7 @@ pub fn list(journal: &Journal, query: &Query) -> Result<Value, JournalError> {
 /// A page reads only below [`Journal::listing_bound`], so a delivery still
 /// landing is not passed by a cursor, and shows up on a later page.
 pub fn list_within(journal: &Journal, query: &Query, budget: ScanBudget) -> Result<Value, JournalError> {
-    let bound = journal.listing_bound();
+    let bound = journal.listing_bound()?;
     let start = match query.cursor {
         // Strictly after the cursor: the next sequence number of the same millisecond.
         Some(cursor) => {

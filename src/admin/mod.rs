@@ -14,7 +14,7 @@
 //! token is configured (config validation insists on one unless the listener
 //! is loopback).
 
-pub(crate) mod deliveries;
+pub mod deliveries;
 mod replays;
 
 use std::convert::Infallible;

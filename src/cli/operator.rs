@@ -217,6 +217,8 @@ pub(super) fn deliveries(args: DeliveriesArgs) -> u8 {
     EXIT_OK
 }
 
+const PAGE_LIMIT: usize = crate::admin::deliveries::MAX_LIMIT;
+
 /// Up to `limit` deliveries, asking page after page: the API ends a page
 /// early, with a cursor, when a filter leaves it reading too much of the
 /// journal in one call. The answer has the API's shape.
@@ -239,7 +241,8 @@ fn list_pages(
         if let Some(cursor) = &cursor {
             params.push(format!("cursor={}", query_escape(cursor)));
         }
-        params.push(format!("limit={}", limit - deliveries.len()));
+        // The API's most per page: a larger --limit takes several.
+        params.push(format!("limit={}", (limit - deliveries.len()).min(PAGE_LIMIT)));
         let path = format!("/v1/deliveries?{}", params.join("&"));
         let page = get(&path)?;
         deliveries.extend(page["deliveries"].as_array().into_iter().flatten().cloned());
@@ -598,6 +601,16 @@ mod tests {
         );
         assert_eq!(body["deliveries"].as_array().unwrap().len(), 3);
         assert_eq!(body["next_cursor"], "dlv_e");
+
+        // More than the API gives in one page.
+        let mut asked = Vec::new();
+        list_pages(&[], None, 1500, None, |path| {
+            asked.push(path.to_owned());
+            let n = if asked.len() == 1 { 1000 } else { 500 };
+            Ok(json!({"deliveries": vec![json!({}); n], "next_cursor": "dlv_z"}))
+        })
+        .unwrap();
+        assert_eq!(asked, ["/v1/deliveries?limit=1000", "/v1/deliveries?cursor=dlv_z&limit=500"]);
 
         // The end of the journal: one call, no cursor.
         let body = list_pages(&[], None, 50, Some("dlv_x".into()), |path| {

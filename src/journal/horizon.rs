@@ -1,140 +1,192 @@
-//! How far a page of the delivery listing may read without passing a
-//! delivery that is still on its way in.
+//! Delivery ids, and how far a page of the delivery listing may read
+//! without passing a delivery that is still on its way in.
 //!
-//! A delivery's id is its receive time, stamped before the writer thread
-//! journals it, so an append stamped at t can become visible after one
-//! stamped at t + 5 ms (it waited behind a slow flush, or its task ran late).
-//! A page that handed out a cursor past t would never show it: paging, or
-//! tailing from the last id seen, would skip it for good.
+//! A delivery's id is its receive time and a sequence number, stamped before
+//! the writer thread journals it, so an append stamped at t can become
+//! visible after one stamped at t + 5 ms (it waited behind a slow flush, or
+//! its task ran late). A page that handed out a cursor past it would never
+//! show it: paging, or tailing from the last id listed, would skip it.
 //!
-//! So each append is counted here from the moment it is stamped until its
-//! group is applied ([`Landing`]), and a listing reads only ids below a
-//! bound that is at most the oldest stamp still landing. An append stamped
-//! below a bound already handed out is restamped at that bound: no delivery
-//! that lands later can sort behind a page already read. The restamp is at
-//! most the few milliseconds an append waits, and only when a listing ran
-//! meanwhile.
+//! So every id is given out here, and counted until its group is applied
+//! ([`Landing`]); a listing reads only below a bound that is at most the
+//! smallest id still landing. Ids and bounds take their sequence numbers
+//! from one counter under one lock, and an id is never given a time below
+//! the last bound handed out (its `floor`): every id given out after a bound
+//! sorts after it, so no delivery that lands later can sort behind a page
+//! already read. The restamp is normally the few milliseconds an append
+//! waited, and only when a listing ran meanwhile; if the clock steps back,
+//! ids keep the floor's time until it catches up (logged), rather than
+//! sorting behind deliveries already listed.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
+
+use super::DeliveryId;
 
 /// Shared by the journal (bounds) and the appends it hands the writer
 /// (landings); lives across reopens.
 #[derive(Debug, Default)]
 pub(crate) struct Horizon(Arc<Mutex<State>>);
 
-/// One append on its way in, from its stamp until its group is applied
-/// (or it failed). Dropping it ends the wait.
+/// One append's id, from when it is given out until its group is applied
+/// (or failed). Dropping it ends the wait.
 #[derive(Debug)]
 pub(crate) struct Landing {
     state: Arc<Mutex<State>>,
-    ms: u64,
+    id: DeliveryId,
 }
 
 impl Horizon {
-    /// Counts an append stamped `stamped_ms`; its id's time is [`Landing::ms`].
-    pub(crate) fn enter(&self, stamped_ms: u64) -> Landing {
-        let ms = self.0.lock().expect("not poisoned").enter(stamped_ms);
-        Landing { state: self.0.clone(), ms }
+    /// Starts above every delivery already journaled (`last`), so a restart
+    /// with the clock behind keeps new ids after those a client has seen.
+    pub(crate) fn after(last: Option<DeliveryId>) -> Horizon {
+        let state =
+            State { floor: last.unwrap_or(DeliveryId { received_at_ms: 0, seq: 0 }), ..State::default() };
+        Horizon(Arc::new(Mutex::new(state)))
     }
 
-    /// The receive time (exclusive) a listing may read up to now.
-    pub(crate) fn bound(&self, now_ms: u64) -> u64 {
-        self.0.lock().expect("not poisoned").bound(now_ms)
+    /// The id of an append received at `stamped_ms`; `next_seq` is the
+    /// journal's id counter (monotonic across restarts).
+    pub(crate) fn enter<E>(
+        &self,
+        stamped_ms: u64,
+        next_seq: impl FnOnce() -> Result<u64, E>,
+    ) -> Result<Landing, E> {
+        let id = self.0.lock().expect("not poisoned").enter(stamped_ms, next_seq)?;
+        Ok(Landing { state: self.0.clone(), id })
+    }
+
+    /// The id (exclusive) a listing may read up to now.
+    pub(crate) fn bound<E>(
+        &self,
+        now_ms: u64,
+        next_seq: impl FnOnce() -> Result<u64, E>,
+    ) -> Result<DeliveryId, E> {
+        self.0.lock().expect("not poisoned").bound(now_ms, next_seq)
     }
 }
 
 impl Landing {
-    /// The time its delivery's id carries: the stamp, or a bound handed out since.
-    pub(crate) fn ms(&self) -> u64 {
-        self.ms
+    pub(crate) fn id(&self) -> DeliveryId {
+        self.id
     }
 }
 
 impl Drop for Landing {
     fn drop(&mut self) {
-        self.state.lock().expect("not poisoned").leave(self.ms);
+        self.state.lock().expect("not poisoned").landing.remove(&self.id);
     }
 }
 
 /// The policy, apart from the locking.
 #[derive(Debug, Default)]
 struct State {
-    /// Stamps of the appends not yet applied, with how many share each.
-    landing: BTreeMap<u64, usize>,
-    /// The highest bound handed out: no stamp may go below it from now on.
-    floor: u64,
+    /// Ids given out whose group is not yet applied.
+    landing: BTreeSet<DeliveryId>,
+    /// The highest bound handed out (or the last id at the open).
+    floor: DeliveryId,
+    /// The floor time a clock step was last logged at: once per step.
+    warned_at_ms: u64,
 }
 
+/// How far behind the floor a stamp may be before it is a clock step, not
+/// an append that waited.
+const CLOCK_STEP_MS: u64 = 1_000;
+
 impl State {
-    fn enter(&mut self, stamped_ms: u64) -> u64 {
-        let ms = stamped_ms.max(self.floor);
-        *self.landing.entry(ms).or_default() += 1;
-        ms
+    fn enter<E>(
+        &mut self,
+        stamped_ms: u64,
+        next_seq: impl FnOnce() -> Result<u64, E>,
+    ) -> Result<DeliveryId, E> {
+        let floor_ms = self.floor.received_at_ms;
+        if stamped_ms.saturating_add(CLOCK_STEP_MS) < floor_ms && self.warned_at_ms != floor_ms {
+            self.warned_at_ms = floor_ms;
+            tracing::warn!(
+                behind_ms = floor_ms - stamped_ms,
+                "the clock is behind the last delivery listed; new deliveries take that time until it catches up"
+            );
+        }
+        let id = DeliveryId { received_at_ms: stamped_ms.max(floor_ms), seq: next_seq()? };
+        self.landing.insert(id);
+        Ok(id)
     }
 
-    fn leave(&mut self, ms: u64) {
-        if let Some(count) = self.landing.get_mut(&ms) {
-            *count -= 1;
-            if *count == 0 {
-                self.landing.remove(&ms);
-            }
-        }
-    }
-
-    /// Below the oldest append still landing and past this millisecond (a
-    /// delivery stamped now may not be visible yet); never below an earlier
-    /// bound, so pages only move forward. A stamp is restamped at the bound
-    /// from now on, so the floor is at most a millisecond ahead of the clock.
-    fn bound(&mut self, now_ms: u64) -> u64 {
-        let mut bound = now_ms.max(self.floor);
-        if let Some((&oldest, _)) = self.landing.first_key_value() {
-            bound = bound.min(oldest);
-        }
+    /// Below the smallest id still landing and at most here and now: the
+    /// sequence number is drawn now, so every id given out later sorts after.
+    fn bound<E>(&mut self, now_ms: u64, next_seq: impl FnOnce() -> Result<u64, E>) -> Result<DeliveryId, E> {
+        let here = DeliveryId { received_at_ms: now_ms.max(self.floor.received_at_ms), seq: next_seq()? };
+        let bound = self.landing.first().map_or(here, |&oldest| oldest.min(here));
         self.floor = self.floor.max(bound);
-        bound
+        Ok(bound)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+
     use super::*;
+
+    /// A counter like sled's `generate_id`.
+    fn counter() -> impl FnMut() -> Result<u64, Infallible> {
+        let mut next = 0;
+        move || {
+            next += 1;
+            Ok(next)
+        }
+    }
+
+    fn id(ms: u64, seq: u64) -> DeliveryId {
+        DeliveryId { received_at_ms: ms, seq }
+    }
 
     #[test]
     fn a_page_stops_before_the_oldest_append_still_landing() {
         let horizon = Horizon::default();
-        let late = horizon.enter(100);
-        let _later = horizon.enter(105);
-        assert_eq!(horizon.bound(110), 100);
+        let mut seq = counter();
+        let late = horizon.enter(100, &mut seq).unwrap();
+        let later = horizon.enter(105, &mut seq).unwrap();
+        assert_eq!(horizon.bound(110, &mut seq).unwrap(), late.id());
         drop(late);
-        assert_eq!(horizon.bound(110), 105);
+        assert_eq!(horizon.bound(110, &mut seq).unwrap(), later.id());
+        drop(later);
+        assert_eq!(horizon.bound(110, &mut seq).unwrap(), id(110, 5));
     }
 
     #[test]
-    fn with_nothing_landing_a_page_reads_up_to_the_current_millisecond() {
+    fn an_append_stamped_behind_a_bound_handed_out_sorts_after_it() {
         let horizon = Horizon::default();
-        assert_eq!(horizon.bound(110), 110);
-        // The clock stepped back: pages never do.
-        assert_eq!(horizon.bound(90), 110);
+        let mut seq = counter();
+        let bound = horizon.bound(110, &mut seq).unwrap();
+        // Stamped at 104 but given its id only now: the page may have passed 104.
+        let late = horizon.enter(104, &mut seq).unwrap().id();
+        assert_eq!(late, id(110, 2));
+        assert!(late > bound);
+        assert_eq!(horizon.enter(111, &mut seq).unwrap().id(), id(111, 3));
     }
 
     #[test]
-    fn an_append_stamped_behind_a_bound_handed_out_is_restamped_at_it() {
+    fn pages_keep_moving_while_the_clock_is_behind() {
         let horizon = Horizon::default();
-        assert_eq!(horizon.bound(110), 110);
-        // Stamped at 104 but counted only now: the page may have passed 104.
-        assert_eq!(horizon.enter(104).ms(), 110);
-        assert_eq!(horizon.enter(111).ms(), 111);
+        let mut seq = counter();
+        let first = horizon.bound(10_000_000, &mut seq).unwrap();
+        // The clock stepped back an hour; deliveries keep landing.
+        let a = horizon.enter(10_000_000 - 3_600_000, &mut seq).unwrap();
+        let b = horizon.enter(10_000_000 - 3_599_000, &mut seq).unwrap();
+        assert!(first < a.id() && a.id() < b.id(), "they sort after the page already read");
+        assert_eq!(horizon.bound(10_000_000 - 3_598_000, &mut seq).unwrap(), a.id());
+        let last = b.id();
+        drop(a);
+        drop(b);
+        let next = horizon.bound(10_000_000 - 3_597_000, &mut seq).unwrap();
+        assert!(next > last, "both listed once landed");
     }
 
     #[test]
-    fn appends_sharing_a_stamp_hold_the_bound_until_the_last_lands() {
-        let horizon = Horizon::default();
-        let first = horizon.enter(100);
-        let second = horizon.enter(100);
-        drop(first);
-        assert_eq!(horizon.bound(200), 100);
-        drop(second);
-        assert_eq!(horizon.bound(200), 200);
+    fn a_restart_keeps_new_ids_after_the_last_one_journaled() {
+        let horizon = Horizon::after(Some(id(5_000, 77)));
+        let mut seq = || Ok::<_, Infallible>(78);
+        assert_eq!(horizon.enter(4_000, &mut seq).unwrap().id(), id(5_000, 78));
     }
 }

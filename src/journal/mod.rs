@@ -285,6 +285,7 @@ impl Journal {
         };
         index_dead_jobs(&store.db, &store.tree)?;
         index_event_groups(&store.db, &store.tree)?;
+        let horizon = Horizon::after(last_delivery(&store.tree)?);
         let journal = Journal {
             store: RwLock::new(Some(Arc::new(store))),
             failed,
@@ -297,7 +298,7 @@ impl Journal {
             maintenance: Mutex::new(()),
             maintenance_stopped: AtomicBool::new(false),
             recent,
-            horizon: Horizon::default(),
+            horizon,
         };
         journal.count_dead_jobs()?;
         Ok(journal)
@@ -443,17 +444,19 @@ impl Journal {
     /// after a flush too: its original may have been written in the same group.
     pub async fn append(&self, mut new: NewDelivery, targets: &[String]) -> Result<Appended, JournalError> {
         self.check_quota(new.received_at_ms)?;
-        let landing = self.horizon.enter(new.received_at_ms);
-        new.received_at_ms = landing.ms();
-        self.store()?.writer.append(new, targets.to_vec(), landing).await
+        let store = self.store()?;
+        let landing = self.horizon.enter(new.received_at_ms, || store.db.generate_id())?;
+        new.received_at_ms = landing.id().received_at_ms;
+        store.writer.append(new, targets.to_vec(), landing).await
     }
 
-    /// The receive time (exclusive) up to which a listing may read now: no
-    /// delivery below it is still on its way in, and none can be stamped
-    /// below it later (see `horizon`). Pages that stop there never skip a
+    /// The id (exclusive) up to which a listing may read now: no delivery
+    /// below it is still on its way in, and none can be given an id below
+    /// it later (see `horizon`). Pages that stop there never skip a
     /// delivery that lands after them.
-    pub fn listing_bound(&self) -> DeliveryId {
-        DeliveryId { received_at_ms: self.horizon.bound(crate::time::now_ms()), seq: 0 }
+    pub fn listing_bound(&self) -> Result<DeliveryId, JournalError> {
+        let db = self.db()?;
+        Ok(self.horizon.bound(crate::time::now_ms(), || db.generate_id())?)
     }
 
     fn check_quota(&self, now_ms: u64) -> Result<(), JournalError> {
@@ -961,6 +964,12 @@ fn index_event_groups(db: &sled::Db, tree: &sled::Tree) -> Result<(), JournalErr
     tree.apply_batch(batch)?;
     db.flush()?;
     Ok(())
+}
+
+/// The id of the latest delivery journaled.
+fn last_delivery(tree: &sled::Tree) -> Result<Option<DeliveryId>, JournalError> {
+    let last = tree.scan_prefix(keys::DELIVERY).keys().next_back().transpose()?;
+    Ok(last.and_then(|key| DeliveryId::from_key(&key[keys::DELIVERY.len()..])))
 }
 
 /// `Ok(None)` for a corrupt record or job, logged: a scan over the whole

@@ -8,7 +8,7 @@ use super::codec::{DecodeError, Reader, Writer};
 /// A delivery's id: the millisecond it was received, then a sequence number
 /// from the journal. Ordered by time, unique across restarts, and the
 /// delivery's key in the journal, so the primary index is the time index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeliveryId {
     pub received_at_ms: u64,
     pub seq: u64,

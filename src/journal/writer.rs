@@ -235,8 +235,9 @@ impl Group {
         // Let go once the batch is applied (or failed): listings may then read past them.
         let mut landings = Vec::with_capacity(self.appends.len());
         for Append { new, targets, reply, landing } in self.appends {
+            let id = landing.id();
             landings.push(landing);
-            let outcome = plan(db, tree, dedup_window_ms, new, &targets, &mut planned, &mut batch);
+            let outcome = plan(tree, dedup_window_ms, id, new, &targets, &mut planned, &mut batch);
             if let Ok(Appended { id, duplicate: false }) = outcome {
                 fresh.appended(id, &targets);
             }
@@ -326,9 +327,9 @@ struct Planned {
 
 /// Adds one append's writes to the group's batch, or finds its original.
 fn plan(
-    db: &sled::Db,
     tree: &sled::Tree,
     dedup_window_ms: u64,
+    id: DeliveryId,
     new: NewDelivery,
     targets: &[String],
     planned: &mut Planned,
@@ -362,8 +363,7 @@ fn plan(
     {
         return Ok(Appended { id: owner, duplicate: true });
     }
-    let id = DeliveryId { received_at_ms: new.received_at_ms, seq: db.generate_id()? };
-    let received_at_ms = new.received_at_ms;
+    let received_at_ms = id.received_at_ms;
     let record = DeliveryRecord {
         id,
         source: new.source,
