@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn a_restart_keeps_new_ids_after_the_last_one_journaled() {
         let horizon = Horizon::after(Some(id(5_000, 77)));
-        let mut seq = || Ok::<_, Infallible>(78);
-        assert_eq!(horizon.enter(4_000, &mut seq).unwrap().id(), id(5_000, 78));
+        let seq = || Ok::<_, Infallible>(78);
+        assert_eq!(horizon.enter(4_000, seq).unwrap().id(), id(5_000, 78));
     }
 }
