@@ -11,7 +11,8 @@
 //!   or past a purge of it until it is past retention (`T`). A backfilled
 //!   detection and its real webhook are one delivery, whichever came first
 //!   and however late (see `backfill`).
-//! - `T` delivery id → the `G` key a purge of that delivery left behind.
+//! - `T` purge time ++ delivery id → the `G` key a purge of that delivery
+//!   left behind.
 //! - `J` delivery id ++ target → encoded [`Job`] (state and attempt history).
 //! - `P` target → present while an operator has the target paused.
 //! - `Q` target `\0` class due_ms delivery id → empty: the work index of
@@ -961,6 +962,8 @@ fn index_event_groups(db: &sled::Db, tree: &sled::Tree) -> Result<(), JournalErr
         }
     }
     batch.insert(keys::GROUP_INDEX_MARKER, &[1u8]);
+    // Built by the latest delivery: nothing for `hand_group_entries_to_latest`.
+    batch.insert(keys::GROUP_OWNERS_MARKER, &[1u8]);
     tree.apply_batch(batch)?;
     db.flush()?;
     Ok(())
@@ -1009,6 +1012,8 @@ mod keys {
     /// Present once the `K` index covers every dead job.
     pub const DEAD_INDEX_MARKER: &[u8] = b"M:dead-index";
     pub const GROUP_INDEX_MARKER: &[u8] = b"M:group-index";
+    /// Present once every group entry points at the group's latest delivery.
+    pub const GROUP_OWNERS_MARKER: &[u8] = b"M:group-owners";
     /// Written and flushed by a reopen, to prove the journal takes writes.
     pub const REOPEN_PROBE: &[u8] = b"M:reopen-probe";
     pub const JOB: &[u8] = b"J";
@@ -1077,10 +1082,20 @@ mod keys {
     }
 
     /// A purged detection whose group entry stays as a tombstone, by the
-    /// purged delivery's time → the group key: retention finds it there once
-    /// it is past retention (see `retention`).
-    pub fn group_tombstone(id: DeliveryId) -> Vec<u8> {
-        [GROUP_TOMBSTONE, &id.to_key()].concat()
+    /// time of the purge and the purged delivery → the group key: retention
+    /// finds it there once the purge is past retention (see `retention`).
+    pub fn group_tombstone(purged_at_ms: u64, id: DeliveryId) -> Vec<u8> {
+        [GROUP_TOMBSTONE, &purged_at_ms.to_be_bytes(), &id.to_key()].concat()
+    }
+
+    /// Where tombstones of purges at or after `ms` begin.
+    pub fn group_tombstones_before(ms: u64) -> Vec<u8> {
+        [GROUP_TOMBSTONE, &ms.to_be_bytes()].concat()
+    }
+
+    /// The purged delivery of a tombstone key.
+    pub fn group_tombstone_delivery(key: &[u8]) -> Option<DeliveryId> {
+        DeliveryId::from_key(key.strip_prefix(GROUP_TOMBSTONE)?.get(8..)?)
     }
 
     pub const GROUP_TOMBSTONE: &[u8] = b"T";

@@ -6,8 +6,10 @@
 //! A detection's event-group entry (`G`, what backfill checks) goes with
 //! the delivery that owns it under retention, since backfill never looks
 //! past retention. A purge keeps it, or the next backfill would bring the
-//! purged detection back, and notes it under the purged delivery's time
-//! (`T`), so that retention removes it later like any other.
+//! purged detection back, and notes it under the time of the purge (`T`),
+//! so that retention removes it once that is past retention. The purge time,
+//! not the delivery's: a detection's group can have events days after its
+//! first webhook, and backfill picks a group by its latest event.
 
 use super::{DeliveryId, Job, JobState, Journal, JournalError, keys};
 
@@ -48,6 +50,7 @@ impl Journal {
     /// jobs keep their delivery. Stops early, with what it removed so far,
     /// after [`Journal::stop_maintenance`].
     pub fn prune_delivered(&self, cutoff_ms: u64) -> Result<Swept, JournalError> {
+        self.hand_group_entries_to_latest()?;
         let swept = self.sweep(cutoff_ms, Rule::AllDelivered, None, false)?;
         self.sweep_group_tombstones(cutoff_ms)?;
         if self.maintenance_stopped() {
@@ -94,6 +97,7 @@ impl Journal {
     ) -> Result<Swept, JournalError> {
         let mut swept = Swept::default();
         let mut start = DeliveryId { received_at_ms: 0, seq: 0 };
+        let now_ms = crate::time::now_ms();
         while !self.maintenance_stopped() {
             // Decide and delete under the lock, a chunk at a time, so a
             // replay cannot revive a job between the check and the delete.
@@ -101,6 +105,8 @@ impl Journal {
             let mut batch = sled::Batch::default();
             let mut dead_removed: Vec<String> = Vec::new();
             let mut removed = Vec::new();
+            // Removed after the batch, and only if still the same (see `remove_group_entries`).
+            let mut group_entries = Vec::new();
             let mut next = None;
             for (examined, entry) in self.tree()?.range(keys::delivery(start)..).enumerate() {
                 let (key, value) = entry?;
@@ -130,14 +136,16 @@ impl Journal {
                 removed.push(id);
                 if let Some(group) = crate::envelope::Envelope::from_body(&record.body).event_group_id {
                     let group_key = keys::group(&record.source, &group);
-                    if self.owns_group_entry(id, &group_key)? {
+                    if let Some(entry) = self.group_entry_owned_by(id, &group_key)? {
                         match rule {
                             // Backfill never looks past retention.
-                            Rule::AllDelivered => batch.remove(group_key),
+                            Rule::AllDelivered => group_entries.push((group_key, entry)),
                             // Kept, or the next backfill would bring the
-                            // detection back; until retention would have
-                            // removed it (see `sweep_group_tombstones`).
-                            Rule::DeadAndSettled => batch.insert(keys::group_tombstone(id), group_key),
+                            // detection back, until a retention past the
+                            // purge (see `sweep_group_tombstones`).
+                            Rule::DeadAndSettled => {
+                                batch.insert(keys::group_tombstone(now_ms, id), group_key)
+                            }
                         }
                     }
                 }
@@ -151,6 +159,7 @@ impl Journal {
             }
             if !dry_run {
                 self.wrote(self.tree()?.apply_batch(batch))?;
+                self.remove_group_entries(group_entries)?;
                 for target in dead_removed {
                     self.count_dead(&target, -1);
                 }
@@ -170,30 +179,111 @@ impl Journal {
         Ok(swept)
     }
 
-    /// Whether `id` is the delivery a detection's group entry points at (a
-    /// later webhook of the same detection may have taken it over).
-    fn owns_group_entry(&self, id: DeliveryId, group_key: &[u8]) -> Result<bool, JournalError> {
-        let owner = self.tree()?.get(group_key)?;
-        Ok(owner.as_deref().and_then(keys::parse_group_owner).is_some_and(|(owner, _)| owner == id))
+    /// Journals from before the latest delivery of a detection owned its
+    /// group entry have the first one owning it, and retention would drop
+    /// the entry with that first copy while a later one is kept (so a
+    /// backfill would inject the detection again). Once, before the first
+    /// sweep, hands each entry to the latest delivery of its group, in time
+    /// order and a chunk at a time, then leaves a marker. An entry already
+    /// owned by a later delivery (the writer hands it over as copies arrive,
+    /// or a later copy was purged) is left as it is.
+    fn hand_group_entries_to_latest(&self) -> Result<(), JournalError> {
+        if self.tree()?.contains_key(keys::GROUP_OWNERS_MARKER)? {
+            return Ok(());
+        }
+        let mut handed = 0u64;
+        let mut start = DeliveryId::default();
+        loop {
+            if self.maintenance_stopped() {
+                return Ok(());
+            }
+            let _maintenance = self.maintenance.lock().expect("not poisoned");
+            let tree = self.tree()?;
+            let mut next = None;
+            for (examined, entry) in tree.range(keys::delivery(start)..).enumerate() {
+                let (key, value) = entry?;
+                let Some(id) = key.strip_prefix(keys::DELIVERY).and_then(DeliveryId::from_key) else { break };
+                if examined == CHUNK {
+                    next = Some(id);
+                    break;
+                }
+                let Some(record) = super::unless_corrupt(super::decode(&key[1..], &value), "group owners")?
+                else {
+                    continue;
+                };
+                let Some(group) = crate::envelope::Envelope::from_body(&record.body).event_group_id else {
+                    continue;
+                };
+                let group_key = keys::group(&record.source, &group);
+                let read = tree.get(&group_key)?;
+                let owner = read.as_deref().and_then(keys::parse_group_owner).map(|(owner, _)| owner);
+                if owner.is_none_or(|owner| owner < id) {
+                    let backfilled = record.webhook_id.starts_with(crate::parallel::BACKFILL_ID_PREFIX);
+                    // Unless the writer handed it to a newer copy meanwhile.
+                    let swapped = self.wrote(tree.compare_and_swap(
+                        &group_key,
+                        read,
+                        Some(keys::group_owner(id, backfilled)),
+                    ))?;
+                    handed += u64::from(swapped.is_ok());
+                }
+            }
+            match next {
+                Some(id) => start = id,
+                None => break,
+            }
+        }
+        self.wrote(self.tree()?.insert(keys::GROUP_OWNERS_MARKER, &[1u8]))?;
+        self.wrote(self.db()?.flush())?;
+        if handed > 0 {
+            tracing::info!(handed, "event-group entries now point at each detection's latest delivery");
+        }
+        Ok(())
     }
 
-    /// Removes the group entries purges kept for deliveries received before
-    /// `cutoff_ms`: past retention, as retention removes a delivered one's.
+    /// The group entry, if it points at `id` (a later webhook of the same
+    /// detection may have taken it over).
+    pub(super) fn group_entry_owned_by(
+        &self,
+        id: DeliveryId,
+        group_key: &[u8],
+    ) -> Result<Option<sled::IVec>, JournalError> {
+        let entry = self.tree()?.get(group_key)?;
+        Ok(entry.filter(|value| keys::parse_group_owner(value).is_some_and(|(owner, _)| owner == id)))
+    }
+
+    /// Removes each group entry unless it changed since it was read: the
+    /// writer thread may meanwhile have handed it to a new webhook of the
+    /// same detection, whose entry must stay.
+    pub(super) fn remove_group_entries(
+        &self,
+        entries: Vec<(Vec<u8>, sled::IVec)>,
+    ) -> Result<(), JournalError> {
+        let tree = self.tree()?;
+        for (key, read) in entries {
+            // Err(_) inside: it changed; it is the new owner's now.
+            let _ = self.wrote(tree.compare_and_swap(key, Some(read), None::<&[u8]>))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the group entries purges kept, for purges before `cutoff_ms`:
+    /// past retention from the purge, as retention removes a delivered one's.
     fn sweep_group_tombstones(&self, cutoff_ms: u64) -> Result<(), JournalError> {
-        let end = keys::group_tombstone(DeliveryId { received_at_ms: cutoff_ms, seq: 0 });
+        let end = keys::group_tombstones_before(cutoff_ms);
         let mut removed_any = false;
         while !self.maintenance_stopped() {
             let _maintenance = self.maintenance.lock().expect("not poisoned");
             let tree = self.tree()?;
             let mut batch = sled::Batch::default();
+            let mut owned = Vec::new();
             let mut removed = 0;
             for entry in tree.range(keys::GROUP_TOMBSTONE.to_vec()..end.clone()).take(CHUNK) {
                 let (key, group_key) = entry?;
-                let purged = key.strip_prefix(keys::GROUP_TOMBSTONE).and_then(DeliveryId::from_key);
-                if let Some(purged) = purged
-                    && self.owns_group_entry(purged, &group_key)?
+                if let Some(purged) = keys::group_tombstone_delivery(&key)
+                    && let Some(entry) = self.group_entry_owned_by(purged, &group_key)?
                 {
-                    batch.remove(group_key);
+                    owned.push((group_key.to_vec(), entry));
                 }
                 batch.remove(key);
                 removed += 1;
@@ -201,6 +291,8 @@ impl Journal {
             if removed == 0 {
                 break;
             }
+            // Entries first: a crash in between leaves the tombstones, swept again.
+            self.remove_group_entries(owned)?;
             self.wrote(tree.apply_batch(batch))?;
             removed_any = true;
             if removed < CHUNK {

@@ -683,19 +683,18 @@ async fn retention_drops_a_detections_group_entry_and_a_purge_keeps_it() {
 
     assert_eq!(journal.prune_delivered(2_000).unwrap().deliveries, 1);
     assert!(!journal.has_event_group("parallel", "g_delivered").unwrap(), "retention removes it");
+    let purged_from = crate::time::now_ms();
     assert_eq!(journal.purge_dead(2_000, None, false).unwrap().deliveries, 1);
     assert!(
         journal.has_event_group("parallel", "g_dead").unwrap(),
         "a purge keeps it: a backfill must not revive it"
     );
     assert_eq!(journal.len(), 0);
-    // Until retention would have removed it, then it goes.
-    journal.prune_delivered(1_001).unwrap();
-    assert!(
-        journal.has_event_group("parallel", "g_dead").unwrap(),
-        "the purged delivery is not yet past retention"
-    );
-    journal.prune_delivered(1_002).unwrap();
+    // Until retention has passed the purge (not the delivery: the group may
+    // have had events since), then it goes.
+    journal.prune_delivered(purged_from).unwrap();
+    assert!(journal.has_event_group("parallel", "g_dead").unwrap(), "the purge is not yet past retention");
+    journal.prune_delivered(crate::time::now_ms() + 1).unwrap();
     assert!(!journal.has_event_group("parallel", "g_dead").unwrap(), "past retention: the tombstone goes");
     assert_eq!(journal.tree().unwrap().scan_prefix(keys::GROUP_TOMBSTONE).count(), 0);
 }
@@ -729,9 +728,17 @@ async fn a_detections_group_entry_outlives_each_copy_but_the_last() {
     assert_eq!(journal.purge_dead(8_000, None, false).unwrap().deliveries, 1);
     let later = journal.append(detection("whevent_4", 9_000), &targets).await.unwrap().id;
     settle(&journal, later, "a", Decision::Dead).await;
-    journal.prune_delivered(8_000).unwrap();
+    journal.prune_delivered(crate::time::now_ms() + 1).unwrap();
     assert!(journal.has_event_group("parallel", "g").unwrap(), "owned by the later copy, still kept");
     assert_eq!(journal.tree().unwrap().scan_prefix(keys::GROUP_TOMBSTONE).count(), 0);
+
+    // Retention read the entry as the pruned copy's, then a new webhook of
+    // the detection took it over before the removal: the new one keeps it.
+    let group_key = keys::group("parallel", "g");
+    let read = journal.group_entry_owned_by(later, &group_key).unwrap().unwrap();
+    let newest = journal.append(detection("whevent_5", 10_000), &targets).await.unwrap().id;
+    journal.remove_group_entries(vec![(group_key.clone(), read)]).unwrap();
+    assert!(journal.group_entry_owned_by(newest, &group_key).unwrap().is_some());
 }
 
 /// Every key of the queue index, as `(target, delivery)`.
@@ -1099,4 +1106,42 @@ async fn a_filtered_page_ends_early_with_a_cursor_once_it_has_read_its_budget() 
     let (found, cursor) = page(&all);
     assert_eq!(found.len(), 3);
     assert_eq!(cursor, Some(ids[2]));
+}
+
+#[tokio::test]
+async fn group_entries_of_earlier_versions_move_to_the_latest_copy_before_a_sweep() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let detection = |webhook_id: &str, group: &str, at_ms: u64| NewDelivery {
+        event_group: Some(group.into()),
+        body: format!(
+            r#"{{"type":"monitor.event.detected","data":{{"event":{{"event_group_id":"{group}"}}}}}}"#
+        )
+        .into_bytes(),
+        ..delivery(webhook_id, at_ms)
+    };
+    let targets = vec!["a".to_owned()];
+    let first = journal.append(detection("whevent_1", "g", 1_000), &targets).await.unwrap().id;
+    let second = journal.append(detection("whevent_2", "g", 5_000), &targets).await.unwrap().id;
+    let alone = journal.append(detection("whevent_3", "h", 1_500), &targets).await.unwrap().id;
+    for id in [first, second, alone] {
+        settle(&journal, id, "a", Decision::Delivered).await;
+    }
+    // As an earlier version left it: the first copy owns the entry, and a
+    // later copy that was purged left its tombstone on another group.
+    let tree = journal.tree().unwrap();
+    tree.insert(keys::group("parallel", "g"), keys::group_owner(first, false)).unwrap();
+    let purged_later = DeliveryId { received_at_ms: 9_000, seq: 1 };
+    tree.insert(keys::group("parallel", "h"), keys::group_owner(purged_later, false)).unwrap();
+    tree.remove(keys::GROUP_OWNERS_MARKER).unwrap();
+
+    assert_eq!(journal.prune_delivered(2_000).unwrap().deliveries, 2);
+    let owner = |group: &str| {
+        let value = journal.tree().unwrap().get(keys::group("parallel", group)).unwrap();
+        value.as_deref().and_then(keys::parse_group_owner).map(|(owner, _)| owner)
+    };
+    assert_eq!(owner("g"), Some(second), "handed to the copy still kept, not dropped with the first");
+    assert_eq!(owner("h"), Some(purged_later), "a later purge's tombstone stays");
+    assert!(journal.tree().unwrap().contains_key(keys::GROUP_OWNERS_MARKER).unwrap());
 }
