@@ -59,6 +59,17 @@ impl StartupKeys {
         }
     }
 
+    /// The journal settings in force until a restart.
+    pub(crate) fn journal(&self) -> crate::config::JournalConfig {
+        crate::config::JournalConfig {
+            path: self.journal_path.clone(),
+            dedup_window: self.dedup_window,
+            retention: self.retention,
+            cache: self.cache,
+            max_disk: self.max_disk,
+        }
+    }
+
     /// The keys that differ in `new`, by config name.
     pub(crate) fn changed(&self, new: &StartupKeys) -> Vec<&'static str> {
         let mut changed = Vec::new();
@@ -115,6 +126,7 @@ impl Reloadable {
             ));
         }
         let needs_restart = self.startup.changed(&StartupKeys::of(&config));
+        let config = config.with_running_journal(&self.startup.journal()).map_err(|err| err.to_string())?;
         // Lanes first: a new target has its lane before ingress routes to it.
         self.metrics.register(&config);
         self.dispatcher
@@ -162,6 +174,28 @@ mod tests {
     fn config(extra: &str) -> Config {
         let text = format!("{extra}\n[sources.parallel]\nsecrets = [\"whsec_dGVzdA==\"]\n");
         Config::parse(std::path::Path::new("/etc/hookrelay/hookrelay.toml"), &text, &NoEnv).unwrap()
+    }
+
+    #[test]
+    fn a_reload_is_checked_and_applied_against_the_journal_in_force() {
+        let running = StartupKeys::of(&config("")).journal();
+        let parse = |text: &str| {
+            Config::parse(std::path::Path::new("/etc/hookrelay/hookrelay.toml"), text, &NoEnv).unwrap()
+        };
+        let journal = "[journal]\ndedup_window = \"720h\"\nretention = \"60d\"\n";
+        let secrets = "secrets = [\"whsec_dGVzdA==\"]\n";
+        // Valid on its own, with journal settings only a restart applies.
+        let reloaded =
+            parse(&format!("{journal}[sources.parallel]\n{secrets}")).with_running_journal(&running);
+        assert_eq!(
+            reloaded.unwrap().journal.retention,
+            running.retention,
+            "backfill sees the retention in force"
+        );
+        let too_tolerant = parse(&format!("{journal}[sources.parallel]\n{secrets}tolerance = \"100h\"\n"));
+        let err = too_tolerant.with_running_journal(&running).unwrap_err();
+        assert_eq!(err.key, "sources.parallel.tolerance");
+        assert!(err.message.contains("take a restart"), "{}", err.message);
     }
 
     #[test]

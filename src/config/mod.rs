@@ -407,6 +407,58 @@ pub struct AdminConfig {
     pub token: Option<Secret>,
 }
 
+impl Config {
+    /// This config with the journal settings of a running gateway, which
+    /// are fixed at its start, checked again: a reload applies everything
+    /// else, so a source's `tolerance` or `reconcile` must fit the journal
+    /// really in force, and backfill must look back no further than the
+    /// retention really pruning, not one that takes a restart.
+    pub fn with_running_journal(mut self, running: &JournalConfig) -> Result<Config, ConfigError> {
+        self.journal = running.clone();
+        for (name, source) in &self.sources {
+            source_fits_journal(name, source, &self.journal).map_err(|(key, message)| ConfigError {
+                file: self.file.clone(),
+                line: None,
+                key,
+                message: format!("{message} (the running journal's: journal.* changes take a restart)"),
+            })?;
+        }
+        Ok(self)
+    }
+}
+
+/// The checks between a source and the journal: the key at fault and why.
+fn source_fits_journal(
+    name: &str,
+    source: &SourceConfig,
+    journal: &JournalConfig,
+) -> Result<(), (String, String)> {
+    // A webhook verifies for `tolerance` either side of its timestamp; a
+    // captured one resent after its dedup entry expired would be journaled
+    // and fanned out again.
+    if journal.dedup_window < 2 * source.tolerance {
+        return Err((
+            format!("sources.{name}.tolerance"),
+            format!(
+                "must be at most half of journal.dedup_window ({:?}), not {:?}: a webhook verifies for the tolerance either side of its timestamp, and a resent one must still be recognised as a duplicate",
+                journal.dedup_window, source.tolerance
+            ),
+        ));
+    }
+    if let Some(reconcile) = source.parallel.as_ref().and_then(|parallel| parallel.reconcile.as_ref())
+        && crate::backfill::reconcile_lookback(reconcile.lookback, journal.retention).is_zero()
+    {
+        return Err((
+            format!("sources.{name}.parallel.reconcile"),
+            format!(
+                "needs journal.retention longer than a day and a minute, not {:?}: a backfill looks back to the start of a day, and never past retention",
+                journal.retention
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
     /// Absolute, or relative to the working directory (already joined with
@@ -585,6 +637,7 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        // (see `source_fits_journal` below for the checks across sections)
         ConfigError { file: self.file.to_owned(), line: None, key: key.into(), message: message.into() }
     }
 
@@ -598,30 +651,8 @@ impl Validator<'_> {
         let mut sources = BTreeMap::new();
         for (name, source) in raw.sources {
             let validated = self.source(&name, source)?;
-            // A webhook verifies for `tolerance` either side of its timestamp;
-            // a captured one resent after its dedup entry expired would be
-            // journaled and fanned out again.
-            if journal.dedup_window < 2 * validated.tolerance {
-                return Err(self.err(
-                    format!("sources.{name}.tolerance"),
-                    format!(
-                        "must be at most half of journal.dedup_window ({:?}), not {:?}: a webhook verifies for the tolerance either side of its timestamp, and a resent one must still be recognised as a duplicate",
-                        journal.dedup_window, validated.tolerance
-                    ),
-                ));
-            }
-            if let Some(reconcile) =
-                validated.parallel.as_ref().and_then(|parallel| parallel.reconcile.as_ref())
-                && crate::backfill::reconcile_lookback(reconcile.lookback, journal.retention).is_zero()
-            {
-                return Err(self.err(
-                    format!("sources.{name}.parallel.reconcile"),
-                    format!(
-                        "needs journal.retention longer than a day and a minute, not {:?}: a backfill looks back to the start of a day, and never past retention",
-                        journal.retention
-                    ),
-                ));
-            }
+            source_fits_journal(&name, &validated, &journal)
+                .map_err(|(key, message)| self.err(key, message))?;
             sources.insert(name, validated);
         }
         let mut targets = BTreeMap::new();

@@ -71,6 +71,27 @@ async fn source_secrets_and_limits_swap_and_a_bad_file_changes_nothing() {
     gateway.stop().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_reload_is_held_to_the_journal_settings_in_force_until_a_restart() {
+    let gateway = TestGateway::start().await;
+    // Valid as a file, but its tolerance needs the dedup window it also
+    // raises, and a new window takes a restart: refused, nothing changes.
+    rewrite(&gateway, |text| {
+        text.replace(
+            &format!("path = \"{}/journal\"\n", gateway.dir.path().display()),
+            &format!("path = \"{}/journal\"\ndedup_window = \"720h\"\n", gateway.dir.path().display()),
+        )
+        .replace("[sources.parallel]\n", "[sources.parallel]\ntolerance = \"100h\"\n")
+    });
+    hookrelay::config::Config::load(&gateway.config_path).expect("valid on its own");
+    let err = gateway.reload.reload().await.unwrap_err();
+    assert!(err.contains("sources.parallel.tolerance") && err.contains("restart"), "{err}");
+    let stale = signed_request("parallel", SECRET, "evt_old", now() - 3600, MONITOR_EVENT.as_bytes());
+    let answer = gateway.send(Transport::Http, stale).await;
+    assert_eq!(answer.status, 401, "the 5-minute tolerance still holds");
+    gateway.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targets_added_by_a_reload_get_deliveries_and_removed_ones_stop() {
     // "first" keeps failing, so its job stays pending and keeps retrying.
