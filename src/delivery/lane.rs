@@ -478,6 +478,8 @@ impl Lane {
         // Set when the request never went out (enrichment refused, or it
         // could not be built): that says nothing about the target.
         let not_sent;
+        // Set when the job can never be sent to this target as configured now.
+        let mut never = false;
         let (outcome, number, job, webhook_id) = match self.load(&entry) {
             Ok(Loaded::Stale { gone }) => {
                 // Settled while its entry waited (a resync raced the attempt
@@ -507,7 +509,16 @@ impl Lane {
                 // attached (re-signed below over exactly these bytes).
                 let mut refused = None;
                 let mut enriched = None;
-                if let Some(on_failure) = settings.enrich {
+                if record.source != settings.source {
+                    // The target was removed and its name given to a target
+                    // of another source: this delivery was never routed to
+                    // it, and its payload must not go there.
+                    never = true;
+                    refused = Some(format!(
+                        "the target now takes deliveries of source {:?}; this one is from {:?}",
+                        settings.source, record.source
+                    ));
+                } else if let Some(on_failure) = settings.enrich {
                     match self.enricher.enrich(&record).await {
                         Enriched::NotApplicable => {}
                         Enriched::Body(body) => {
@@ -563,7 +574,11 @@ impl Lane {
         let elapsed = started.elapsed();
         let latency_ms = elapsed.as_millis() as u64;
         let now = now_ms();
-        let decision = policy::decide(&settings.retry, number, job.created_at_ms, now, &outcome, jitter());
+        let decision = if never {
+            Decision::Dead
+        } else {
+            policy::decide(&settings.retry, number, job.created_at_ms, now, &outcome, jitter())
+        };
         let counted = match decision {
             Decision::Delivered => AttemptResult::Delivered,
             Decision::RetryAt(_) => AttemptResult::Retry,

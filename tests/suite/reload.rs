@@ -8,6 +8,8 @@ use crate::common::*;
 
 const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";
 const NEW_SOURCE_SECRET: &str = "whsec_bmV3LXNvdXJjZS1zZWNyZXQ=";
+/// The default config's second source.
+const OTHER_SECRET: &str = "whsec_b3RoZXItc291cmNlLXNlY3JldA==";
 
 fn rewrite(gateway: &TestGateway, edit: impl Fn(String) -> String) {
     let text = std::fs::read_to_string(&gateway.config_path).unwrap();
@@ -145,5 +147,50 @@ async fn targets_added_by_a_reload_get_deliveries_and_removed_ones_stop() {
     rewrite(&gateway, |text| format!("{text}\n{}", table("first", &first)));
     gateway.reload.reload().await.unwrap();
     first.wait_until(Duration::from_secs(20), |r| r.last().is_some_and(|r| r.answered.contains("200"))).await;
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_name_given_to_another_source_never_gets_the_old_backlog() {
+    let old = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    old.answer_with(|_| Some(Answer::Status(500)));
+    let new = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let table = |source: &str, target: &TestTarget| {
+        format!(
+            "[targets.crm]\nsource = \"{source}\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\n\
+             retry = {{ initial = \"50ms\", max_delay = \"100ms\", max_attempts = 1000, max_age = \"1h\" }}\n",
+            target.url()
+        )
+    };
+    let gateway = TestGateway::with(Options { targets: table("parallel", &old), ..Options::default() }).await;
+    gateway.post_signed(Transport::Http, "parallel", "evt_parallel", MONITOR_EVENT).await;
+    old.wait_for(2, Duration::from_secs(20)).await;
+
+    // "crm" now names a target of the other source, somewhere else.
+    rewrite(&gateway, |text| text.replace(&table("parallel", &old), &table("other", &new)));
+    gateway.reload.reload().await.unwrap();
+    let other = signed_request("other", OTHER_SECRET, "evt_other", now(), MONITOR_EVENT.as_bytes());
+    assert_eq!(gateway.send(Transport::Http, other).await.status, 200);
+    let received = new.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(received[0].header("webhook-id"), "evt_other");
+    // The old source's pending job goes dead, never sent there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let dead = loop {
+        let page = admin_get(gateway.admin_addr, "/v1/deliveries?status=dead").await.json();
+        if let Some(dead) = page["deliveries"].as_array().unwrap().first().cloned() {
+            break dead;
+        }
+        assert!(std::time::Instant::now() < deadline, "the old job never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(dead["webhook_id"], "evt_parallel");
+    let shown =
+        admin_get(gateway.admin_addr, &format!("/v1/deliveries/{}", dead["id"].as_str().unwrap())).await;
+    assert!(shown.text().contains("now takes deliveries of source"), "{}", shown.text());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        new.received().iter().all(|r| r.header("webhook-id") != "evt_parallel"),
+        "the old source's payload reached the new target"
+    );
     gateway.stop().await.unwrap();
 }
