@@ -354,20 +354,35 @@ impl Ingress {
         delivery: NewDelivery,
         targets: Vec<String>,
     ) -> Result<Appended, JournalError> {
-        let (journal, lanes) = (self.journal.clone(), self.lanes.clone());
+        let (journal, lanes, metrics) = (self.journal.clone(), self.lanes.clone(), self.metrics.clone());
         let appending = Appending::enter(&self.appending);
+        let started = Instant::now();
+        let (source, webhook_id) = (delivery.source.clone(), delivery.webhook_id.clone());
+        let (reply, answer) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let _appending = appending;
-            let appended = journal.append(delivery, &targets).await?;
-            if !appended.duplicate {
+            let appended = journal.append(delivery, &targets).await;
+            if let Ok(appended) = &appended
+                && !appended.duplicate
+            {
                 for target in &targets {
                     lanes.deliver(target, appended.id);
                 }
             }
-            Ok(appended)
-        })
-        .await
-        .unwrap_or_else(|err| Err(JournalError::Storage(format!("the append did not finish: {err}"))))
+            // Nobody to answer: what `handle` would have counted and logged.
+            if let Err(Ok(appended)) = reply.send(appended)
+                && !appended.duplicate
+            {
+                metrics.ingest(&source, IngestOutcome::Accepted, started.elapsed());
+                tracing::info!(
+                    source,
+                    webhook_id = truncate_for_log(&webhook_id),
+                    delivery_id = %appended.id,
+                    "delivery accepted after its request was dropped"
+                );
+            }
+        });
+        answer.await.unwrap_or_else(|_| Err(JournalError::Storage("the append did not finish".to_owned())))
     }
 
     async fn accept<B>(&self, request: Request<B>) -> Outcome

@@ -614,16 +614,19 @@ impl Lane {
         };
         let attempt = Attempt { at_ms: started_ms, latency_ms, status, error };
         // Written by the journal's writer thread with its next group commit.
-        let retry = match self.journal.record_attempt(&entry, job, attempt, decision).await {
+        let (retry, counted) = match self.journal.record_attempt(&entry, job, attempt, decision).await {
             Ok(retry) => {
                 in_flight.recorded = true;
-                retry
+                (retry, counted)
             }
             Err(err) => {
                 tracing::error!(
                     target_name = %self.name, delivery_id = %entry.delivery, error = %err, "cannot record the attempt"
                 );
-                None
+                // The job stays pending and is tried again after the
+                // journal's recovery: counted as dead or delivered now, it
+                // would be counted so twice.
+                (None, AttemptResult::Retry)
             }
         };
         let result = outcome.describe();

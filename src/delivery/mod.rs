@@ -515,12 +515,9 @@ mod tests {
         let (addr, counts) = serve(Duration::ZERO).await;
         let (dispatcher, journal, stop) = dispatcher(dir.path(), addr, 4);
         let config = config(dir.path(), addr, 4);
-        let ingress = crate::ingress::Ingress::new(
-            &config,
-            journal.clone(),
-            dispatcher.inboxes(),
-            Arc::new(Metrics::new(&config)),
-        );
+        let metrics = Arc::new(Metrics::new(&config));
+        let ingress =
+            crate::ingress::Ingress::new(&config, journal.clone(), dispatcher.inboxes(), metrics.clone());
         let body = br#"{"type":"monitor.event.detected","data":{"monitor_id":"monitor_1"}}"#;
         let timestamp = (crate::time::now_ms() / 1000).to_string();
         let key = crate::signature::signing_key_for_secret(SECRET).unwrap();
@@ -538,6 +535,7 @@ mod tests {
         }
         wait_until(|| counts.received.load(Ordering::SeqCst) == 1, "the dropped request's delivery").await;
         wait_until(|| journal.pending_count("t") == 0, "its job settled").await;
+        assert_eq!(metrics.accepted_total(), 1, "counted as accepted, though nobody heard the answer");
         stop.send(true).unwrap();
         dispatcher.run().await;
     }
