@@ -283,23 +283,35 @@ pub struct ParallelApis(Live<BTreeMap<String, Arc<ParallelApi>>>);
 
 impl ParallelApis {
     pub fn new(config: &Config) -> Self {
-        ParallelApis(Live::new(Self::build(config)))
+        ParallelApis(Live::new(Self::build(config, &BTreeMap::new())))
     }
 
+    /// Keeps each source's rate-limit bucket and connections when its
+    /// `rate_limit` did not change: a reload must not hand out a fresh burst
+    /// (a backfill under way keeps the old client, and would otherwise
+    /// share the API with a second full budget).
     pub(crate) fn reload(&self, config: &Config) {
-        self.0.set(Self::build(config));
+        let previous = self.0.get();
+        self.0.set(Self::build(config, &previous));
     }
 
     pub fn get(&self, source: &str) -> Option<Arc<ParallelApi>> {
         self.0.get().get(source).cloned()
     }
 
-    fn build(config: &Config) -> BTreeMap<String, Arc<ParallelApi>> {
+    fn build(
+        config: &Config,
+        previous: &BTreeMap<String, Arc<ParallelApi>>,
+    ) -> BTreeMap<String, Arc<ParallelApi>> {
         config
             .sources
             .values()
             .filter_map(|source| {
-                Some((source.name.clone(), Arc::new(ParallelApi::new(source.parallel.as_ref()?))))
+                let api = ParallelApi::keeping(
+                    source.parallel.as_ref()?,
+                    previous.get(&source.name).map(|api| &**api),
+                );
+                Some((source.name.clone(), Arc::new(api)))
             })
             .collect()
     }
@@ -311,17 +323,29 @@ pub struct ParallelApi {
     config: ParallelConfig,
     /// `base_url` without a trailing slash (a bare authority displays one).
     base: String,
-    limiter: DefaultDirectRateLimiter,
+    limiter: Arc<DefaultDirectRateLimiter>,
 }
 
 impl ParallelApi {
     pub fn new(config: &ParallelConfig) -> Self {
-        let quota = Quota::per_second(config.rate_limit.per_second).allow_burst(config.rate_limit.burst);
+        Self::keeping(config, None)
+    }
+
+    /// A client for `config`, with `previous`'s connections, and its rate
+    /// bucket when the limit is the same.
+    fn keeping(config: &ParallelConfig, previous: Option<&ParallelApi>) -> Self {
+        let limiter = match previous {
+            Some(previous) if previous.config.rate_limit == config.rate_limit => previous.limiter.clone(),
+            _ => {
+                let rate = config.rate_limit;
+                Arc::new(RateLimiter::direct(Quota::per_second(rate.per_second).allow_burst(rate.burst)))
+            }
+        };
         ParallelApi {
-            client: http_client(&[], 4),
+            client: previous.map_or_else(|| http_client(&[], 4), |previous| previous.client.clone()),
             base: config.base_url.to_string().trim_end_matches('/').to_owned(),
             config: config.clone(),
-            limiter: RateLimiter::direct(quota),
+            limiter,
         }
     }
 
@@ -525,6 +549,31 @@ fn error_message(body: &[u8], secret: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct KeyEnv;
+    impl crate::config::Environment for KeyEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            Some("whsec_dGVzdA==".to_owned())
+        }
+    }
+
+    fn config_with_rate(per_second: u32) -> Config {
+        let text = format!(
+            "[sources.parallel]\nsecrets = [\"env:S\"]\n[sources.parallel.parallel]\napi_key = \"env:K\"\n\
+             rate_limit = {{ per_second = {per_second}, burst = 1 }}\n"
+        );
+        Config::parse(std::path::Path::new("/etc/hookrelay/hookrelay.toml"), &text, &KeyEnv).unwrap()
+    }
+
+    #[test]
+    fn a_reload_keeps_the_api_rate_bucket_unless_the_limit_changed() {
+        let apis = ParallelApis::new(&config_with_rate(1));
+        assert!(apis.get("parallel").unwrap().limiter.check().is_ok(), "the one token of the burst");
+        apis.reload(&config_with_rate(1));
+        assert!(apis.get("parallel").unwrap().limiter.check().is_err(), "no fresh burst from a reload");
+        apis.reload(&config_with_rate(2));
+        assert!(apis.get("parallel").unwrap().limiter.check().is_ok(), "a new limit starts a new bucket");
+    }
 
     #[test]
     fn pages_read_both_group_field_names_and_skip_groupless_events() {
