@@ -340,7 +340,8 @@ impl Ingress {
             event_group: envelope.event_group_id,
             body,
         };
-        self.journal_and_fan_out(delivery, targets).await
+        // Not a webhook: not counted as one, whoever waits.
+        self.journal_and_fan_out(delivery, targets, false).await
     }
 
     /// Journals `delivery` and hands its fresh jobs to their lanes, as one
@@ -349,10 +350,14 @@ impl Ingress {
     /// journals a queued append regardless, and a job journaled but never
     /// handed to its lane would wait, unseen, for the next start — a retry
     /// of the webhook is answered as a duplicate.
+    ///
+    /// A webhook (`webhook`) whose request is gone by then is counted and
+    /// logged here, as `handle` would have.
     async fn journal_and_fan_out(
         &self,
         delivery: NewDelivery,
         targets: Vec<String>,
+        webhook: bool,
     ) -> Result<Appended, JournalError> {
         let (journal, lanes, metrics) = (self.journal.clone(), self.lanes.clone(), self.metrics.clone());
         let appending = Appending::enter(&self.appending);
@@ -372,6 +377,7 @@ impl Ingress {
             // Nobody to answer: what `handle` would have counted and logged.
             if let Err(Ok(appended)) = reply.send(appended)
                 && !appended.duplicate
+                && webhook
             {
                 metrics.ingest(&source, IngestOutcome::Accepted, started.elapsed());
                 tracing::info!(
@@ -445,7 +451,7 @@ impl Ingress {
             event_group: envelope.event_group_id,
             body: body.to_vec(),
         };
-        match self.journal_and_fan_out(delivery, targets).await {
+        match self.journal_and_fan_out(delivery, targets, true).await {
             Ok(appended) => Outcome::Accepted { id: appended.id.to_string(), duplicate: appended.duplicate },
             Err(JournalError::Full { size, limit }) => {
                 tracing::error!(size, limit, "journal is over journal.max_disk; refusing deliveries");

@@ -310,10 +310,14 @@ impl Replayer {
         if !selection.wants_record(record) {
             return Vec::new();
         }
+        // A target now of another source (its source renamed, or its name
+        // given to another) takes this delivery only when the operator names
+        // both: its source, and the target.
+        let named_both = selection.source.is_some() && selection.target.is_some();
         let routes: Vec<&Route> = rules
             .routes
             .iter()
-            .filter(|route| route.source == record.source)
+            .filter(|route| route.source == record.source || named_both)
             .filter(|route| selection.target.as_ref().is_none_or(|target| route.target == *target))
             .collect();
         if routes.is_empty() {
@@ -330,9 +334,17 @@ impl Replayer {
         };
         routes
             .into_iter()
-            .filter(|route| route.matches(&record.source, record.event_type.as_deref(), body.as_ref()))
+            .filter(|route| {
+                // Across sources, the job the delivery already has for the
+                // target is what routed it (checked below), not the filters.
+                route.source != record.source
+                    || route.matches(&record.source, record.event_type.as_deref(), body.as_ref())
+            })
             .filter_map(|route| {
                 let state = jobs.iter().find(|job| job.target == route.target).map(|job| job.state);
+                if route.source != record.source && state.is_none() {
+                    return None;
+                }
                 selection
                     .status
                     .wants(state)

@@ -69,6 +69,15 @@ impl Breaker {
         }
     }
 
+    /// A probe that sent nothing (its job could not be sent): the target
+    /// was not asked, so no failure is counted and the next job probes at
+    /// once, instead of a job that can never go holding the target paused.
+    pub fn probe_unsent(&mut self, now_ms: u64) {
+        if self.state == BreakerState::Probing {
+            self.state = BreakerState::Open { probe_at_ms: now_ms };
+        }
+    }
+
     /// Records an attempt's outcome; returns the new state when it changed.
     pub fn record(&mut self, success: bool, now_ms: u64) -> Option<BreakerState> {
         let before = self.state;
@@ -107,6 +116,18 @@ mod tests {
         assert_eq!(b.admit(20_100), Admission::Probe);
         assert_eq!(b.record(true, 20_200), Some(BreakerState::Closed));
         assert_eq!(b.admit(20_201), Admission::Send);
+    }
+
+    #[test]
+    fn a_probe_that_sent_nothing_hands_over_to_the_next_job() {
+        let mut b = Breaker::new(1, Duration::from_secs(10));
+        b.record(false, 0);
+        assert_eq!(b.admit(10_000), Admission::Probe);
+        b.probe_unsent(10_001);
+        assert_eq!(b.admit(10_001), Admission::Probe, "at once, not a probe interval later");
+        assert_eq!(b.record(true, 10_002), Some(BreakerState::Closed));
+        b.probe_unsent(10_003);
+        assert_eq!(b.state(), BreakerState::Closed, "only a probe is handed over");
     }
 
     #[test]

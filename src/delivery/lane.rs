@@ -509,10 +509,12 @@ impl Lane {
                 // attached (re-signed below over exactly these bytes).
                 let mut refused = None;
                 let mut enriched = None;
-                if record.source != settings.source {
+                if record.source != settings.source && job.replay.is_none() {
                     // The target was removed and its name given to a target
-                    // of another source: this delivery was never routed to
-                    // it, and its payload must not go there.
+                    // of another source (or its source renamed): this
+                    // delivery was never routed to it as it is now, and its
+                    // payload must not go there unless an operator replays
+                    // it there, naming both (see `replay`).
                     never = true;
                     refused = Some(format!(
                         "the target now takes deliveries of source {:?}; this one is from {:?}",
@@ -585,11 +587,12 @@ impl Lane {
             Decision::Dead => AttemptResult::Dead,
         };
         // The breaker only hears about real sends: a job that cannot be
-        // sent must not pause a healthy target (a probe refused this way
-        // settles as failed).
+        // sent must not pause a healthy target, nor (as a probe) keep a
+        // paused one paused: the next job probes at once.
         let breaker_change = {
             let mut breaker = self.breaker.lock().expect("not poisoned");
-            if not_sent && breaker.state() != BreakerState::Probing {
+            if not_sent {
+                breaker.probe_unsent(now);
                 None
             } else {
                 breaker.record(outcome.is_success(), now)
@@ -621,7 +624,9 @@ impl Lane {
             }
             Err(err) => {
                 tracing::error!(
-                    target_name = %self.name, delivery_id = %entry.delivery, error = %err, "cannot record the attempt"
+                    target_name = %self.name, delivery_id = %entry.delivery, attempt = number,
+                    result = outcome.describe(), error = %err,
+                    "cannot record the attempt; the job stays pending and is tried again once the journal recovers"
                 );
                 // The job stays pending and is tried again after the
                 // journal's recovery: counted as dead or delivered now, it
@@ -629,20 +634,27 @@ impl Lane {
                 (None, AttemptResult::Retry)
             }
         };
-        let result = outcome.describe();
-        let delivery_id = entry.delivery.to_string();
-        match decision {
-            Decision::Delivered => tracing::info!(
-                target_name = %self.name, delivery_id, webhook_id, attempt = number, result, latency_ms, "delivered"
-            ),
-            Decision::RetryAt(at_ms) => tracing::warn!(
-                target_name = %self.name, delivery_id, webhook_id, attempt = number, result, latency_ms,
-                retry_in_ms = at_ms.saturating_sub(now), "attempt failed; will retry"
-            ),
-            Decision::Dead => tracing::error!(
-                target_name = %self.name, delivery_id, webhook_id, attempt = number, result, latency_ms,
-                "attempt failed; retry budget spent, job is dead (kept for replay)"
-            ),
+        // Only an outcome that stuck: an unrecorded job stays pending.
+        if in_flight.recorded {
+            let result = outcome.describe();
+            let delivery_id = entry.delivery.to_string();
+            match decision {
+                Decision::Delivered => tracing::info!(
+                    target_name = %self.name, delivery_id, webhook_id, attempt = number, result, latency_ms, "delivered"
+                ),
+                Decision::RetryAt(at_ms) => tracing::warn!(
+                    target_name = %self.name, delivery_id, webhook_id, attempt = number, result, latency_ms,
+                    retry_in_ms = at_ms.saturating_sub(now), "attempt failed; will retry"
+                ),
+                Decision::Dead if never => tracing::error!(
+                    target_name = %self.name, delivery_id, webhook_id, result,
+                    "job is dead, unsent: the target now takes another source (replay it with --source and --target)"
+                ),
+                Decision::Dead => tracing::error!(
+                    target_name = %self.name, delivery_id, webhook_id, attempt = number, result, latency_ms,
+                    "attempt failed; retry budget spent, job is dead (kept for replay)"
+                ),
+            }
         }
         // Counted once the outcome is recorded and the job is out of flight,
         // so a scrape never sees an attempt both finished and in flight.
@@ -655,12 +667,10 @@ impl Lane {
         self.inbox.bell.notify_one();
     }
 
-    /// A probe must come back one way or the other, even when nothing was sent.
+    /// A probe must come back one way or the other, even when nothing was
+    /// sent: the next job probes at once.
     fn settle_probe(&self) {
-        let mut breaker = self.breaker.lock().expect("not poisoned");
-        if breaker.state() == BreakerState::Probing {
-            breaker.record(false, now_ms());
-        }
+        self.breaker.lock().expect("not poisoned").probe_unsent(now_ms());
     }
 
     fn load(&self, entry: &QueueEntry) -> Result<Loaded, crate::journal::JournalError> {

@@ -16,7 +16,8 @@
 //! already read. The restamp is normally the few milliseconds an append
 //! waited, and only when a listing ran meanwhile; if the clock steps back,
 //! ids keep the floor's time until it catches up (logged), rather than
-//! sorting behind deliveries already listed.
+//! sorting behind deliveries already listed — for up to ten minutes: a clock
+//! further behind is followed instead (logged as an error).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -93,12 +94,19 @@ struct State {
 /// an append that waited.
 const CLOCK_STEP_MS: u64 = 1_000;
 
+/// How far behind the floor the clock may be before ids follow the clock
+/// again: holding every new id at one time for longer would keep them from
+/// retention and dedup expiry, and make every time filter wrong (a clock that
+/// ran a year ahead, then was set right). Ordering gives way instead.
+const MAX_HELD_MS: u64 = 10 * 60 * 1_000;
+
 impl State {
     fn enter<E>(
         &mut self,
         stamped_ms: u64,
         next_seq: impl FnOnce() -> Result<u64, E>,
     ) -> Result<DeliveryId, E> {
+        self.follow_a_clock_far_behind(stamped_ms);
         let floor_ms = self.floor.received_at_ms;
         if stamped_ms.saturating_add(CLOCK_STEP_MS) < floor_ms && self.warned_at_ms != floor_ms {
             self.warned_at_ms = floor_ms;
@@ -112,9 +120,22 @@ impl State {
         Ok(id)
     }
 
+    fn follow_a_clock_far_behind(&mut self, now_ms: u64) {
+        let floor_ms = self.floor.received_at_ms;
+        if now_ms.saturating_add(MAX_HELD_MS) < floor_ms {
+            tracing::error!(
+                behind_ms = floor_ms - now_ms,
+                "the clock is far behind the last delivery listed or journaled; new deliveries take the clock's time, \
+                 so until it catches up a client paging from a later id can miss them"
+            );
+            self.floor = DeliveryId { received_at_ms: now_ms, seq: 0 };
+        }
+    }
+
     /// Below the smallest id still landing and at most here and now: the
     /// sequence number is drawn now, so every id given out later sorts after.
     fn bound<E>(&mut self, now_ms: u64, next_seq: impl FnOnce() -> Result<u64, E>) -> Result<DeliveryId, E> {
+        self.follow_a_clock_far_behind(now_ms);
         let here = DeliveryId { received_at_ms: now_ms.max(self.floor.received_at_ms), seq: next_seq()? };
         let bound = self.landing.first().map_or(here, |&oldest| oldest.min(here));
         self.floor = self.floor.max(bound);
@@ -171,16 +192,27 @@ mod tests {
         let horizon = Horizon::default();
         let mut seq = counter();
         let first = horizon.bound(10_000_000, &mut seq).unwrap();
-        // The clock stepped back an hour; deliveries keep landing.
-        let a = horizon.enter(10_000_000 - 3_600_000, &mut seq).unwrap();
-        let b = horizon.enter(10_000_000 - 3_599_000, &mut seq).unwrap();
+        // The clock stepped back five minutes; deliveries keep landing.
+        let a = horizon.enter(10_000_000 - 300_000, &mut seq).unwrap();
+        let b = horizon.enter(10_000_000 - 299_000, &mut seq).unwrap();
         assert!(first < a.id() && a.id() < b.id(), "they sort after the page already read");
-        assert_eq!(horizon.bound(10_000_000 - 3_598_000, &mut seq).unwrap(), a.id());
+        assert_eq!(horizon.bound(10_000_000 - 298_000, &mut seq).unwrap(), a.id());
         let last = b.id();
         drop(a);
         drop(b);
-        let next = horizon.bound(10_000_000 - 3_597_000, &mut seq).unwrap();
+        let next = horizon.bound(10_000_000 - 297_000, &mut seq).unwrap();
         assert!(next > last, "both listed once landed");
+    }
+
+    #[test]
+    fn a_clock_far_behind_is_followed_rather_than_held_at_the_floor() {
+        let year = 365 * 86_400_000;
+        let mut seq = counter();
+        let horizon = Horizon::after(Some(id(1_000_000 + year, 7)));
+        assert_eq!(horizon.enter(1_000_000, &mut seq).unwrap().id().received_at_ms, 1_000_000);
+        // Within the limit, held as before.
+        let horizon = Horizon::after(Some(id(1_000_000 + MAX_HELD_MS, 7)));
+        assert_eq!(horizon.enter(1_000_000, &mut seq).unwrap().id().received_at_ms, 1_000_000 + MAX_HELD_MS);
     }
 
     #[test]

@@ -105,7 +105,7 @@ impl Journal {
             let mut batch = sled::Batch::default();
             let mut dead_removed: Vec<String> = Vec::new();
             let mut removed = Vec::new();
-            // Removed after the batch, and only if still the same (see `remove_group_entries`).
+            // Removed before the batch, and only if still the same (see `remove_group_entries`).
             let mut group_entries = Vec::new();
             let mut next = None;
             for (examined, entry) in self.tree()?.range(keys::delivery(start)..).enumerate() {
@@ -158,8 +158,12 @@ impl Journal {
                 }
             }
             if !dry_run {
-                self.wrote(self.tree()?.apply_batch(batch))?;
+                // Entries first: a crash in between leaves deliveries without
+                // one, which the next sweep deletes, never an entry pointing
+                // at a deleted delivery (a real webhook of it would be
+                // answered as a duplicate of nothing, and never sent).
                 self.remove_group_entries(group_entries)?;
+                self.wrote(self.tree()?.apply_batch(batch))?;
                 for target in dead_removed {
                     self.count_dead(&target, -1);
                 }

@@ -192,5 +192,17 @@ async fn a_target_name_given_to_another_source_never_gets_the_old_backlog() {
         new.received().iter().all(|r| r.header("webhook-id") != "evt_parallel"),
         "the old source's payload reached the new target"
     );
+
+    // A replay naming the target alone leaves it; naming its source too (the
+    // operator renamed the source) sends it there.
+    let replay = |selection: serde_json::Value| admin_post(gateway.admin_addr, "/v1/replays", selection);
+    let target_only = replay(serde_json::json!({"since": "1h", "target": "crm", "status": "dead"})).await;
+    assert_eq!(target_only.json()["matched"], 0, "{}", target_only.text());
+    let both =
+        replay(serde_json::json!({"since": "1h", "target": "crm", "source": "parallel", "status": "dead"}))
+            .await;
+    assert_eq!(both.json()["matched"], 1, "{}", both.text());
+    new.wait_until(Duration::from_secs(20), |r| r.iter().any(|r| r.header("webhook-id") == "evt_parallel"))
+        .await;
     gateway.stop().await.unwrap();
 }
