@@ -46,14 +46,14 @@ impl Horizon {
         Horizon(Arc::new(Mutex::new(state)))
     }
 
-    /// The id of an append received at `stamped_ms`; `next_seq` is the
-    /// journal's id counter (monotonic across restarts).
+    /// The id of an append received at `stamped_ms`; `next_block` is the
+    /// journal's id counter (unique and increasing across restarts).
     pub(crate) fn enter<E>(
         &self,
         stamped_ms: u64,
-        next_seq: impl FnOnce() -> Result<u64, E>,
+        next_block: impl FnOnce() -> Result<u64, E>,
     ) -> Result<Landing, E> {
-        let id = self.0.lock().expect("not poisoned").enter(stamped_ms, next_seq)?;
+        let id = lock(&self.0).enter(stamped_ms, next_block)?;
         Ok(Landing { state: self.0.clone(), id })
     }
 
@@ -61,9 +61,9 @@ impl Horizon {
     pub(crate) fn bound<E>(
         &self,
         now_ms: u64,
-        next_seq: impl FnOnce() -> Result<u64, E>,
+        next_block: impl FnOnce() -> Result<u64, E>,
     ) -> Result<DeliveryId, E> {
-        self.0.lock().expect("not poisoned").bound(now_ms, next_seq)
+        lock(&self.0).bound(now_ms, next_block)
     }
 }
 
@@ -75,8 +75,14 @@ impl Landing {
 
 impl Drop for Landing {
     fn drop(&mut self) {
-        self.state.lock().expect("not poisoned").landing.remove(&self.id);
+        lock(&self.state).landing.remove(&self.id);
     }
+}
+
+/// The state, even after a panic while it was held (sled's id counter
+/// asserts): nothing is changed before that call returns.
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The policy, apart from the locking.
@@ -88,7 +94,15 @@ struct State {
     floor: DeliveryId,
     /// The floor time a clock step was last logged at: once per step.
     warned_at_ms: u64,
+    /// Sequence numbers reserved and not yet given out (see [`SEQ_BLOCK`]).
+    seqs: std::ops::Range<u64>,
 }
+
+/// Sequence numbers are reserved from the journal's id counter this many at
+/// a time (block `n` is `n * SEQ_BLOCK ..`): the counter is unique across
+/// restarts and reopens, but taking it waits for any sled batch being
+/// applied, which the request tasks giving out ids must not do each time.
+const SEQ_BLOCK: u64 = 1_024;
 
 /// How far behind the floor a stamp may be before it is a clock step, not
 /// an append that waited.
@@ -104,7 +118,7 @@ impl State {
     fn enter<E>(
         &mut self,
         stamped_ms: u64,
-        next_seq: impl FnOnce() -> Result<u64, E>,
+        next_block: impl FnOnce() -> Result<u64, E>,
     ) -> Result<DeliveryId, E> {
         self.follow_a_clock_far_behind(stamped_ms);
         let floor_ms = self.floor.received_at_ms;
@@ -115,9 +129,17 @@ impl State {
                 "the clock is behind the last delivery listed; new deliveries take that time until it catches up"
             );
         }
-        let id = DeliveryId { received_at_ms: stamped_ms.max(floor_ms), seq: next_seq()? };
+        let id = DeliveryId { received_at_ms: stamped_ms.max(floor_ms), seq: self.next_seq(next_block)? };
         self.landing.insert(id);
         Ok(id)
+    }
+
+    fn next_seq<E>(&mut self, next_block: impl FnOnce() -> Result<u64, E>) -> Result<u64, E> {
+        if self.seqs.is_empty() {
+            let block = next_block()?;
+            self.seqs = block * SEQ_BLOCK..(block + 1) * SEQ_BLOCK;
+        }
+        Ok(self.seqs.next().expect("a block is never empty"))
     }
 
     fn follow_a_clock_far_behind(&mut self, now_ms: u64) {
@@ -134,9 +156,16 @@ impl State {
 
     /// Below the smallest id still landing and at most here and now: the
     /// sequence number is drawn now, so every id given out later sorts after.
-    fn bound<E>(&mut self, now_ms: u64, next_seq: impl FnOnce() -> Result<u64, E>) -> Result<DeliveryId, E> {
+    fn bound<E>(
+        &mut self,
+        now_ms: u64,
+        next_block: impl FnOnce() -> Result<u64, E>,
+    ) -> Result<DeliveryId, E> {
         self.follow_a_clock_far_behind(now_ms);
-        let here = DeliveryId { received_at_ms: now_ms.max(self.floor.received_at_ms), seq: next_seq()? };
+        let here = DeliveryId {
+            received_at_ms: now_ms.max(self.floor.received_at_ms),
+            seq: self.next_seq(next_block)?,
+        };
         let bound = self.landing.first().map_or(here, |&oldest| oldest.min(here));
         self.floor = self.floor.max(bound);
         Ok(bound)
@@ -149,7 +178,7 @@ mod tests {
 
     use super::*;
 
-    /// A counter like sled's `generate_id`.
+    /// A block counter like sled's `generate_id`.
     fn counter() -> impl FnMut() -> Result<u64, Infallible> {
         let mut next = 0;
         move || {
@@ -172,7 +201,7 @@ mod tests {
         drop(late);
         assert_eq!(horizon.bound(110, &mut seq).unwrap(), later.id());
         drop(later);
-        assert_eq!(horizon.bound(110, &mut seq).unwrap(), id(110, 5));
+        assert_eq!(horizon.bound(110, &mut seq).unwrap(), id(110, SEQ_BLOCK + 4));
     }
 
     #[test]
@@ -182,9 +211,9 @@ mod tests {
         let bound = horizon.bound(110, &mut seq).unwrap();
         // Stamped at 104 but given its id only now: the page may have passed 104.
         let late = horizon.enter(104, &mut seq).unwrap().id();
-        assert_eq!(late, id(110, 2));
+        assert_eq!(late, id(110, SEQ_BLOCK + 1));
         assert!(late > bound);
-        assert_eq!(horizon.enter(111, &mut seq).unwrap().id(), id(111, 3));
+        assert_eq!(horizon.enter(111, &mut seq).unwrap().id(), id(111, SEQ_BLOCK + 2));
     }
 
     #[test]
@@ -218,7 +247,23 @@ mod tests {
     #[test]
     fn a_restart_keeps_new_ids_after_the_last_one_journaled() {
         let horizon = Horizon::after(Some(id(5_000, 77)));
-        let seq = || Ok::<_, Infallible>(78);
-        assert_eq!(horizon.enter(4_000, seq).unwrap().id(), id(5_000, 78));
+        let block = || Ok::<_, Infallible>(78);
+        assert_eq!(horizon.enter(4_000, block).unwrap().id(), id(5_000, 78 * SEQ_BLOCK));
+    }
+
+    #[test]
+    fn the_id_counter_is_asked_once_a_block() {
+        let horizon = Horizon::default();
+        let mut asked = 0;
+        for n in 0..SEQ_BLOCK + 1 {
+            let landing = horizon
+                .enter(n, || {
+                    asked += 1;
+                    Ok::<_, Infallible>(asked)
+                })
+                .unwrap();
+            assert_eq!(landing.id().seq, if n < SEQ_BLOCK { SEQ_BLOCK + n } else { 2 * SEQ_BLOCK });
+        }
+        assert_eq!(asked, 2);
     }
 }
