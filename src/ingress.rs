@@ -351,8 +351,8 @@ impl Ingress {
     /// handed to its lane would wait, unseen, for the next start — a retry
     /// of the webhook is answered as a duplicate.
     ///
-    /// A webhook (`webhook`) whose request is gone by then is counted and
-    /// logged here, as `handle` would have.
+    /// A delivery whose caller is gone by then is logged here, and a webhook
+    /// (`webhook`) counted, as `handle` would have.
     async fn journal_and_fan_out(
         &self,
         delivery: NewDelivery,
@@ -377,14 +377,15 @@ impl Ingress {
             // Nobody to answer: what `handle` would have counted and logged.
             if let Err(Ok(appended)) = reply.send(appended)
                 && !appended.duplicate
-                && webhook
             {
-                metrics.ingest(&source, IngestOutcome::Accepted, started.elapsed());
+                if webhook {
+                    metrics.ingest(&source, IngestOutcome::Accepted, started.elapsed());
+                }
                 tracing::info!(
                     source,
                     webhook_id = truncate_for_log(&webhook_id),
                     delivery_id = %appended.id,
-                    "delivery accepted after its request was dropped"
+                    "delivery journaled after its caller went away"
                 );
             }
         });

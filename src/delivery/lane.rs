@@ -377,7 +377,7 @@ impl Lane {
                 permit = self.permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
                 _ = stop.wait_for(|stopping| *stopping) => break,
             };
-            let Some(entry) = self.next_job(&mut stop).await else { break };
+            let Some((entry, probe)) = self.next_job(&mut stop).await else { break };
             // A job dropped here at a stop is still queued in the journal.
             if let Some(limiter) = self.settings.get().limiter.clone() {
                 tokio::select! {
@@ -387,7 +387,7 @@ impl Lane {
             }
             let lane = self.clone();
             attempts.spawn(async move {
-                lane.attempt(entry, permit).await;
+                lane.attempt(entry, probe, permit).await;
                 drop(unrecorded);
             });
             while attempts.try_join_next().is_some() {}
@@ -404,8 +404,9 @@ impl Lane {
         }
     }
 
-    /// Waits until a job may be sent now and takes it; `None` when stopping.
-    async fn next_job(&self, stop: &mut watch::Receiver<bool>) -> Option<QueueEntry> {
+    /// Waits until a job may be sent now and takes it, and whether it is the
+    /// breaker's probe; `None` when stopping.
+    async fn next_job(&self, stop: &mut watch::Receiver<bool>) -> Option<(QueueEntry, bool)> {
         loop {
             if *stop.borrow() {
                 return None;
@@ -435,13 +436,13 @@ impl Lane {
                 };
                 match next {
                     Next::Ready(class) => match self.breaker.lock().expect("not poisoned").admit(now) {
-                        Admission::Send => return take(class),
+                        Admission::Send => return take(class).map(|entry| (entry, false)),
                         Admission::Probe => {
                             let probe = take(class);
                             if let Some(probe) = &probe {
                                 tracing::info!(target_name = %self.name, delivery_id = %probe.delivery, "probing paused target");
                             }
-                            return probe;
+                            return probe.map(|entry| (entry, true));
                         }
                         // While a probe is out, its completion rings the bell.
                         Admission::Wait { until_ms } => until_ms,
@@ -465,7 +466,9 @@ impl Lane {
     /// it is given back as soon as the answer is in, not after the outcome's
     /// group commit (which would leave the target idle while the disk syncs;
     /// [`UNRECORDED_PER_LANE`] bounds how far sending runs ahead of writing).
-    async fn attempt(&self, entry: QueueEntry, permit: OwnedSemaphorePermit) {
+    /// `probe`: the breaker's probe, the one attempt whose outcome (or
+    /// failure to send) decides whether the paused target resumes.
+    async fn attempt(&self, entry: QueueEntry, probe: bool, permit: OwnedSemaphorePermit) {
         // Leaves the in-flight set on every path out of here, before a retry
         // is queued: the retry is a job of its own, which could otherwise be
         // taken and then lose its in-flight mark when this one lands. A read
@@ -491,7 +494,7 @@ impl Lane {
                     tracing::debug!(target_name = %self.name, delivery_id = %entry.delivery, "job already settled");
                 }
                 in_flight.recorded = true;
-                self.settle_probe();
+                self.settle_probe(probe);
                 if let Err(err) = self.journal.forget_queue_entry(&self.name, &entry).await {
                     tracing::warn!(target_name = %self.name, delivery_id = %entry.delivery, error = %err, "cannot drop a stale queue entry");
                 }
@@ -509,7 +512,7 @@ impl Lane {
                 // attached (re-signed below over exactly these bytes).
                 let mut refused = None;
                 let mut enriched = None;
-                if record.source != settings.source && job.replay.is_none() {
+                if record.source != settings.source && !self.replayed_here_by_name(&job, &record.source) {
                     // The target was removed and its name given to a target
                     // of another source (or its source renamed): this
                     // delivery was never routed to it as it is now, and its
@@ -568,7 +571,7 @@ impl Lane {
                     target_name = %self.name, delivery_id = %entry.delivery, error = %err,
                     "cannot load the job; it stays pending in the journal for the next start"
                 );
-                self.settle_probe();
+                self.settle_probe(probe);
                 self.inbox.bell.notify_one();
                 return;
             }
@@ -592,7 +595,9 @@ impl Lane {
         let breaker_change = {
             let mut breaker = self.breaker.lock().expect("not poisoned");
             if not_sent {
-                breaker.probe_unsent(now);
+                if probe {
+                    breaker.probe_unsent(now);
+                }
                 None
             } else {
                 breaker.record(outcome.is_success(), now)
@@ -667,10 +672,30 @@ impl Lane {
         self.inbox.bell.notify_one();
     }
 
+    /// Whether a replay that named both this target and `source` requeued
+    /// the job: the operator's word that a delivery of another source goes
+    /// here (a renamed source). Any other replay leaves the source check on.
+    fn replayed_here_by_name(&self, job: &crate::journal::Job, source: &str) -> bool {
+        let Some(replay) = job.replay else { return false };
+        match self.journal.replay_summary(replay) {
+            Ok(Some(summary)) => {
+                summary.selection["source"] == source && summary.selection["target"] == self.name.as_str()
+            }
+            Ok(None) => false,
+            Err(err) => {
+                tracing::warn!(target_name = %self.name, replay = %replay, error = %err, "cannot read the replay that requeued a job");
+                false
+            }
+        }
+    }
+
     /// A probe must come back one way or the other, even when nothing was
-    /// sent: the next job probes at once.
-    fn settle_probe(&self) {
-        self.breaker.lock().expect("not poisoned").probe_unsent(now_ms());
+    /// sent: the next job probes at once. (An attempt admitted before the
+    /// breaker opened leaves it alone: the probe is another one.)
+    fn settle_probe(&self, probe: bool) {
+        if probe {
+            self.breaker.lock().expect("not poisoned").probe_unsent(now_ms());
+        }
     }
 
     fn load(&self, entry: &QueueEntry) -> Result<Loaded, crate::journal::JournalError> {

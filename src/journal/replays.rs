@@ -217,6 +217,12 @@ impl Journal {
         Ok(Some(progress))
     }
 
+    /// One replay's record (its selection, when it was started).
+    pub fn replay_summary(&self, id: ReplayId) -> Result<Option<ReplaySummary>, JournalError> {
+        let Some(bytes) = self.tree()?.get(keys::replay(id.0))? else { return Ok(None) };
+        decode_summary(id, &bytes).map(Some)
+    }
+
     /// Every replay, newest first, at most `limit`.
     pub fn replays(&self, limit: usize) -> Result<Vec<ReplaySummary>, JournalError> {
         self.tree()?

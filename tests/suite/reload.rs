@@ -150,59 +150,100 @@ async fn targets_added_by_a_reload_get_deliveries_and_removed_ones_stop() {
     gateway.stop().await.unwrap();
 }
 
+/// `[targets.crm]` of `source`, at `target`, retrying every 50–100 ms for an hour.
+fn crm(source: &str, target: &TestTarget) -> String {
+    format!(
+        "[targets.crm]\nsource = \"{source}\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\n\
+         retry = {{ initial = \"50ms\", max_delay = \"100ms\", max_attempts = 1000, max_age = \"1h\" }}\n",
+        target.url()
+    )
+}
+
+/// The first dead delivery the admin API lists, once there is one.
+async fn first_dead(gateway: &TestGateway) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = admin_get(gateway.admin_addr, "/v1/deliveries?status=dead").await.json();
+        if let Some(dead) = page["deliveries"].as_array().unwrap().first().cloned() {
+            return dead;
+        }
+        assert!(std::time::Instant::now() < deadline, "no job went dead");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn replay(gateway: &TestGateway, selection: serde_json::Value) -> serde_json::Value {
+    let answer = admin_post(gateway.admin_addr, "/v1/replays", selection).await;
+    assert!(answer.status < 300, "{}", answer.text());
+    answer.json()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_name_given_to_another_source_never_gets_the_old_backlog() {
     let old = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
-    old.answer_with(|_| Some(Answer::Status(500)));
     let new = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
-    let table = |source: &str, target: &TestTarget| {
-        format!(
-            "[targets.crm]\nsource = \"{source}\"\nurl = \"{}\"\nsecret = \"{TARGET_SECRET}\"\n\
-             retry = {{ initial = \"50ms\", max_delay = \"100ms\", max_attempts = 1000, max_age = \"1h\" }}\n",
-            target.url()
-        )
-    };
-    let gateway = TestGateway::with(Options { targets: table("parallel", &old), ..Options::default() }).await;
+    let gateway = TestGateway::with(Options { targets: crm("parallel", &old), ..Options::default() }).await;
     gateway.post_signed(Transport::Http, "parallel", "evt_parallel", MONITOR_EVENT).await;
-    old.wait_for(2, Duration::from_secs(20)).await;
+    old.wait_for(1, Duration::from_secs(20)).await;
+    // Delivered, then replayed to the same target (an ordinary replay), which
+    // now fails: the replayed job keeps retrying.
+    old.answer_with(|_| Some(Answer::Status(500)));
+    let replayed =
+        replay(&gateway, serde_json::json!({"since": "1h", "target": "crm", "status": "delivered"})).await;
+    assert_eq!(replayed["matched"], 1);
+    old.wait_for(3, Duration::from_secs(20)).await;
 
     // "crm" now names a target of the other source, somewhere else.
-    rewrite(&gateway, |text| text.replace(&table("parallel", &old), &table("other", &new)));
+    rewrite(&gateway, |text| text.replace(&crm("parallel", &old), &crm("other", &new)));
     gateway.reload.reload().await.unwrap();
     let other = signed_request("other", OTHER_SECRET, "evt_other", now(), MONITOR_EVENT.as_bytes());
     assert_eq!(gateway.send(Transport::Http, other).await.status, 200);
     let received = new.wait_for(1, Duration::from_secs(20)).await;
     assert_eq!(received[0].header("webhook-id"), "evt_other");
-    // The old source's pending job goes dead, never sent there.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let dead = loop {
-        let page = admin_get(gateway.admin_addr, "/v1/deliveries?status=dead").await.json();
-        if let Some(dead) = page["deliveries"].as_array().unwrap().first().cloned() {
-            break dead;
-        }
-        assert!(std::time::Instant::now() < deadline, "the old job never settled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // The old source's retry goes dead, never sent there: that replay named
+    // the target, not the source.
+    let dead = first_dead(&gateway).await;
     assert_eq!(dead["webhook_id"], "evt_parallel");
     let shown =
         admin_get(gateway.admin_addr, &format!("/v1/deliveries/{}", dead["id"].as_str().unwrap())).await;
     assert!(shown.text().contains("now takes deliveries of source"), "{}", shown.text());
+    // And a replay naming the target alone does not send it either.
+    let target_only =
+        replay(&gateway, serde_json::json!({"since": "1h", "target": "crm", "status": "dead"})).await;
+    assert_eq!(target_only["matched"], 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         new.received().iter().all(|r| r.header("webhook-id") != "evt_parallel"),
         "the old source's payload reached the new target"
     );
+    gateway.stop().await.unwrap();
+}
 
-    // A replay naming the target alone leaves it; naming its source too (the
-    // operator renamed the source) sends it there.
-    let replay = |selection: serde_json::Value| admin_post(gateway.admin_addr, "/v1/replays", selection);
-    let target_only = replay(serde_json::json!({"since": "1h", "target": "crm", "status": "dead"})).await;
-    assert_eq!(target_only.json()["matched"], 0, "{}", target_only.text());
-    let both =
-        replay(serde_json::json!({"since": "1h", "target": "crm", "source": "parallel", "status": "dead"}))
-            .await;
-    assert_eq!(both.json()["matched"], 1, "{}", both.text());
-    new.wait_until(Duration::from_secs(20), |r| r.iter().any(|r| r.header("webhook-id") == "evt_parallel"))
-        .await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_sources_backlog_goes_on_with_a_replay_naming_source_and_target() {
+    let down = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    down.answer_with(|_| Some(Answer::Status(500)));
+    let up = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    let gateway = TestGateway::with(Options { targets: crm("parallel", &down), ..Options::default() }).await;
+    gateway.post_signed(Transport::Http, "parallel", "evt_before_rename", MONITOR_EVENT).await;
+    down.wait_for(2, Duration::from_secs(20)).await;
+
+    // The source is renamed "prod" (its path becomes /hooks/prod), and the
+    // target follows it: the pending job is from a source no longer configured.
+    rewrite(&gateway, |text| {
+        text.replace("[sources.parallel]", "[sources.prod]")
+            .replace(&crm("parallel", &down), &crm("prod", &up))
+    });
+    gateway.reload.reload().await.unwrap();
+    let dead = first_dead(&gateway).await;
+    assert_eq!(dead["webhook_id"], "evt_before_rename");
+    let both = replay(
+        &gateway,
+        serde_json::json!({"since": "1h", "source": "parallel", "target": "crm", "status": "dead"}),
+    )
+    .await;
+    assert_eq!(both["matched"], 1);
+    let received = up.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(received[0].header("webhook-id"), "evt_before_rename");
     gateway.stop().await.unwrap();
 }
