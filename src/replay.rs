@@ -263,6 +263,22 @@ impl Replayer {
         Ok(count)
     }
 
+    /// What the journal keeps of a replay: its selection and, when it names
+    /// a target, that target's source as it is now. A lane lets a job of
+    /// another source through only for a replay naming both, and only while
+    /// the target still takes the source it took then (see `Lane::attempt`):
+    /// a name later given to yet another source gets none of it.
+    fn record_of(&self, selection: &Selection) -> Value {
+        let mut record = selection.describe();
+        let rules = self.rules.get();
+        if let Some(target) = &selection.target
+            && let Some(route) = rules.routes.iter().find(|route| route.target == *target)
+        {
+            record["target_source"] = Value::from(route.source.clone());
+        }
+        record
+    }
+
     /// Requeues what `selection` names, durably, and hands the jobs to the
     /// lanes, which send them behind live traffic.
     pub fn start(&self, selection: &Selection, now_ms: u64) -> Result<ReplayStarted, ReplayError> {
@@ -272,7 +288,7 @@ impl Replayer {
             .map(|candidate| candidate.map(|Candidate { delivery, target, .. }| (delivery, target)));
         let started = self
             .journal
-            .start_replay(selection.describe(), pairs, now_ms, |queued| self.lanes.enqueue(queued))?;
+            .start_replay(self.record_of(selection), pairs, now_ms, |queued| self.lanes.enqueue(queued))?;
         tracing::info!(
             replay_id = %started.id, matched = started.matched, skipped_pending = started.skipped,
             selection = %selection.describe(), "replay started"

@@ -78,8 +78,9 @@ impl Breaker {
         }
     }
 
-    /// Records an attempt's outcome; returns the new state when it changed.
-    pub fn record(&mut self, success: bool, now_ms: u64) -> Option<BreakerState> {
+    /// Records an attempt's outcome (`probe`: the probe's); returns the new
+    /// state when it changed.
+    pub fn record(&mut self, success: bool, now_ms: u64, probe: bool) -> Option<BreakerState> {
         let before = self.state;
         if success {
             self.consecutive_failures = 0;
@@ -87,9 +88,15 @@ impl Breaker {
         } else {
             self.consecutive_failures = self.consecutive_failures.saturating_add(1);
             let tripped = self.consecutive_failures >= self.threshold;
-            // A failed probe re-opens; failures of attempts sent before the
-            // breaker opened only push the probe time further out.
-            if tripped || before == BreakerState::Probing {
+            let reopen = match before {
+                // The probe decides: a failure of an attempt sent before the
+                // breaker opened must not let a second probe out meanwhile.
+                BreakerState::Probing => probe,
+                // Failures of attempts sent before it opened only push the
+                // probe time further out.
+                _ => tripped,
+            };
+            if reopen {
                 self.state =
                     BreakerState::Open { probe_at_ms: now_ms.saturating_add(self.probe_interval_ms) };
             }
@@ -106,36 +113,47 @@ mod tests {
     fn opens_after_threshold_probes_and_closes_on_success() {
         let mut b = Breaker::new(3, Duration::from_secs(10));
         assert_eq!(b.admit(0), Admission::Send);
-        assert_eq!(b.record(false, 1), None);
-        assert_eq!(b.record(false, 2), None);
-        assert_eq!(b.record(false, 3), Some(BreakerState::Open { probe_at_ms: 10_003 }));
+        assert_eq!(b.record(false, 1, false), None);
+        assert_eq!(b.record(false, 2, false), None);
+        assert_eq!(b.record(false, 3, false), Some(BreakerState::Open { probe_at_ms: 10_003 }));
         assert_eq!(b.admit(5_000), Admission::Wait { until_ms: Some(10_003) });
         assert_eq!(b.admit(10_003), Admission::Probe);
         assert_eq!(b.admit(10_004), Admission::Wait { until_ms: None }, "one probe at a time");
-        assert_eq!(b.record(false, 10_100), Some(BreakerState::Open { probe_at_ms: 20_100 }));
+        assert_eq!(b.record(false, 10_100, true), Some(BreakerState::Open { probe_at_ms: 20_100 }));
         assert_eq!(b.admit(20_100), Admission::Probe);
-        assert_eq!(b.record(true, 20_200), Some(BreakerState::Closed));
+        assert_eq!(b.record(true, 20_200, true), Some(BreakerState::Closed));
         assert_eq!(b.admit(20_201), Admission::Send);
     }
 
     #[test]
     fn a_probe_that_sent_nothing_hands_over_to_the_next_job() {
         let mut b = Breaker::new(1, Duration::from_secs(10));
-        b.record(false, 0);
+        b.record(false, 0, false);
         assert_eq!(b.admit(10_000), Admission::Probe);
         b.probe_unsent(10_001);
         assert_eq!(b.admit(10_001), Admission::Probe, "at once, not a probe interval later");
-        assert_eq!(b.record(true, 10_002), Some(BreakerState::Closed));
+        assert_eq!(b.record(true, 10_002, true), Some(BreakerState::Closed));
         b.probe_unsent(10_003);
         assert_eq!(b.state(), BreakerState::Closed, "only a probe is handed over");
     }
 
     #[test]
+    fn while_probing_only_the_probe_reopens() {
+        let mut b = Breaker::new(1, Duration::from_secs(10));
+        b.record(false, 0, false);
+        assert_eq!(b.admit(10_000), Admission::Probe);
+        // An attempt sent before the breaker opened fails meanwhile.
+        assert_eq!(b.record(false, 10_001, false), None);
+        assert_eq!(b.admit(20_002), Admission::Wait { until_ms: None }, "still one probe out");
+        assert_eq!(b.record(false, 20_003, true), Some(BreakerState::Open { probe_at_ms: 30_003 }));
+    }
+
+    #[test]
     fn a_success_resets_the_count() {
         let mut b = Breaker::new(2, Duration::from_secs(1));
-        b.record(false, 0);
-        b.record(true, 1);
-        assert_eq!(b.record(false, 2), None);
+        b.record(false, 0, false);
+        b.record(true, 1, false);
+        assert_eq!(b.record(false, 2, false), None);
         assert_eq!(b.state(), BreakerState::Closed);
     }
 }

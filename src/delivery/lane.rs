@@ -512,7 +512,9 @@ impl Lane {
                 // attached (re-signed below over exactly these bytes).
                 let mut refused = None;
                 let mut enriched = None;
-                if record.source != settings.source && !self.replayed_here_by_name(&job, &record.source) {
+                if record.source != settings.source
+                    && !self.replayed_here_by_name(&job, &record.source, &settings.source)
+                {
                     // The target was removed and its name given to a target
                     // of another source (or its source renamed): this
                     // delivery was never routed to it as it is now, and its
@@ -600,7 +602,7 @@ impl Lane {
                 }
                 None
             } else {
-                breaker.record(outcome.is_success(), now)
+                breaker.record(outcome.is_success(), now, probe)
             }
         };
         // The answer is in and the breaker has heard it (a job picked from
@@ -673,13 +675,17 @@ impl Lane {
     }
 
     /// Whether a replay that named both this target and `source` requeued
-    /// the job: the operator's word that a delivery of another source goes
-    /// here (a renamed source). Any other replay leaves the source check on.
-    fn replayed_here_by_name(&self, job: &crate::journal::Job, source: &str) -> bool {
+    /// the job while the target took `target_source`, as it still does: the
+    /// operator's word that a delivery of another source goes here (a
+    /// renamed source). Any other replay leaves the source check on.
+    fn replayed_here_by_name(&self, job: &crate::journal::Job, source: &str, target_source: &str) -> bool {
         let Some(replay) = job.replay else { return false };
         match self.journal.replay_summary(replay) {
             Ok(Some(summary)) => {
-                summary.selection["source"] == source && summary.selection["target"] == self.name.as_str()
+                let named = &summary.selection;
+                named["source"] == source
+                    && named["target"] == self.name.as_str()
+                    && named["target_source"] == target_source
             }
             Ok(None) => false,
             Err(err) => {
