@@ -271,11 +271,14 @@ async fn a_target_rate_limit_is_never_exceeded() {
 
 #[tokio::test]
 async fn a_slow_target_does_not_delay_the_others() {
+    // The slow target's first answer takes 20 s: everything the fast one gets
+    // before then, it did not wait for. (Far more than a busy machine needs,
+    // so the test says what it means, not how fast this machine is.)
     let slow = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
-    slow.answer_with(|_| Some(Answer::Slow(Duration::from_secs(3), 200)));
+    slow.answer_with(|_| Some(Answer::Slow(Duration::from_secs(20), 200)));
     let fast = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
     let config =
-        [target_table("slow", &slow, "concurrency = 1\ntimeout = \"10s\""), target_table("fast", &fast, "")]
+        [target_table("slow", &slow, "concurrency = 1\ntimeout = \"60s\""), target_table("fast", &fast, "")]
             .concat();
     let gateway = gateway_with(config).await;
     let started = Instant::now();
@@ -283,7 +286,7 @@ async fn a_slow_target_does_not_delay_the_others() {
         gateway.post_signed(Transport::Http, "parallel", &format!("evt_s{i}"), MONITOR_EVENT).await;
     }
     fast.wait_for(5, WAIT).await;
-    assert!(started.elapsed() < Duration::from_secs(2), "fast target waited {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(20), "fast target waited {:?}", started.elapsed());
     assert_eq!(slow.received().len(), 1, "the slow target has one request in flight");
 }
 
@@ -307,11 +310,15 @@ async fn fresh_deliveries_are_not_starved_by_a_retry_backlog() {
     }
     // Let the backlog build: every old delivery has failed at least once.
     target.wait_until(WAIT, |r| r.len() >= 40).await;
-    let sent = Instant::now();
     gateway.post_signed(Transport::Http, "parallel", "new_1", MONITOR_EVENT).await;
-    target.wait_until(WAIT, |r| r.iter().any(|r| r.header("webhook-id") == "new_1")).await;
-    let waited = sent.elapsed();
-    assert!(waited < Duration::from_millis(500), "the fresh delivery waited {waited:?} behind retries");
+    let handed_over = target.received().len();
+    let received = target.wait_until(WAIT, |r| r.iter().any(|r| r.header("webhook-id") == "new_1")).await;
+    // Counted in attempts, not time (a busy machine stretches both alike):
+    // with one slot, at most the retry in flight and one taken as the
+    // fresh job was handed over go first, not the twenty that are due.
+    let new_at = received.iter().position(|r| r.header("webhook-id") == "new_1").unwrap();
+    let ahead = new_at.saturating_sub(handed_over);
+    assert!(ahead <= 2, "the fresh delivery waited behind {ahead} retries");
 }
 
 #[tokio::test]

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use serde_json::json;
+
 use crate::common::target::{Answer, TestTarget};
 use crate::common::*;
 
@@ -184,13 +186,19 @@ async fn a_target_name_given_to_another_source_never_gets_the_old_backlog() {
     let new = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
     let gateway = TestGateway::with(Options { targets: crm("parallel", &old), ..Options::default() }).await;
     gateway.post_signed(Transport::Http, "parallel", "evt_parallel", MONITOR_EVENT).await;
-    old.wait_for(1, Duration::from_secs(20)).await;
-    // Delivered, then replayed to the same target (an ordinary replay), which
-    // now fails: the replayed job keeps retrying.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while admin_get(gateway.admin_addr, "/v1/deliveries?status=delivered").await.json()["deliveries"]
+        == json!([])
+    {
+        assert!(std::time::Instant::now() < deadline, "never delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then replayed to the same target, naming its source too (what an
+    // operator does every day), and the target now fails: the replayed job
+    // keeps retrying.
     old.answer_with(|_| Some(Answer::Status(500)));
-    let replayed =
-        replay(&gateway, serde_json::json!({"since": "1h", "target": "crm", "status": "delivered"})).await;
-    assert_eq!(replayed["matched"], 1);
+    let selection = json!({"since": "1h", "source": "parallel", "target": "crm", "status": "delivered"});
+    assert_eq!(replay(&gateway, selection).await["matched"], 1);
     old.wait_for(3, Duration::from_secs(20)).await;
 
     // "crm" now names a target of the other source, somewhere else.
@@ -200,16 +208,15 @@ async fn a_target_name_given_to_another_source_never_gets_the_old_backlog() {
     assert_eq!(gateway.send(Transport::Http, other).await.status, 200);
     let received = new.wait_for(1, Duration::from_secs(20)).await;
     assert_eq!(received[0].header("webhook-id"), "evt_other");
-    // The old source's retry goes dead, never sent there: that replay named
-    // the target, not the source.
+    // The old source's retry goes dead, never sent there: that replay was for
+    // the target of its day, not for this one.
     let dead = first_dead(&gateway).await;
     assert_eq!(dead["webhook_id"], "evt_parallel");
     let shown =
         admin_get(gateway.admin_addr, &format!("/v1/deliveries/{}", dead["id"].as_str().unwrap())).await;
     assert!(shown.text().contains("now takes deliveries of source"), "{}", shown.text());
     // And a replay naming the target alone does not send it either.
-    let target_only =
-        replay(&gateway, serde_json::json!({"since": "1h", "target": "crm", "status": "dead"})).await;
+    let target_only = replay(&gateway, json!({"since": "1h", "target": "crm", "status": "dead"})).await;
     assert_eq!(target_only["matched"], 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -237,11 +244,9 @@ async fn a_renamed_sources_backlog_goes_on_with_a_replay_naming_source_and_targe
     gateway.reload.reload().await.unwrap();
     let dead = first_dead(&gateway).await;
     assert_eq!(dead["webhook_id"], "evt_before_rename");
-    let both = replay(
-        &gateway,
-        serde_json::json!({"since": "1h", "source": "parallel", "target": "crm", "status": "dead"}),
-    )
-    .await;
+    let both =
+        replay(&gateway, json!({"since": "1h", "source": "parallel", "target": "crm", "status": "dead"}))
+            .await;
     assert_eq!(both["matched"], 1);
     let received = up.wait_for(1, Duration::from_secs(20)).await;
     assert_eq!(received[0].header("webhook-id"), "evt_before_rename");
