@@ -304,6 +304,15 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A port that refuses connections while the socket lives: bound, never
+/// listening, so no other test can take it meanwhile.
+fn refused_port() -> (tokio::net::TcpSocket, u16) {
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = reserved.local_addr().unwrap().port();
+    (reserved, port)
+}
+
 fn wait_for_port(port: u16) {
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -372,11 +381,12 @@ fn quick_start_serve_tap_and_send_test() {
 
 #[test]
 fn send_test_errors() {
+    let (_reserved, refused) = refused_port();
     let unreachable = Command::new(BIN)
         .args([
             "send-test",
             "--url",
-            &format!("http://127.0.0.1:{}/hooks/parallel", free_port()),
+            &format!("http://127.0.0.1:{refused}/hooks/parallel"),
             "--secret",
             SECRET,
         ])
@@ -489,8 +499,9 @@ fn targets_cli_lists_pauses_and_resumes_through_the_admin_api() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("bad_query") && stderr.contains("status"), "{stderr}");
 
+    let (_reserved, refused) = refused_port();
     let unreachable = Command::new(BIN)
-        .args(["targets", "--admin", &format!("http://127.0.0.1:{}", free_port())])
+        .args(["targets", "--admin", &format!("http://127.0.0.1:{refused}")])
         .output()
         .unwrap();
     assert_eq!(unreachable.status.code(), Some(69));

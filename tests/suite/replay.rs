@@ -27,9 +27,13 @@ fn target_table(name: &str, url: &str, extra: &str) -> String {
 
 /// An address where nothing listens (connections are refused) until a
 /// target is started on it.
-fn refused_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+/// An address that refuses connections while the socket lives: bound, never
+/// listening, so no other test can take the port meanwhile.
+fn refused_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = reserved.local_addr().unwrap();
+    (reserved, addr)
 }
 
 fn event(kind: &str, n: usize) -> String {
@@ -102,7 +106,7 @@ fn args(list: &[&str]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_story_dead_jobs_are_replayed_once_to_the_recovered_target_only() {
-    let down_addr = refused_addr();
+    let (reserved, down_addr) = refused_addr();
     let healthy = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
     let targets = target_table("consumer", &format!("http://{down_addr}/hook"), "")
         + &target_table("healthy", &healthy.url(), "");
@@ -131,6 +135,7 @@ async fn outage_story_dead_jobs_are_replayed_once_to_the_recovered_target_only()
     assert!(metrics.contains(&format!("hookrelay_dead_jobs{{target=\"consumer\"}} {N}")), "{metrics}");
 
     // The consumer comes back; the operator replays what it missed.
+    drop(reserved);
     let consumer = TestTarget::start_on(down_addr, Some(TARGET_SECRET)).await;
     let admin = format!("http://{}", gateway.admin_addr);
     let (code, stdout, stderr) = cli(args(&[
@@ -343,7 +348,8 @@ async fn replay_requests_are_checked() {
     let started: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(started["matched"], 0);
     assert!(started["id"].as_str().unwrap().starts_with("rpl_"));
-    let gone = format!("http://{}", refused_addr());
+    let (_reserved, gone) = refused_addr();
+    let gone = format!("http://{gone}");
     let (code, _, stderr) = cli(args(&["replay", "--admin", &gone, "--since", "1h"])).await;
     assert_eq!(code, Some(69));
     assert!(stderr.contains("cannot reach the admin API"), "{stderr}");
@@ -353,7 +359,8 @@ async fn replay_requests_are_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_deliveries_are_purged_only_on_request() {
     let healthy = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
-    let targets = target_table("down", &format!("http://{}/hook", refused_addr()), "")
+    let (_reserved, down) = refused_addr();
+    let targets = target_table("down", &format!("http://{down}/hook"), "")
         + &target_table("healthy", &healthy.url(), "");
     let gateway = TestGateway::with(Options { targets, ..Options::default() }).await;
     for i in 0..3 {
@@ -407,7 +414,8 @@ async fn dead_deliveries_are_purged_only_on_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_prunes_delivered_deliveries_in_the_background_and_keeps_dead_ones() {
     let healthy = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
-    let down = format!("http://{}/hook", refused_addr());
+    let (_reserved, down) = refused_addr();
+    let down = format!("http://{down}/hook");
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let targets = target_table("healthy", &healthy.url(), "")
         + &target_table("down", &down, "events = [\"task_run.*\"]");
