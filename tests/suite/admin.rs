@@ -186,8 +186,18 @@ async fn pending_jobs_and_their_age_show_while_a_target_is_down() {
         gateway.post_signed(Transport::Http, "parallel", &format!("evt_down_{i}"), MONITOR_EVENT).await;
     }
     target.wait_for(1, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let metrics = parse_metrics(&get(gateway.admin_addr, "/metrics").await.text());
+    // Until the failed attempt's outcome is written (a group commit away) and
+    // the oldest job has waited a little.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let metrics = parse_metrics(&get(gateway.admin_addr, "/metrics").await.text());
+        let retried = metrics.get("hookrelay_attempts_total{target=\"t\",outcome=\"retry\"}") == Some(&1.0);
+        if retried && metrics["hookrelay_oldest_pending_age_seconds{target=\"t\"}"] >= 0.2 {
+            break metrics;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(metrics["hookrelay_pending_jobs{target=\"t\"}"], 3.0);
     assert!(metrics["hookrelay_oldest_pending_age_seconds{target=\"t\"}"] >= 0.2);
     assert_eq!(metrics["hookrelay_breaker_open{target=\"t\"}"], 1.0);
@@ -294,7 +304,14 @@ async fn deliveries_list_filter_paginate_and_show() {
     ok.wait_for(5, Duration::from_secs(20)).await;
     // t2 takes monitor events only: evt_0, evt_1 and evt_3 (which fails once and is dead).
     flaky.wait_for(3, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Until every outcome is written (a group commit after the answers).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while call(gateway.admin_addr, "GET", "/v1/deliveries?status=pending", None).await.json()["deliveries"]
+        != serde_json::json!([])
+    {
+        assert!(std::time::Instant::now() < deadline, "outcomes never written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let list = |query: String| {
         let addr = gateway.admin_addr;

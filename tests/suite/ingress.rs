@@ -261,7 +261,9 @@ async fn read_response(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Stri
 
 #[tokio::test]
 async fn slow_headers_get_408_over_http_and_https() {
-    let options = Options { server: "header_timeout = \"300ms\"".into(), ..Options::default() };
+    // A second: room for a TLS handshake of a debug build on a busy machine,
+    // which counts against the same deadline.
+    let options = Options { server: "header_timeout = \"1s\"".into(), ..Options::default() };
     let gateway = TestGateway::for_transport(Transport::Http, options.clone()).await;
     let tls_gateway = TestGateway::for_transport(Transport::Https1, options).await;
     let partial_head = b"POST /hooks/parallel HTTP/1.1\r\nhost: localhost\r\nwebhook-id: evt\r\n";
@@ -270,7 +272,7 @@ async fn slow_headers_get_408_over_http_and_https() {
     plain.write_all(partial_head).await.unwrap();
     // Keep trickling: bytes arriving do not extend the deadline.
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
         let _ = plain.write_all(b"x-slow: 1\r\n").await;
     }
     let response = read_response(&mut plain).await;
@@ -307,11 +309,11 @@ async fn slow_headers_get_408_over_http_and_https() {
 #[tokio::test]
 async fn a_keep_alive_connection_gets_a_fresh_head_deadline_per_request() {
     let gateway =
-        TestGateway::with(Options { server: "header_timeout = \"400ms\"".into(), ..Options::default() })
-            .await;
+        TestGateway::with(Options { server: "header_timeout = \"1s\"".into(), ..Options::default() }).await;
     let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    // Three pauses of 600 ms: together past the deadline, each well inside it.
     for i in 0..3 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
         let body = MONITOR_EVENT;
         let req = signed_request("parallel", SECRET, &format!("evt_ka_{i}"), now(), body.as_bytes());
         let mut text = raw_head(&req, &format!("content-length: {}", body.len()));
