@@ -330,7 +330,17 @@ fn refuses_a_public_admin_socket_from_systemd_without_a_token() {
         assert!(Instant::now() < deadline, "nothing listens on {inbound}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = child.wait_with_output().unwrap();
+    // It must exit by itself; if it kept serving, the test fails instead of hanging.
+    let (done, exited) = std::sync::mpsc::channel();
+    let pid = child.id();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    let out = match exited.recv_timeout(Duration::from_secs(30)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("the gateway kept serving a public admin socket without a token");
+        }
+    };
     // A config error, like the ones check-config finds: EX_USAGE (64).
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
