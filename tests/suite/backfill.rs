@@ -216,18 +216,22 @@ async fn reconcile_backfills_on_its_own_at_start_and_on_schedule() {
     let api = FakeParallel::start(MONITOR, vec![api_event(1, 2), api_event(2, 1), api_event(3, 20)]).await;
     let consumer = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
     let reconcile = format!(
-        "reconcile = {{ monitors = [\"{MONITOR}\", \"{MONITOR}\"], every = \"1s\", lookback = \"3d\" }}"
+        "reconcile = {{ monitors = [\"{MONITOR}\", \"{MONITOR}\"], every = \"3s\", lookback = \"3d\" }}"
     );
+    let started = std::time::Instant::now();
     let gateway = gateway_with(&api, &consumer, &reconcile).await;
     // The pass at start injects the two recent detections (not the 20-day-old one).
     let received = consumer.wait_for(2, WAIT).await;
     assert!(received.iter().all(|r| r.header("hookrelay-backfill") == "1"));
     let listings = || api.requests().iter().filter(|(uri, _)| uri.contains("/events")).count();
-    assert!(listings() <= 2, "a monitor listed twice is reconciled once: {:?}", api.requests());
-    // Later passes find nothing new.
+    // One listing (two pages) for the monitor named twice; the next pass is
+    // 3 s away (a machine so busy that it came already may show it too).
+    let passes = if started.elapsed() < Duration::from_millis(2500) { 1 } else { 2 };
+    assert!(listings() <= 2 * passes, "a monitor listed twice is reconciled once: {:?}", api.requests());
+    // A later pass finds nothing new.
     let listed = listings();
     let deadline = std::time::Instant::now() + WAIT;
-    while listings() < listed + 2 {
+    while listings() < listed + 1 {
         assert!(std::time::Instant::now() < deadline, "reconcile stopped running");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
