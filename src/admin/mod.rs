@@ -156,10 +156,11 @@ impl Admin {
                     }
                 }
             }
+            (&Method::POST, ["targets", name, "forget"]) => self.forget(name, now_ms),
             (
                 _,
                 ["targets"]
-                | ["targets", _, "pause" | "resume"]
+                | ["targets", _, "pause" | "resume" | "forget"]
                 | ["deliveries"]
                 | ["deliveries", _]
                 | ["replays"]
@@ -172,6 +173,33 @@ impl Admin {
 
     /// Constant-time bearer token check; open when no token is configured
     /// (then the listener is loopback, which config validation ensures).
+    /// `POST /v1/targets/{name}/forget`: a removed target's pending jobs
+    /// become dead (see `Journal::forget_target`). Refused for a target in
+    /// the config, whose lane may be sending them: pause it, or remove it.
+    fn forget(&self, name: &str, now_ms: u64) -> Response<Full<Bytes>> {
+        if self.lanes.is_configured(name) {
+            return error(
+                StatusCode::CONFLICT,
+                "target_configured",
+                "only a target removed from the config can be forgotten; pause it instead",
+            );
+        }
+        // The admin API runs on the blocking pool: waiting here for the
+        // writer thread's group commits holds no runtime worker.
+        let forgotten = tokio::runtime::Handle::current().block_on(self.journal.forget_target(name, now_ms));
+        match forgotten {
+            Ok(dead) => {
+                self.lanes.let_go_of_removed(name);
+                tracing::warn!(target_name = %name, dead, "removed target forgotten: its pending jobs are dead");
+                json(StatusCode::OK, &serde_json::json!({ "target": name, "dead": dead }))
+            }
+            Err(err) => journal_failed_part_way(
+                &err,
+                "forgetting the target's jobs failed part way: those already dead stay dead; run it again for the rest",
+            ),
+        }
+    }
+
     fn authorized(&self, request: &Parts) -> bool {
         use subtle::ConstantTimeEq;
         let token = self.token.get();

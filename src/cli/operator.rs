@@ -95,6 +95,9 @@ enum TargetsAction {
     Pause { name: String },
     /// Resume sending to a paused target.
     Resume { name: String },
+    /// Mark every pending job of a target removed from the config dead (kept,
+    /// replayable, purgeable), so its deliveries no longer wait for it.
+    Forget { name: String },
 }
 
 #[derive(Args, Debug)]
@@ -135,13 +138,21 @@ pub(super) fn targets(args: TargetsArgs) -> u8 {
         None | Some(TargetsAction::List) => (hyper::Method::GET, "/v1/targets".to_owned()),
         Some(TargetsAction::Pause { name }) => (hyper::Method::POST, format!("/v1/targets/{name}/pause")),
         Some(TargetsAction::Resume { name }) => (hyper::Method::POST, format!("/v1/targets/{name}/resume")),
+        Some(TargetsAction::Forget { name }) => (hyper::Method::POST, format!("/v1/targets/{name}/forget")),
     };
-    let body = match admin_call(&args.admin, method, &path, None, ANSWER_TIMEOUT) {
+    // Forgetting writes every pending job of the target before it answers.
+    let forgetting = matches!(args.action, Some(TargetsAction::Forget { .. }));
+    let timeout = if forgetting { LONG_CALL_TIMEOUT } else { ANSWER_TIMEOUT };
+    let body = match admin_call(&args.admin, method, &path, None, timeout) {
         Ok(body) => body,
         Err(code) => return code,
     };
     if args.admin.json {
         println!("{body}");
+        return EXIT_OK;
+    }
+    if forgetting {
+        println!("{} pending jobs of {} are now dead", body["dead"], body["target"].as_str().unwrap_or("?"));
         return EXIT_OK;
     }
     let rows: Vec<serde_json::Value> = match args.action {

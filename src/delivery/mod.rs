@@ -159,6 +159,22 @@ impl LaneStatus {
             .collect()
     }
 
+    /// Whether `target` is in the running config.
+    pub fn is_configured(&self, target: &str) -> bool {
+        self.0.lane(target).is_some_and(|lane| !lane.is_retired())
+    }
+
+    /// A removed target's jobs were forgotten (dead in the journal): its
+    /// retired lane, holding some of them in memory, is let go, so it is no
+    /// longer listed with jobs pending. It never sends; its task ends at the
+    /// stop, and a target of that name added later gets a lane of its own.
+    pub fn let_go_of_removed(&self, target: &str) {
+        let mut lanes = self.0.lanes.write().expect("not poisoned");
+        if lanes.get(target).is_some_and(|lane| lane.is_retired()) {
+            lanes.remove(target);
+        }
+    }
+
     /// Hands requeued (replayed) jobs, already durable, to their lanes.
     pub fn enqueue(&self, entries: Vec<(String, QueueEntry)>) {
         let mut woken = std::collections::HashSet::new();

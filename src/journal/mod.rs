@@ -48,6 +48,7 @@
 //! and the lanes reload their queues from it.
 
 mod codec;
+mod forget;
 mod fresh;
 mod health;
 mod horizon;
@@ -65,6 +66,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 pub use codec::DecodeError;
+pub use forget::FORGOTTEN;
 pub use job::{Attempt, Job, JobState};
 pub use record::{BadDeliveryId, DeliveryId, DeliveryRecord};
 pub use replays::{BadReplayId, ReplayId, ReplayProgress, ReplayStarted, ReplaySummary};

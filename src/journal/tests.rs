@@ -1145,3 +1145,34 @@ async fn group_entries_of_earlier_versions_move_to_the_latest_copy_before_a_swee
     assert_eq!(owner("h"), Some(purged_later), "a later purge's tombstone stays");
     assert!(journal.tree().unwrap().contains_key(keys::GROUP_OWNERS_MARKER).unwrap());
 }
+
+#[tokio::test]
+async fn forgetting_a_target_makes_each_of_its_pending_jobs_dead_and_nothing_else() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let both = vec!["gone".to_owned(), "kept".to_owned()];
+    let fresh = journal.append(delivery("evt_fresh", 1_000), &both).await.unwrap().id;
+    let retrying = journal.append(delivery("evt_retry", 1_001), &both).await.unwrap().id;
+    let delivered = journal.append(delivery("evt_done", 1_002), &both).await.unwrap().id;
+    settle(&journal, retrying, "gone", Decision::RetryAt(9_000)).await;
+    settle(&journal, delivered, "gone", Decision::Delivered).await;
+
+    assert_eq!(journal.forget_target("gone", 7_000).await.unwrap(), 2);
+    for id in [fresh, retrying] {
+        let job = journal.job(id, "gone").unwrap().unwrap();
+        assert_eq!(job.state, JobState::Dead);
+        assert_eq!(job.history.last().unwrap().error.as_deref(), Some(FORGOTTEN));
+    }
+    assert_eq!(journal.job(delivered, "gone").unwrap().unwrap().state, JobState::Delivered);
+    assert_eq!(journal.pending_count("gone"), 0);
+    assert!(journal.queued("gone").unwrap().is_empty(), "no queue entry left");
+    assert_eq!(journal.dead_count("gone"), 2);
+    assert_eq!(journal.pending_count("kept"), 3, "another target's jobs untouched");
+    assert_eq!(journal.forget_target("gone", 8_000).await.unwrap(), 0);
+    // Across a restart too: the dead index agrees.
+    drop(journal);
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    assert_eq!(journal.dead_count("gone"), 2);
+    assert_eq!(journal.pending_count("gone"), 0);
+}

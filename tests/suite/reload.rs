@@ -252,3 +252,41 @@ async fn a_renamed_sources_backlog_goes_on_with_a_replay_naming_source_and_targe
     assert_eq!(received[0].header("webhook-id"), "evt_before_rename");
     gateway.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_target_can_be_forgotten_so_its_deliveries_no_longer_wait() {
+    let down = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    down.answer_with(|_| Some(Answer::Status(500)));
+    let gateway = TestGateway::with(Options { targets: crm("parallel", &down), ..Options::default() }).await;
+    for i in 0..3 {
+        gateway.post_signed(Transport::Http, "parallel", &format!("evt_{i}"), MONITOR_EVENT).await;
+    }
+    down.wait_for(3, Duration::from_secs(20)).await;
+    let forget = || admin_post(gateway.admin_addr, "/v1/targets/crm/forget", json!({}));
+    let configured = forget().await;
+    assert_eq!((configured.status, configured.error_code()), (409, "target_configured".to_owned()));
+
+    rewrite(&gateway, |text| text.replace(&crm("parallel", &down), ""));
+    gateway.reload.reload().await.unwrap();
+    let listed = admin_get(gateway.admin_addr, "/v1/targets").await.json();
+    assert_eq!(listed["targets"][0]["state"], "removed", "{listed}");
+    let forgotten = forget().await;
+    assert_eq!(forgotten.status, 200, "{}", forgotten.text());
+    assert_eq!(forgotten.json()["dead"], 3);
+    // No longer listed as waiting; each job dead, saying why; and a second
+    // time there is nothing left.
+    let listed = admin_get(gateway.admin_addr, "/v1/targets").await.json();
+    assert_eq!(listed["targets"], json!([]), "{listed}");
+    let dead = admin_get(gateway.admin_addr, "/v1/deliveries?status=dead").await.json();
+    assert_eq!(dead["deliveries"].as_array().unwrap().len(), 3);
+    let id = dead["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    let shown = admin_get(gateway.admin_addr, &format!("/v1/deliveries/{id}")).await.text();
+    assert!(shown.contains(hookrelay::journal::FORGOTTEN), "{shown}");
+    assert_eq!(forget().await.json()["dead"], 0);
+    // Dead letters now: a purge deletes them.
+    let purged =
+        admin_post(gateway.admin_addr, "/v1/deliveries/purge", json!({"status": "dead", "until": "0s"}))
+            .await;
+    assert_eq!(purged.json()["purged"], 3, "{}", purged.text());
+    gateway.stop().await.unwrap();
+}
