@@ -33,7 +33,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::config::Secret;
-use crate::delivery::LaneStatus;
+use crate::delivery::{LaneStatus, NotForgettable};
 use crate::journal::Journal;
 use crate::live::Live;
 use crate::metrics::Metrics;
@@ -171,35 +171,45 @@ impl Admin {
         }
     }
 
-    /// Constant-time bearer token check; open when no token is configured
-    /// (then the listener is loopback, which config validation ensures).
     /// `POST /v1/targets/{name}/forget`: a removed target's pending jobs
     /// become dead (see `Journal::forget_target`). Refused for a target in
-    /// the config, whose lane may be sending them: pause it, or remove it.
+    /// the config, whose lane may be sending them (pause it, or remove it),
+    /// and while an attempt of a removed one is still landing.
     fn forget(&self, name: &str, now_ms: u64) -> Response<Full<Bytes>> {
-        if self.lanes.is_configured(name) {
-            return error(
+        // The admin API runs on the blocking pool: waiting here for the
+        // writer thread's group commits holds no runtime worker.
+        let forgotten = self.lanes.forget_removed(name, || {
+            tokio::runtime::Handle::current().block_on(self.journal.forget_target(name, now_ms))
+        });
+        match forgotten {
+            Err(NotForgettable::Configured) => error(
                 StatusCode::CONFLICT,
                 "target_configured",
                 "only a target removed from the config can be forgotten; pause it instead",
-            );
-        }
-        // The admin API runs on the blocking pool: waiting here for the
-        // writer thread's group commits holds no runtime worker.
-        let forgotten = tokio::runtime::Handle::current().block_on(self.journal.forget_target(name, now_ms));
-        match forgotten {
-            Ok(dead) => {
-                self.lanes.let_go_of_removed(name);
+            ),
+            Err(NotForgettable::InFlight(n)) => error(
+                StatusCode::CONFLICT,
+                "attempts_in_flight",
+                &format!(
+                    "{n} attempts started before the target was removed are still landing; try again shortly"
+                ),
+            ),
+            Ok(Ok(0)) if !self.lanes.knows(name) => {
+                error(StatusCode::NOT_FOUND, "unknown_target", "no target of this name has jobs pending")
+            }
+            Ok(Ok(dead)) => {
                 tracing::warn!(target_name = %name, dead, "removed target forgotten: its pending jobs are dead");
                 json(StatusCode::OK, &serde_json::json!({ "target": name, "dead": dead }))
             }
-            Err(err) => journal_failed_part_way(
+            Ok(Err(err)) => journal_failed_part_way(
                 &err,
                 "forgetting the target's jobs failed part way: those already dead stay dead; run it again for the rest",
             ),
         }
     }
 
+    /// Constant-time bearer token check; open when no token is configured
+    /// (then the listener is loopback, which config validation ensures).
     fn authorized(&self, request: &Parts) -> bool {
         use subtle::ConstantTimeEq;
         let token = self.token.get();

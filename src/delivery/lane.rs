@@ -217,6 +217,18 @@ impl Lane {
         })
     }
 
+    /// Attempts started whose outcome is not yet written.
+    pub(crate) fn attempts_in_flight(&self) -> usize {
+        self.in_flight.lock().expect("not poisoned").attempts()
+    }
+
+    /// Lets go of every job it holds (a removed target's, forgotten in the
+    /// journal): a retired lane never sends them, and its gauges would
+    /// count them pending for good.
+    pub(crate) fn drop_queue(&self) {
+        *self.inbox.queue.lock().expect("not poisoned") = crate::delivery::queue::LaneQueue::default();
+    }
+
     /// Pauses or resumes sending; jobs keep accumulating while paused, and
     /// attempts already in flight finish. Persisted before it takes effect.
     pub(crate) fn set_paused(&self, paused: bool) -> Result<(), crate::journal::JournalError> {

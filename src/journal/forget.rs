@@ -8,6 +8,8 @@
 //! as a lane's outcomes do, so fresh jobs it still tracks are settled the
 //! same way (see `fresh`).
 
+use std::collections::HashSet;
+
 use super::{Attempt, Decision, JobState, Journal, JournalError, attempt_writes};
 
 /// Jobs settled per writer request.
@@ -21,10 +23,15 @@ impl Journal {
     /// target no longer configured: no lane may be sending its jobs.
     pub async fn forget_target(&self, target: &str, now_ms: u64) -> Result<u64, JournalError> {
         let mut forgotten = 0;
+        // A job can be listed twice (a stale entry beside its retry's).
+        let mut seen = HashSet::new();
         for entries in self.queued(target)?.chunks(CHUNK) {
             let mut writes = Vec::new();
             let mut settled = 0;
             for entry in entries {
+                if !seen.insert(entry.delivery) {
+                    continue;
+                }
                 let Some(job) = self.job(entry.delivery, target)? else { continue };
                 if job.state != JobState::Pending {
                     continue;

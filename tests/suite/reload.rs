@@ -255,13 +255,15 @@ async fn a_renamed_sources_backlog_goes_on_with_a_replay_naming_source_and_targe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_target_can_be_forgotten_so_its_deliveries_no_longer_wait() {
+    // Each attempt fails after two seconds: they are still landing when the
+    // target is removed.
     let down = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
-    down.answer_with(|_| Some(Answer::Status(500)));
+    down.answer_with(|_| Some(Answer::Slow(Duration::from_secs(2), 500)));
     let gateway = TestGateway::with(Options { targets: crm("parallel", &down), ..Options::default() }).await;
     for i in 0..3 {
         gateway.post_signed(Transport::Http, "parallel", &format!("evt_{i}"), MONITOR_EVENT).await;
     }
-    down.wait_for(3, Duration::from_secs(20)).await;
+    down.wait_for(1, Duration::from_secs(20)).await;
     let forget = || admin_post(gateway.admin_addr, "/v1/targets/crm/forget", json!({}));
     let configured = forget().await;
     assert_eq!((configured.status, configured.error_code()), (409, "target_configured".to_owned()));
@@ -270,7 +272,23 @@ async fn a_removed_target_can_be_forgotten_so_its_deliveries_no_longer_wait() {
     gateway.reload.reload().await.unwrap();
     let listed = admin_get(gateway.admin_addr, "/v1/targets").await.json();
     assert_eq!(listed["targets"][0]["state"], "removed", "{listed}");
-    let forgotten = forget().await;
+    // An attempt begun before the removal is still landing: not yet.
+    let landing = forget().await;
+    assert_eq!(
+        (landing.status, landing.error_code()),
+        (409, "attempts_in_flight".to_owned()),
+        "{}",
+        landing.text()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let forgotten = loop {
+        let answer = forget().await;
+        if answer.status != 409 {
+            break answer;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", answer.text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(forgotten.status, 200, "{}", forgotten.text());
     assert_eq!(forgotten.json()["dead"], 3);
     // No longer listed as waiting; each job dead, saying why; and a second
@@ -283,6 +301,8 @@ async fn a_removed_target_can_be_forgotten_so_its_deliveries_no_longer_wait() {
     let shown = admin_get(gateway.admin_addr, &format!("/v1/deliveries/{id}")).await.text();
     assert!(shown.contains(hookrelay::journal::FORGOTTEN), "{shown}");
     assert_eq!(forget().await.json()["dead"], 0);
+    let unknown = admin_post(gateway.admin_addr, "/v1/targets/crm2/forget", json!({})).await;
+    assert_eq!((unknown.status, unknown.error_code()), (404, "unknown_target".to_owned()));
     // Dead letters now: a purge deletes them.
     let purged =
         admin_post(gateway.admin_addr, "/v1/deliveries/purge", json!({"status": "dead", "until": "0s"}))
