@@ -129,11 +129,13 @@ impl Reloadable {
         let config = config.with_running_journal(&self.startup.journal()).map_err(|err| err.to_string())?;
         // Lanes first: a new target has its lane before ingress routes to it.
         self.metrics.register(&config);
+        let no_forget = self.dispatcher.holding_targets().await;
         self.dispatcher
             .reconfigure(&config)
             .await
             .map_err(|err| format!("cannot start new targets: {err}"))?;
         self.ingress.reload(&config);
+        drop(no_forget);
         self.parallel.reload(&config);
         if let (Some(live), Some(tls)) = (&self.tls, &config.server.tls) {
             live.set(tokio_rustls::TlsAcceptor::from(tls.config.clone()));

@@ -171,6 +171,10 @@ impl Lane {
     /// The target left the config: stop sending. Its pending jobs stay in
     /// the journal for the day it comes back (or a restart with it).
     pub(crate) fn retire(&self) {
+        // Under the queue lock, where jobs are taken: once this returns, no
+        // job is taken any more, and every one taken before is in flight
+        // (what a forget checks).
+        let _queue = self.inbox.queue.lock().expect("not poisoned");
         self.inbox.retired.store(true, std::sync::atomic::Ordering::Release);
         self.inbox.bell.notify_one();
     }
@@ -434,8 +438,9 @@ impl Lane {
             } else {
                 let mut queue = self.inbox.queue.lock().expect("not poisoned");
                 // Into the in-flight set under the queue lock, so a resync
-                // sees every job in one place or the other.
-                let next = queue.next(now);
+                // sees every job in one place or the other. (Retired while
+                // this task was on its way here: take nothing.)
+                let next = if self.is_retired() { Next::Empty } else { queue.next(now) };
                 let mut take = |class| {
                     let entry = queue.take(class);
                     if let Some(entry) = &entry {

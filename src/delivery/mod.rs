@@ -281,8 +281,10 @@ impl Dispatcher {
     /// (each reads its target's queue, a backlog of millions included): a
     /// journal error leaves everything as it was, and neither ingress nor
     /// the runtime's workers wait on a journal scan.
+    ///
+    /// Hold [`Dispatcher::holding_targets`] from before this until ingress
+    /// routes by the new config.
     pub async fn reconfigure(&self, config: &Config) -> Result<(), JournalError> {
-        let _not_while_forgetting = self.set.reconfiguring.lock().await;
         let added: Vec<TargetConfig> =
             config.targets.values().filter(|target| self.set.lane(&target.name).is_none()).cloned().collect();
         let set = self.set.clone();
@@ -308,6 +310,13 @@ impl Dispatcher {
             }
         }
         Ok(())
+    }
+
+    /// Keeps a forget of a removed target (see `LaneStatus::forget_removed`)
+    /// from running while a reload changes the targets and ingress's routes:
+    /// a removed target's name is routed to until ingress has the new ones.
+    pub async fn holding_targets(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.set.reconfiguring.lock().await
     }
 
     /// Waits until `stop` turns true and every lane has let its in-flight

@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 
+use super::writer::Write;
 use super::{Attempt, Decision, JobState, Journal, JournalError, attempt_writes};
 
 /// Jobs settled per writer request.
@@ -29,11 +30,20 @@ impl Journal {
             let mut writes = Vec::new();
             let mut settled = 0;
             for entry in entries {
+                // A second entry of a job (a stale one beside its retry's),
+                // or one whose job is settled or gone: no lane of this
+                // target will read and drop it, so it goes here.
+                let stale = || Write::Remove(entry.key(target));
                 if !seen.insert(entry.delivery) {
+                    writes.push(stale());
                     continue;
                 }
-                let Some(job) = self.job(entry.delivery, target)? else { continue };
+                let Some(job) = self.job(entry.delivery, target)? else {
+                    writes.push(stale());
+                    continue;
+                };
                 if job.state != JobState::Pending {
+                    writes.push(stale());
                     continue;
                 }
                 let attempt =
@@ -41,7 +51,7 @@ impl Journal {
                 writes.extend(attempt_writes(entry, job, attempt, Decision::Dead).0);
                 settled += 1;
             }
-            if settled > 0 {
+            if !writes.is_empty() {
                 self.store()?.writer.write(writes).await?;
                 self.count_dead(target, settled);
                 forgotten += settled as u64;

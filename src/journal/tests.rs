@@ -1157,6 +1157,11 @@ async fn forgetting_a_target_makes_each_of_its_pending_jobs_dead_and_nothing_els
     let delivered = journal.append(delivery("evt_done", 1_002), &both).await.unwrap().id;
     settle(&journal, retrying, "gone", Decision::RetryAt(9_000)).await;
     settle(&journal, delivered, "gone", Decision::Delivered).await;
+    // Stale entries no lane of a removed target will ever drop: one for the
+    // delivered job, and a second one beside the retry's.
+    for (due, id) in [(3_000, delivered), (4_000, retrying)] {
+        journal.tree().unwrap().insert(QueueEntry::new(QueueClass::Retry, due, id).key("gone"), &[]).unwrap();
+    }
 
     assert_eq!(journal.forget_target("gone", 7_000).await.unwrap(), 2);
     for id in [fresh, retrying] {

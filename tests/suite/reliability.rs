@@ -643,40 +643,37 @@ async fn exchange(
     bytes: &[u8],
     within: Duration,
 ) -> (String, bool) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = stream.write_all(bytes).await;
-    let _ = stream.flush().await;
-    let mut received = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let text = String::from_utf8_lossy(&received).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n")
-            && head.starts_with("HTTP/1.1 ")
-            && head
-                .lines()
-                .find_map(|line| {
-                    line.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned)
-                })
-                .and_then(|len| len.trim().parse::<usize>().ok())
-                .is_some_and(|len| body.len() >= len)
-        {
-            return (text, false);
-        }
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (text, true),
-            Ok(Ok(n)) => received.extend_from_slice(&chunk[..n]),
-            Err(_) => return (text, false),
-        }
-    }
+    let (received, closed) = exchange_until(stream, bytes, within, |received| {
+        let text = String::from_utf8_lossy(received);
+        text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+            head.starts_with("HTTP/1.1 ")
+                && head
+                    .lines()
+                    .find_map(|line| {
+                        line.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned)
+                    })
+                    .and_then(|len| len.trim().parse::<usize>().ok())
+                    .is_some_and(|len| body.len() >= len)
+        })
+    })
+    .await;
+    (String::from_utf8_lossy(&received).into_owned(), closed)
 }
 
-/// Writes `bytes` and reads what comes back, as is, for `within` or until
-/// the peer closes (true).
+/// The same, the bytes as they came, until the peer closes or `within` passes.
 async fn exchange_raw(
     stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
     bytes: &[u8],
     within: Duration,
+) -> (Vec<u8>, bool) {
+    exchange_until(stream, bytes, within, |_| false).await
+}
+
+async fn exchange_until(
+    stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+    bytes: &[u8],
+    within: Duration,
+    enough: impl Fn(&[u8]) -> bool,
 ) -> (Vec<u8>, bool) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = stream.write_all(bytes).await;
@@ -685,6 +682,9 @@ async fn exchange_raw(
     let mut chunk = [0u8; 8192];
     let deadline = tokio::time::Instant::now() + within;
     loop {
+        if enough(&received) {
+            return (received, false);
+        }
         match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return (received, true),
             Ok(Ok(n)) => received.extend_from_slice(&chunk[..n]),
