@@ -28,6 +28,18 @@ fn delivery(webhook_id: &str, at_ms: u64) -> NewDelivery {
     }
 }
 
+/// A `monitor.event.detected` of event group `group`, as ingress journals it.
+fn detection(webhook_id: &str, group: &str, at_ms: u64) -> NewDelivery {
+    NewDelivery {
+        event_group: Some(group.into()),
+        body: format!(
+            r#"{{"type":"monitor.event.detected","data":{{"event":{{"event_group_id":"{group}"}}}}}}"#
+        )
+        .into_bytes(),
+        ..delivery(webhook_id, at_ms)
+    }
+}
+
 #[tokio::test]
 async fn append_then_read_back_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -667,14 +679,6 @@ async fn retention_drops_a_detections_group_entry_and_a_purge_keeps_it() {
     use crate::delivery::policy::Decision;
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(&config(dir.path())).unwrap();
-    let detection = |webhook_id: &str, group: &str, at_ms: u64| {
-        NewDelivery {
-        event_group: Some(group.into()),
-        body: format!(r#"{{"type":"monitor.event.detected","data":{{"monitor_id":"m","event":{{"event_group_id":"{group}"}}}}}}"#)
-            .into_bytes(),
-        ..delivery(webhook_id, at_ms)
-    }
-    };
     let targets = vec!["a".to_owned()];
     let delivered = journal.append(detection("whevent_1", "g_delivered", 1_000), &targets).await.unwrap().id;
     let dead = journal.append(detection("whevent_2", "g_dead", 1_001), &targets).await.unwrap().id;
@@ -704,15 +708,10 @@ async fn a_detections_group_entry_outlives_each_copy_but_the_last() {
     use crate::delivery::policy::Decision;
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(&config(dir.path())).unwrap();
-    let detection = |webhook_id: &str, at_ms: u64| NewDelivery {
-        event_group: Some("g".into()),
-        body: br#"{"type":"monitor.event.detected","data":{"event":{"event_group_id":"g"}}}"#.to_vec(),
-        ..delivery(webhook_id, at_ms)
-    };
     let targets = vec!["a".to_owned()];
     // Two real webhooks of one detection (different ids): both journaled.
-    let first = journal.append(detection("whevent_1", 1_000), &targets).await.unwrap();
-    let second = journal.append(detection("whevent_2", 5_000), &targets).await.unwrap();
+    let first = journal.append(detection("whevent_1", "g", 1_000), &targets).await.unwrap();
+    let second = journal.append(detection("whevent_2", "g", 5_000), &targets).await.unwrap();
     assert!(!second.duplicate);
     for id in [first.id, second.id] {
         settle(&journal, id, "a", Decision::Delivered).await;
@@ -723,10 +722,10 @@ async fn a_detections_group_entry_outlives_each_copy_but_the_last() {
     assert!(!journal.has_event_group("parallel", "g").unwrap());
 
     // A purged copy's tombstone leaves alone an entry a later copy took over.
-    let dead = journal.append(detection("whevent_3", 7_000), &targets).await.unwrap().id;
+    let dead = journal.append(detection("whevent_3", "g", 7_000), &targets).await.unwrap().id;
     settle(&journal, dead, "a", Decision::Dead).await;
     assert_eq!(journal.purge_dead(8_000, None, false).unwrap().deliveries, 1);
-    let later = journal.append(detection("whevent_4", 9_000), &targets).await.unwrap().id;
+    let later = journal.append(detection("whevent_4", "g", 9_000), &targets).await.unwrap().id;
     settle(&journal, later, "a", Decision::Dead).await;
     journal.prune_delivered(crate::time::now_ms() + 1).unwrap();
     assert!(journal.has_event_group("parallel", "g").unwrap(), "owned by the later copy, still kept");
@@ -736,7 +735,7 @@ async fn a_detections_group_entry_outlives_each_copy_but_the_last() {
     // the detection took it over before the removal: the new one keeps it.
     let group_key = keys::group("parallel", "g");
     let read = journal.group_entry_owned_by(later, &group_key).unwrap().unwrap();
-    let newest = journal.append(detection("whevent_5", 10_000), &targets).await.unwrap().id;
+    let newest = journal.append(detection("whevent_5", "g", 10_000), &targets).await.unwrap().id;
     journal.remove_group_entries(vec![(group_key.clone(), read)]).unwrap();
     assert!(journal.group_entry_owned_by(newest, &group_key).unwrap().is_some());
 }
@@ -1113,14 +1112,6 @@ async fn group_entries_of_earlier_versions_move_to_the_latest_copy_before_a_swee
     use crate::delivery::policy::Decision;
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(&config(dir.path())).unwrap();
-    let detection = |webhook_id: &str, group: &str, at_ms: u64| NewDelivery {
-        event_group: Some(group.into()),
-        body: format!(
-            r#"{{"type":"monitor.event.detected","data":{{"event":{{"event_group_id":"{group}"}}}}}}"#
-        )
-        .into_bytes(),
-        ..delivery(webhook_id, at_ms)
-    };
     let targets = vec!["a".to_owned()];
     let first = journal.append(detection("whevent_1", "g", 1_000), &targets).await.unwrap().id;
     let second = journal.append(detection("whevent_2", "g", 5_000), &targets).await.unwrap().id;
