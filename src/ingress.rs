@@ -246,7 +246,15 @@ impl Ingress {
     /// requests dropped at the end of the grace period among them): at a
     /// stop, before the journal's last indexing and flush.
     pub async fn appends_finished(&self, limit: Duration) {
-        until_none_left(&self.appending, limit).await;
+        if !until_none_left(&self.appending, limit).await {
+            // Still queued at the writer: journaled after the stop's last
+            // indexing, their jobs are found from the fresh-job mark at the
+            // next start.
+            tracing::warn!(
+                appending = self.appending.load(Ordering::Acquire),
+                "appends still under way at the stop; their jobs are picked up at the next start"
+            );
+        }
     }
 
     /// Takes the sources (secrets, tolerances, rate limits), routes and body
