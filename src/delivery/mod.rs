@@ -77,6 +77,10 @@ impl Inbox {
 /// are kept and a target that comes back picks up where it was).
 struct LaneSet {
     lanes: RwLock<BTreeMap<String, Arc<Lane>>>,
+    /// Targets not in the config at the start whose jobs the journal still
+    /// holds pending, with how many: they have no lane (a reload that brings
+    /// one back gives it one), but the operator sees them and can forget them.
+    left_behind: Mutex<BTreeMap<String, usize>>,
     /// Held by a reload while it changes the set of targets, and by a
     /// forget while it settles a removed target's jobs: never both at once.
     reconfiguring: tokio::sync::Mutex<()>,
@@ -113,6 +117,26 @@ impl LaneSet {
             tracing::info!(target_name = %target.name, pending, "resuming pending jobs");
         }
         Ok(Arc::new(lane))
+    }
+
+    /// Notes the targets not in `config` whose jobs the journal holds
+    /// pending (a target removed while its jobs waited, then a restart).
+    fn find_left_behind(&self, config: &Config) -> Result<(), JournalError> {
+        let mut left_behind = self.left_behind.lock().expect("not poisoned");
+        for name in self.journal.targets_with_pending()? {
+            if config.targets.contains_key(&name) {
+                continue;
+            }
+            let pending = self.journal.pending_count(&name);
+            tracing::warn!(
+                target_name = %name,
+                pending,
+                "a target no longer in the config has jobs pending: they are kept until it comes back, \
+                 or `hookrelay targets forget` makes them dead"
+            );
+            left_behind.insert(name, pending);
+        }
+        Ok(())
     }
 
     /// Starts the lane and its pager.
@@ -161,19 +185,50 @@ impl LaneStatus {
     }
 
     /// One JSON object per target, in name order (removed targets whose
-    /// lanes still hold jobs show as `removed`).
+    /// lanes still hold jobs show as `removed`, and so do those a start
+    /// found jobs of; see [`LaneSet::left_behind`]).
     pub fn describe(&self, now_ms: u64) -> Vec<serde_json::Value> {
-        self.0
-            .all()
+        let mut rows: BTreeMap<String, serde_json::Value> = self
+            .0
+            .left_behind
+            .lock()
+            .expect("not poisoned")
             .iter()
-            .filter(|lane| !lane.is_retired() || lane.gauges(now_ms).pending > 0)
-            .map(|lane| lane.describe(now_ms))
-            .collect()
+            .map(|(name, &pending)| (name.clone(), self.describe_left_behind(name, pending)))
+            .collect();
+        for lane in self.0.all() {
+            if !lane.is_retired() || lane.gauges(now_ms).pending > 0 {
+                rows.insert(lane.name().to_owned(), lane.describe(now_ms));
+            }
+        }
+        rows.into_values().collect()
     }
 
-    /// Whether a lane of this name exists (configured, or removed by a reload).
+    /// A removed target that has no lane: the journal's figures only, the
+    /// same fields as a lane's (its config is gone: no source or URL).
+    fn describe_left_behind(&self, name: &str, pending: usize) -> serde_json::Value {
+        serde_json::json!({
+            "name": name,
+            "source": null,
+            "url": null,
+            "state": "removed",
+            "paused": false,
+            "breaker": null,
+            "pending": pending,
+            "replay_pending": null,
+            "dead": self.0.journal.dead_count(name),
+            "in_flight": 0,
+            "oldest_pending_age_seconds": null,
+            "rate_limit": null,
+            "concurrency": null,
+            "attempts_since_start": {"delivered": 0, "retry": 0, "dead": 0},
+        })
+    }
+
+    /// Whether a target of this name is known: it has a lane (configured,
+    /// or removed by a reload), or a start found its jobs left behind.
     pub fn knows(&self, target: &str) -> bool {
-        self.0.lane(target).is_some()
+        self.0.lane(target).is_some() || self.0.left_behind.lock().expect("not poisoned").contains_key(target)
     }
 
     /// Runs `forget` (which settles `target`'s pending jobs in the
@@ -199,6 +254,7 @@ impl LaneStatus {
         if let Some(lane) = lane {
             lane.drop_queue();
         }
+        self.0.left_behind.lock().expect("not poisoned").remove(target);
         Ok(forgotten)
     }
 
@@ -251,6 +307,7 @@ impl Dispatcher {
     ) -> Result<Self, JournalError> {
         let set = Arc::new(LaneSet {
             lanes: RwLock::new(BTreeMap::new()),
+            left_behind: Mutex::new(BTreeMap::new()),
             reconfiguring: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(Vec::new()),
             enricher: Arc::new(crate::enrich::Enricher::new(parallel, journal.clone())),
@@ -264,6 +321,7 @@ impl Dispatcher {
             set.spawn(lane.clone());
             set.lanes.write().expect("not poisoned").insert(target.name.clone(), lane);
         }
+        set.find_left_behind(config)?;
         Ok(Dispatcher { set })
     }
 
@@ -296,6 +354,8 @@ impl Dispatcher {
         let mut lanes = self.set.lanes.write().expect("not poisoned");
         for lane in new_lanes {
             self.set.spawn(lane.clone());
+            // Back in the config: its lane holds the jobs left behind.
+            self.set.left_behind.lock().expect("not poisoned").remove(lane.name());
             lanes.insert(lane.name().to_owned(), lane);
         }
         for target in config.targets.values() {

@@ -569,6 +569,30 @@ impl Journal {
         *self.dead.lock().expect("not poisoned").entry(target.to_owned()).or_default() += change;
     }
 
+    /// Every target with a pending job: the names in the queue index (one
+    /// seek per target, not a read of every entry) and of the unindexed
+    /// fresh jobs. How a start finds the jobs of targets no longer in the
+    /// config.
+    pub fn targets_with_pending(&self) -> Result<std::collections::BTreeSet<String>, JournalError> {
+        let tree = self.tree()?;
+        let mut targets = std::collections::BTreeSet::new();
+        let mut from = keys::QUEUE_ALL.to_vec();
+        while let Some(entry) = tree.range(from.as_slice()..).keys().next() {
+            let key = entry?;
+            let Some(rest) = key.strip_prefix(keys::QUEUE_ALL) else { break };
+            let Some(end) = rest.iter().position(|&byte| byte == 0) else {
+                tracing::error!(key = ?key, "skipping a queue entry without a target");
+                from = [key.as_ref(), &[0]].concat();
+                continue;
+            };
+            // Past every key of this target (`Q` target `\0` ...): `Q` target `\1`.
+            from = [&key[..1 + end], &[1]].concat();
+            targets.insert(String::from_utf8_lossy(&rest[..end]).into_owned());
+        }
+        targets.extend(fresh::unqueued(&tree, None)?.into_iter().map(|(job, _)| job.target));
+        Ok(targets)
+    }
+
     /// How many jobs of `target` are pending (fresh, retries and replays).
     pub fn pending_count(&self, target: &str) -> usize {
         self.queued(target).map_or(0, |entries| entries.len())
@@ -1023,7 +1047,6 @@ mod keys {
     const REPLAY_PAIR: &[u8] = b"X";
     const QUEUE: u8 = b'Q';
     /// Every queue entry of every target.
-    #[cfg(test)]
     pub const QUEUE_ALL: &[u8] = b"Q";
     /// The fresh-job low-water mark (see `fresh`).
     pub const FRESH_FROM: &[u8] = b"M:fresh-from";

@@ -1172,3 +1172,27 @@ async fn forgetting_a_target_makes_each_of_its_pending_jobs_dead_and_nothing_els
     assert_eq!(journal.dead_count("gone"), 2);
     assert_eq!(journal.pending_count("gone"), 0);
 }
+
+#[tokio::test]
+async fn the_targets_with_pending_jobs_are_found_indexed_or_not() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let id =
+        journal.append(delivery("evt_1", 1_000), &["a".into(), "ab".into(), "b".into()]).await.unwrap().id;
+    settle(&journal, id, "a", Decision::RetryAt(9_000)).await;
+    settle(&journal, id, "b", Decision::Delivered).await;
+    // "a" is in the queue index (a retry), "ab" a fresh job not in it, and
+    // "b" settled; "a\0"'s prefix must not hide "ab".
+    assert!(journal.unindexed_fresh_jobs("ab").unwrap().len() == 1);
+    let names = |journal: &Journal| journal.targets_with_pending().unwrap().into_iter().collect::<Vec<_>>();
+    assert_eq!(names(&journal), ["a", "ab"]);
+    // Reopened, every one is indexed: the same.
+    drop(journal);
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    assert!(journal.unindexed_fresh_jobs("ab").unwrap().is_empty());
+    assert_eq!(names(&journal), ["a", "ab"]);
+    let other = journal.append(delivery("evt_2", 2_000), &["c".into()]).await.unwrap().id;
+    settle(&journal, other, "c", Decision::RetryAt(9_000)).await;
+    assert_eq!(names(&journal), ["a", "ab", "c"]);
+}

@@ -310,3 +310,64 @@ async fn a_removed_target_can_be_forgotten_so_its_deliveries_no_longer_wait() {
     assert_eq!(purged.json()["purged"], 3, "{}", purged.text());
     gateway.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_removed_while_their_jobs_wait_are_listed_after_a_restart_and_can_come_back_or_be_forgotten()
+{
+    let down = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    down.answer_with(|_| Some(Answer::Status(500)));
+    let old = crm("parallel", &down).replace("[targets.crm]", "[targets.old]");
+    let gateway =
+        TestGateway::with(Options { targets: crm("parallel", &down) + &old, ..Options::default() }).await;
+    for i in 0..2 {
+        gateway.post_signed(Transport::Http, "parallel", &format!("evt_{i}"), MONITOR_EVENT).await;
+    }
+    let dir = gateway.dir.clone();
+    gateway.stop().await.unwrap();
+
+    // Restarted with neither: no lanes, but the journal still holds their jobs.
+    let gateway = TestGateway::with(Options { dir: Some(dir), ..Options::default() }).await;
+    let listed = admin_get(gateway.admin_addr, "/v1/targets").await.json();
+    let rows: Vec<(&str, &str, u64)> = listed["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["state"].as_str().unwrap(), t["pending"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(rows, [("crm", "removed", 2), ("old", "removed", 2)], "{listed}");
+
+    // One is forgotten: its jobs dead, and it is no longer listed or known.
+    let forgotten = admin_post(gateway.admin_addr, "/v1/targets/old/forget", json!({})).await;
+    assert_eq!((forgotten.status, forgotten.json()["dead"].clone()), (200, json!(2)), "{}", forgotten.text());
+    let listed = admin_get(gateway.admin_addr, "/v1/targets").await.json();
+    assert_eq!(listed["targets"].as_array().unwrap().len(), 1, "{listed}");
+    let again = admin_post(gateway.admin_addr, "/v1/targets/old/forget", json!({})).await;
+    assert_eq!((again.status, again.error_code()), (404, "unknown_target".to_owned()));
+
+    // The other comes back at a reload: its new lane sends what waited.
+    let up = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
+    std::fs::write(
+        &gateway.config_path,
+        std::fs::read_to_string(&gateway.config_path).unwrap() + &crm("parallel", &up),
+    )
+    .unwrap();
+    gateway.reload.reload().await.unwrap();
+    let received = up.wait_for(2, Duration::from_secs(20)).await;
+    let mut ids: Vec<&str> = received.iter().map(|r| r.header("webhook-id")).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["evt_0", "evt_1"]);
+    let listed = admin_get(gateway.admin_addr, "/v1/targets").await.json();
+    assert_eq!(listed["targets"][0]["state"], "active", "{listed}");
+    assert_eq!(listed["targets"].as_array().unwrap().len(), 1, "{listed}");
+    // Once delivered, removing it again leaves nothing waiting to list.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while admin_get(gateway.admin_addr, "/v1/targets").await.json()["targets"][0]["pending"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "its outcomes are written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rewrite(&gateway, |text| text.replace(&crm("parallel", &up), ""));
+    gateway.reload.reload().await.unwrap();
+    let listed = admin_get(gateway.admin_addr, "/v1/targets").await.json();
+    assert_eq!(listed["targets"], json!([]), "{listed}");
+    gateway.stop().await.unwrap();
+}
