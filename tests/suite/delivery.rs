@@ -261,12 +261,20 @@ async fn a_target_rate_limit_is_never_exceeded() {
         gateway.post_signed(Transport::Http, "parallel", &format!("evt_rate_{i}"), MONITOR_EVENT).await;
     }
     let received = target.wait_for(n, WAIT).await;
+    // Times of arrival at the target: each is its release by the limiter
+    // plus a delay (a busy machine's scheduling, loopback). A delay can
+    // only bring arrivals closer when an earlier one is held up: the span
+    // allows a delay of 150 ms, the window one of 350 ms. (A limit 20% too
+    // loose still fails the span; no limit fails both.)
     let span = received[n - 1].at - received[0].at;
-    // burst 2 at once, then one every 200 ms: at least (10 - 2) / 5 s.
-    assert!(span >= Duration::from_millis(1550), "{n} requests in {span:?}");
+    // burst 2 at once, then one every 200 ms: (10 - 2) / 5 s = 1.6 s.
+    assert!(span >= Duration::from_millis(1600 - 150), "{n} requests in {span:?}");
     for (i, request) in received.iter().enumerate() {
-        let in_window = received[i..].iter().filter(|r| r.at - request.at < Duration::from_secs(1)).count();
-        assert!(in_window <= 2 + 5, "{in_window} requests within one second");
+        let in_window =
+            received[i..].iter().filter(|r| r.at - request.at < Duration::from_millis(850)).count();
+        // Eight would need releases 7 apart (1.2 s at least) to arrive
+        // within 850 ms.
+        assert!(in_window <= 2 + 5, "{in_window} requests within 850 ms");
     }
 }
 

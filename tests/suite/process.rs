@@ -261,7 +261,7 @@ async fn sign_output_is_accepted_by_the_gateway() {
     assert!(daemon.wait().await.success(), "SIGINT exits 0 too");
 }
 
-/// A child process whose stdout lines are collected.
+/// A child process whose output lines (stdout and stderr) are collected.
 struct Lines {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
@@ -270,16 +270,29 @@ struct Lines {
 impl Lines {
     fn spawn(command: &mut Command) -> Lines {
         let mut child =
-            command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
+            command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let collect = |output: Box<dyn std::io::Read + Send>| {
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(output).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+        };
+        collect(Box::new(child.stdout.take().unwrap()));
+        collect(Box::new(child.stderr.take().unwrap()));
         Lines { child, lines }
+    }
+
+    /// A tap on port 0 and the port it says it listens on.
+    fn tap(secret: &str) -> (Lines, u16) {
+        let tap =
+            Lines::spawn(Command::new(BIN).args(["tap", "--listen", "127.0.0.1:0", "--secret", secret]));
+        let line = tap.wait_for_line(|l| l.contains("listening on http://127.0.0.1:"));
+        let port = line.split("127.0.0.1:").nth(1).and_then(|rest| rest.split('/').next());
+        let port = port.and_then(|port| port.parse().ok()).unwrap_or_else(|| panic!("no port in {line:?}"));
+        (tap, port)
     }
 
     fn wait_for_line(&self, pred: impl Fn(&str) -> bool) -> String {
@@ -300,10 +313,6 @@ impl Drop for Lines {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A port that refuses connections while the socket lives: bound, never
 /// listening, so no other test can take it meanwhile.
 fn refused_port() -> (tokio::net::TcpSocket, u16) {
@@ -313,20 +322,11 @@ fn refused_port() -> (tokio::net::TcpSocket, u16) {
     (reserved, port)
 }
 
-fn wait_for_port(port: u16) {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("nothing listens on {port}");
-}
-
 #[test]
 fn quick_start_serve_tap_and_send_test() {
     const TARGET_SECRET: &str = "whsec_dGFyZ2V0LXNlY3JldC0x";
-    let tap_port = free_port();
+    // Bound before it says so: no port is freed for the tap to take later.
+    let (tap, tap_port) = Lines::tap(TARGET_SECRET);
     let dir = tempfile::tempdir().unwrap();
     let config_path = write_config(
         dir.path(),
@@ -334,14 +334,6 @@ fn quick_start_serve_tap_and_send_test() {
             "[targets.tap]\nsource = \"parallel\"\nurl = \"http://127.0.0.1:{tap_port}/events\"\nsecret = \"{TARGET_SECRET}\"\n"
         ),
     );
-    let tap = Lines::spawn(Command::new(BIN).args([
-        "tap",
-        "--listen",
-        &format!("127.0.0.1:{tap_port}"),
-        "--secret",
-        TARGET_SECRET,
-    ]));
-    wait_for_port(tap_port);
     let daemon = Daemon::start(&config_path);
     for event_type in hookrelay::samples::EVENT_TYPES {
         let out = Command::new(BIN)
@@ -361,15 +353,7 @@ fn quick_start_serve_tap_and_send_test() {
     }
 
     // A tap with the wrong secret says why it refuses, and answers 401.
-    let wrong_port = free_port();
-    let wrong = Lines::spawn(Command::new(BIN).args([
-        "tap",
-        "--listen",
-        &format!("127.0.0.1:{wrong_port}"),
-        "--secret",
-        "whsec_d3Jvbmc=",
-    ]));
-    wait_for_port(wrong_port);
+    let (wrong, wrong_port) = Lines::tap("whsec_d3Jvbmc=");
     let out = Command::new(BIN)
         .args(["send-test", "--url", &format!("http://127.0.0.1:{wrong_port}/"), "--secret", TARGET_SECRET])
         .output()
