@@ -17,9 +17,7 @@
 //! waited, and only when a listing ran meanwhile; if the clock steps back,
 //! ids keep the floor's time until it catches up (logged), rather than
 //! sorting behind deliveries already listed — for up to ten minutes: a clock
-//! further behind is followed instead (logged as an error). The deliveries
-//! stamped before it was set back stay listed meanwhile: a bound never hides
-//! a delivery that has landed.
+//! further behind is followed instead (logged as an error).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -43,8 +41,8 @@ impl Horizon {
     /// Starts above every delivery already journaled (`last`), so a restart
     /// with the clock behind keeps new ids after those a client has seen.
     pub(crate) fn after(last: Option<DeliveryId>) -> Horizon {
-        let last = last.unwrap_or(DeliveryId { received_at_ms: 0, seq: 0 });
-        let state = State { floor: last, highest: last, ..State::default() };
+        let state =
+            State { floor: last.unwrap_or(DeliveryId { received_at_ms: 0, seq: 0 }), ..State::default() };
         Horizon(Arc::new(Mutex::new(state)))
     }
 
@@ -94,9 +92,6 @@ struct State {
     landing: BTreeSet<DeliveryId>,
     /// The highest bound handed out (or the last id at the open).
     floor: DeliveryId,
-    /// The highest id given out (or the last id at the open). Above every
-    /// bound but when the clock was set far back (see `bound`).
-    highest: DeliveryId,
     /// The floor time a clock step was last logged at: once per step.
     warned_at_ms: u64,
     /// Sequence numbers reserved and not yet given out (see [`SEQ_BLOCK`]).
@@ -136,7 +131,6 @@ impl State {
         }
         let id = DeliveryId { received_at_ms: stamped_ms.max(floor_ms), seq: self.next_seq(next_block)? };
         self.landing.insert(id);
-        self.highest = self.highest.max(id);
         Ok(id)
     }
 
@@ -162,13 +156,6 @@ impl State {
 
     /// Below the smallest id still landing and at most here and now: the
     /// sequence number is drawn now, so every id given out later sorts after.
-    ///
-    /// Once the clock was set far back and ids follow it, deliveries stamped
-    /// before that sort above here and now; with nothing landing, the bound
-    /// takes them in too (just above the highest id), rather than hiding
-    /// them from every listing until the clock catches up. Only here and now
-    /// becomes the floor: holding new ids above them again is what following
-    /// the clock gave up.
     fn bound<E>(
         &mut self,
         now_ms: u64,
@@ -179,11 +166,8 @@ impl State {
             received_at_ms: now_ms.max(self.floor.received_at_ms),
             seq: self.next_seq(next_block)?,
         };
-        let bound = match self.landing.first() {
-            Some(&oldest) => oldest.min(here),
-            None => here.max(DeliveryId { seq: self.highest.seq.saturating_add(1), ..self.highest }),
-        };
-        self.floor = self.floor.max(bound.min(here));
+        let bound = self.landing.first().map_or(here, |&oldest| oldest.min(here));
+        self.floor = self.floor.max(bound);
         Ok(bound)
     }
 }
@@ -258,30 +242,6 @@ mod tests {
         // Within the limit, held as before.
         let horizon = Horizon::after(Some(id(1_000_000 + MAX_HELD_MS, 7)));
         assert_eq!(horizon.enter(1_000_000, &mut seq).unwrap().id().received_at_ms, 1_000_000 + MAX_HELD_MS);
-    }
-
-    #[test]
-    fn deliveries_stamped_before_the_clock_was_set_far_back_stay_listed() {
-        let day = 86_400_000;
-        let mut seq = counter();
-        // Journaled a day ahead, then the clock was set right, and restarted.
-        let ahead = id(1_000_000 + day, 7);
-        let horizon = Horizon::after(Some(ahead));
-        let bound = horizon.bound(1_000_000, &mut seq).unwrap();
-        assert!(bound > ahead, "the deliveries already journaled are listed");
-        assert!(lock(&horizon.0).floor < ahead, "the floor follows the clock, not the bound");
-        // New ids follow the clock, and are listed once landed.
-        let new = horizon.enter(1_000_010, &mut seq).unwrap();
-        assert_eq!(new.id().received_at_ms, 1_000_010);
-        assert_eq!(horizon.bound(1_000_020, &mut seq).unwrap(), new.id(), "not past one still landing");
-        drop(new);
-        assert!(horizon.bound(1_000_020, &mut seq).unwrap() > ahead);
-        // The floor stayed with the clock: ids are not held a day ahead again.
-        assert_eq!(horizon.enter(1_000_030, &mut seq).unwrap().id().received_at_ms, 1_000_030);
-        // Nor does a listing put the floor back a day ahead (where the next
-        // append would find the clock far behind again, and log it again).
-        assert!(horizon.bound(1_000_040, &mut seq).unwrap() > ahead);
-        assert!(lock(&horizon.0).floor < ahead);
     }
 
     #[test]
