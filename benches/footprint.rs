@@ -46,9 +46,9 @@ fn mib(kib: u64) -> f64 {
 /// long. Random ids cost sled far more than the sequential ones of the
 /// `synthetic` shape (see BENCHMARKS.md), and one repeated byte as padding
 /// would flatter any compression.
-fn delivery(rng: &mut Rng, n: u64, synthetic: bool) -> NewDelivery {
+fn delivery(rng: &mut Rng, first_second: u64, n: u64, synthetic: bool) -> NewDelivery {
     // Ten a second: 10⁶ deliveries span 28 hours, inside the dedup window.
-    let seconds = 1_800_000_000 + n / 10;
+    let seconds = first_second + n / 10;
     let Detection { mut body, monitor, group, .. } = realistic::detection(rng, seconds);
     let mut webhook_id = format!("whevent_{}", rng.hex(24));
     let mut group = Some(group);
@@ -102,6 +102,10 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let journal = Arc::new(Journal::open(&config).unwrap());
     let started = Instant::now();
+    // Stamped in the past, ending a minute ago: a listing shows deliveries
+    // only once the clock has reached their time.
+    let now_secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let first_second = now_secs - 60 - deliveries / 10;
     runtime.block_on(async {
         let tasks: Vec<_> = (0..WRITERS)
             .map(|w| {
@@ -110,7 +114,7 @@ fn main() {
                     let targets = vec!["analytics".to_owned()];
                     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (w + 1));
                     for n in (w..deliveries).step_by(WRITERS as usize) {
-                        let delivery = delivery(&mut rng, n, synthetic);
+                        let delivery = delivery(&mut rng, first_second, n, synthetic);
                         journal.append(delivery, &targets).await.unwrap();
                     }
                 })

@@ -178,6 +178,9 @@ impl Admin {
     fn forget(&self, name: &str, now_ms: u64) -> Response<Full<Bytes>> {
         // The admin API runs on the blocking pool: waiting here for the
         // writer thread's group commits holds no runtime worker.
+        // Asked first: a target listed as removed is known even when the
+        // forget finds nothing left to settle (only stale queue entries).
+        let known = self.lanes.knows(name);
         let forgotten = self.lanes.forget_removed(name, || {
             tokio::runtime::Handle::current().block_on(self.journal.forget_target(name, now_ms))
         });
@@ -194,7 +197,7 @@ impl Admin {
                     "{n} attempts started before the target was removed are still landing; try again shortly"
                 ),
             ),
-            Ok(Ok(0)) if !self.lanes.knows(name) => {
+            Ok(Ok(0)) if !known => {
                 error(StatusCode::NOT_FOUND, "unknown_target", "no target of this name has jobs pending")
             }
             Ok(Ok(dead)) => {

@@ -254,7 +254,15 @@ impl LaneStatus {
         if let Some(lane) = lane {
             lane.drop_queue();
         }
-        self.0.left_behind.lock().expect("not poisoned").remove(target);
+        // Listed for as long as the journal holds any of its jobs (a forget
+        // that failed part way is run again).
+        let mut left_behind = self.0.left_behind.lock().expect("not poisoned");
+        if let Some(pending) = left_behind.get_mut(target) {
+            *pending = self.0.journal.pending_count(target);
+            if *pending == 0 {
+                left_behind.remove(target);
+            }
+        }
         Ok(forgotten)
     }
 
@@ -321,7 +329,11 @@ impl Dispatcher {
             set.spawn(lane.clone());
             set.lanes.write().expect("not poisoned").insert(target.name.clone(), lane);
         }
-        set.find_left_behind(config)?;
+        // Only what the operator sees: a journal that cannot say keeps the
+        // gateway from starting no more than before.
+        if let Err(err) = set.find_left_behind(config) {
+            tracing::error!(error = %err, "could not look for jobs of targets no longer in the config");
+        }
         Ok(Dispatcher { set })
     }
 

@@ -245,6 +245,18 @@ mod tests {
     }
 
     #[test]
+    fn deliveries_stamped_before_a_step_back_wait_for_the_clock_and_hide_nothing_later() {
+        let mut seq = counter();
+        let horizon = Horizon::default();
+        let ahead = horizon.enter(10_000_000, &mut seq).unwrap().id();
+        // Landed (its guard dropped); then the clock steps back five minutes.
+        let bound = horizon.bound(10_000_000 - 300_000, &mut seq).unwrap();
+        assert!(bound < ahead, "listed once the clock reaches its time");
+        let next = horizon.enter(10_000_000 - 299_000, &mut seq).unwrap();
+        assert!(next.id() > bound, "a later delivery never sorts behind a page already read");
+    }
+
+    #[test]
     fn a_restart_keeps_new_ids_after_the_last_one_journaled() {
         let horizon = Horizon::after(Some(id(5_000, 77)));
         let block = || Ok::<_, Infallible>(78);

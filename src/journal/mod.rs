@@ -593,9 +593,14 @@ impl Journal {
         Ok(targets)
     }
 
-    /// How many jobs of `target` are pending (fresh, retries and replays).
+    /// How many jobs of `target` are pending (fresh, retries and replays):
+    /// its entries in the queue index, counted without holding them, and
+    /// its unindexed fresh jobs.
     pub fn pending_count(&self, target: &str) -> usize {
-        self.queued(target).map_or(0, |entries| entries.len())
+        let Ok(tree) = self.tree() else { return 0 };
+        let indexed =
+            tree.scan_prefix(keys::queue_target_prefix(target)).keys().filter(Result::is_ok).count();
+        indexed + fresh::unqueued(&tree, Some(target)).map_or(0, |jobs| jobs.len())
     }
 
     pub fn job(&self, delivery: DeliveryId, target: &str) -> Result<Option<Job>, JournalError> {
