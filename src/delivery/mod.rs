@@ -180,8 +180,22 @@ pub enum NotForgettable {
 pub struct LaneStatus(Arc<LaneSet>);
 
 impl LaneStatus {
+    /// Per target, for `/metrics` and systemd's status line: the lanes',
+    /// and the pending and dead counts of targets left behind in the journal.
     pub fn gauges(&self, now_ms: u64) -> BTreeMap<String, TargetGauges> {
-        self.0.all().iter().map(|lane| (lane.name().to_owned(), lane.gauges(now_ms))).collect()
+        let mut gauges: BTreeMap<String, TargetGauges> = self
+            .0
+            .left_behind
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(name, &pending)| {
+                let dead = self.0.journal.dead_count(name);
+                (name.clone(), TargetGauges { pending, oldest_pending_age: None, breaker_open: false, dead })
+            })
+            .collect();
+        gauges.extend(self.0.all().iter().map(|lane| (lane.name().to_owned(), lane.gauges(now_ms))));
+        gauges
     }
 
     /// One JSON object per target, in name order (removed targets whose

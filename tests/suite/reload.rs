@@ -335,6 +335,8 @@ async fn targets_removed_while_their_jobs_wait_are_listed_after_a_restart_and_ca
         .map(|t| (t["name"].as_str().unwrap(), t["state"].as_str().unwrap(), t["pending"].as_u64().unwrap()))
         .collect();
     assert_eq!(rows, [("crm", "removed", 2), ("old", "removed", 2)], "{listed}");
+    let metrics = admin_get(gateway.admin_addr, "/metrics").await.text();
+    assert!(metrics.contains("hookrelay_pending_jobs{target=\"crm\"} 2\n"), "{metrics}");
 
     // One is forgotten: its jobs dead, and it is no longer listed or known.
     let forgotten = admin_post(gateway.admin_addr, "/v1/targets/old/forget", json!({})).await;
