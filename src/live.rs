@@ -20,6 +20,16 @@ impl<T> Live<T> {
     pub fn set(&self, value: T) {
         *self.0.write().expect("not poisoned") = Arc::new(value);
     }
+
+    /// [`Live::set`], returning what it replaced (to put back with
+    /// [`Live::put_back`] when the rest of a reload fails).
+    pub fn replace(&self, value: T) -> Arc<T> {
+        std::mem::replace(&mut *self.0.write().expect("not poisoned"), Arc::new(value))
+    }
+
+    pub fn put_back(&self, previous: Arc<T>) {
+        *self.0.write().expect("not poisoned") = previous;
+    }
 }
 
 impl<T: std::fmt::Debug> std::fmt::Debug for Live<T> {

@@ -281,6 +281,9 @@ fn encode(text: &str) -> String {
 /// swaps the set whole.
 pub struct ParallelApis(Live<BTreeMap<String, Arc<ParallelApi>>>);
 
+/// The clients a reload replaced.
+pub(crate) struct ApisBefore(Arc<BTreeMap<String, Arc<ParallelApi>>>);
+
 impl ParallelApis {
     pub fn new(config: &Config) -> Self {
         ParallelApis(Live::new(Self::build(config, &BTreeMap::new())))
@@ -290,9 +293,16 @@ impl ParallelApis {
     /// `rate_limit` did not change: a reload must not hand out a fresh burst
     /// (a backfill under way keeps the old client, and would otherwise
     /// share the API with a second full budget).
-    pub(crate) fn reload(&self, config: &Config) {
+    ///
+    /// Returns the clients it replaced, for [`ParallelApis::put_back`].
+    pub(crate) fn reload(&self, config: &Config) -> ApisBefore {
         let previous = self.0.get();
-        self.0.set(Self::build(config, &previous));
+        ApisBefore(self.0.replace(Self::build(config, &previous)))
+    }
+
+    /// Undoes a [`ParallelApis::reload`] whose reload failed later on.
+    pub(crate) fn put_back(&self, before: ApisBefore) {
+        self.0.put_back(before.0);
     }
 
     pub fn get(&self, source: &str) -> Option<Arc<ParallelApi>> {

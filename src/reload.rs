@@ -127,16 +127,19 @@ impl Reloadable {
         }
         let needs_restart = self.startup.changed(&StartupKeys::of(&config));
         let config = config.with_running_journal(&self.startup.journal()).map_err(|err| err.to_string())?;
-        // Lanes first: a new target has its lane before ingress routes to it.
+        // The API clients before the lanes: a lane that starts (a target that
+        // comes back with jobs pending, an `enrich = true` one) may enrich at
+        // once, with a source's new API key. Put back if the lanes fail.
+        let apis_before = self.parallel.reload(&config);
+        // Lanes next: a new target has its lane before ingress routes to it.
         self.metrics.register(&config);
         let no_forget = self.dispatcher.holding_targets().await;
-        self.dispatcher
-            .reconfigure(&config)
-            .await
-            .map_err(|err| format!("cannot start new targets: {err}"))?;
+        if let Err(err) = self.dispatcher.reconfigure(&config).await {
+            self.parallel.put_back(apis_before);
+            return Err(format!("cannot start new targets: {err}"));
+        }
         self.ingress.reload(&config);
         drop(no_forget);
-        self.parallel.reload(&config);
         if let (Some(live), Some(tls)) = (&self.tls, &config.server.tls) {
             live.set(tokio_rustls::TlsAcceptor::from(tls.config.clone()));
         }
