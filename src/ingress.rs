@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
@@ -415,9 +415,6 @@ impl Ingress {
         if request.method() != Method::POST {
             return Outcome::MethodNotAllowed;
         }
-        if let Err(retry_after_secs) = source.admit() {
-            return Outcome::RateLimited { retry_after_secs };
-        }
         let (parts, body) = request.into_parts();
         let headers = &parts.headers;
         // Header syntax first: a request that cannot verify is refused before
@@ -445,6 +442,13 @@ impl Ingress {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         if let Err(err) = source.verifier.verify(&signed, &body, now.as_secs() as i64) {
             return Outcome::Rejected(err);
+        }
+        // Only verified requests spend the source's budget: anyone who knows
+        // the URL could otherwise use it up and have the sender's own
+        // deliveries refused (a sender that gives up after its retries
+        // would lose them).
+        if let Err(retry_after_secs) = source.admit() {
+            return Outcome::RateLimited { retry_after_secs };
         }
         let envelope = Envelope::from_body(&body);
         let targets = rules.router.targets_for(&source.name, envelope.event_type.as_deref(), &body);
@@ -475,18 +479,35 @@ impl Ingress {
 }
 
 /// Reads at most `max_body` bytes within `body_timeout`.
+///
+/// Each frame is copied out and let go at once. A frame shares the read
+/// buffer it was cut from (hyper reads into buffers of 8 KiB and more), so
+/// holding every frame until the end, as collecting them does, would let a
+/// body trickled a byte per packet, or sent in 1-byte chunks, pin a whole
+/// buffer per byte: far more memory than `max_body`.
 async fn read_body<B>(body: B, max_body: u64, body_timeout: Duration) -> Result<Bytes, Outcome>
 where
     B: Body,
-    B::Error: std::error::Error + Send + Sync + 'static,
 {
+    use bytes::{Buf, BufMut};
+    /// Reserved up front at most, whatever the declared length: a client
+    /// that declares a large body and sends little gets no more than this.
+    const FIRST_RESERVE: u64 = 64 << 10;
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    match tokio::time::timeout(body_timeout, Limited::new(body, limit).collect()).await {
-        Err(_) => Err(Outcome::BodyTimeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(err)) if err.is::<LengthLimitError>() => Err(Outcome::BodyTooLarge { limit: max_body }),
-        Ok(Err(_)) => Err(Outcome::BodyUnreadable),
-    }
+    let reserve = body.size_hint().lower().min(max_body).min(FIRST_RESERVE);
+    let read = async move {
+        let mut body = std::pin::pin!(body);
+        let mut bytes = Vec::with_capacity(usize::try_from(reserve).unwrap_or(0));
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(|_| Outcome::BodyUnreadable)?.into_data() else { continue };
+            if data.remaining() > limit - bytes.len() {
+                return Err(Outcome::BodyTooLarge { limit: max_body });
+            }
+            bytes.put(data);
+        }
+        Ok(Bytes::from(bytes))
+    };
+    tokio::time::timeout(body_timeout, read).await.unwrap_or(Err(Outcome::BodyTimeout))
 }
 
 /// `/hooks/{source}` → `source`; anything else (including nested paths) → None.
@@ -537,6 +558,67 @@ mod tests {
         drop(appending);
         assert!(waiting.await.unwrap(), "done once the append finished");
         assert_eq!(count.load(Ordering::Acquire), 0);
+    }
+
+    /// One byte of a body, standing in for a frame cut from a read buffer:
+    /// while it lives, so does its `buffer` token.
+    struct Piece {
+        byte: Option<u8>,
+        _buffer: Arc<()>,
+    }
+
+    impl bytes::Buf for Piece {
+        fn remaining(&self) -> usize {
+            usize::from(self.byte.is_some())
+        }
+        fn chunk(&self) -> &[u8] {
+            self.byte.as_slice()
+        }
+        fn advance(&mut self, n: usize) {
+            if n > 0 {
+                self.byte = None;
+            }
+        }
+    }
+
+    /// A body sent a byte per frame, noting how many frames it handed out
+    /// are still held by the reader each time it is asked for the next.
+    struct Trickle {
+        left: usize,
+        handed_out: Vec<std::sync::Weak<()>>,
+        most_held: usize,
+    }
+
+    impl Body for Trickle {
+        type Data = Piece;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Piece>, Self::Error>>> {
+            let held = self.handed_out.iter().filter(|buffer| buffer.strong_count() > 0).count();
+            self.most_held = self.most_held.max(held);
+            if self.left == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            self.left -= 1;
+            let buffer = Arc::new(());
+            self.handed_out.push(Arc::downgrade(&buffer));
+            let piece = Piece { byte: Some(b'a' + (self.left % 26) as u8), _buffer: buffer };
+            std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(piece))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_trickled_body_holds_no_frame_past_its_copy() {
+        let mut trickle = Trickle { left: 1_000, handed_out: Vec::new(), most_held: 0 };
+        let body = read_body(&mut trickle, 1_000, Duration::from_secs(10)).await;
+        assert_eq!(body.map(|b| b.len()).ok(), Some(1_000));
+        assert!(trickle.most_held <= 1, "frames held while reading: {}", trickle.most_held);
+        // One byte over the limit: refused, whichever frame it comes in.
+        let mut over = Trickle { left: 1_001, handed_out: Vec::new(), most_held: 0 };
+        let refused = read_body(&mut over, 1_000, Duration::from_secs(10)).await;
+        assert!(matches!(refused, Err(Outcome::BodyTooLarge { limit: 1_000 })));
     }
 
     #[test]

@@ -350,6 +350,17 @@ async fn over_the_source_rate_limit_is_429_with_retry_after() {
             Options { sources: Some(sources.clone()), ..Options::default() },
         )
         .await;
+        // Requests that do not verify spend none of the budget.
+        for i in 0..4 {
+            let forged = signed_request(
+                "parallel",
+                "whsec_d3Jvbmc=",
+                &format!("evt_forged_{i}"),
+                now(),
+                MONITOR_EVENT.as_bytes(),
+            );
+            assert_eq!(gateway.send(transport, forged).await.status, 401);
+        }
         let mut statuses = Vec::new();
         let mut limited = None;
         for i in 0..6 {
