@@ -462,7 +462,7 @@ impl Ingress {
             event_type: envelope.event_type,
             monitor_id: envelope.monitor_id,
             event_group: envelope.event_group_id,
-            body: body.to_vec(),
+            body,
         };
         match self.journal_and_fan_out(delivery, targets, true).await {
             Ok(appended) => Outcome::Accepted { id: appended.id.to_string(), duplicate: appended.duplicate },
@@ -485,7 +485,7 @@ impl Ingress {
 /// holding every frame until the end, as collecting them does, would let a
 /// body trickled a byte per packet, or sent in 1-byte chunks, pin a whole
 /// buffer per byte: far more memory than `max_body`.
-async fn read_body<B>(body: B, max_body: u64, body_timeout: Duration) -> Result<Bytes, Outcome>
+async fn read_body<B>(body: B, max_body: u64, body_timeout: Duration) -> Result<Vec<u8>, Outcome>
 where
     B: Body,
 {
@@ -505,7 +505,7 @@ where
             }
             bytes.put(data);
         }
-        Ok(Bytes::from(bytes))
+        Ok(bytes)
     };
     tokio::time::timeout(body_timeout, read).await.unwrap_or(Err(Outcome::BodyTimeout))
 }
