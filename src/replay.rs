@@ -304,11 +304,22 @@ impl Replayer {
         let records: Box<dyn Iterator<Item = Result<DeliveryRecord, JournalError>> + 'a> =
             if selection.ids.is_empty() {
                 let start = DeliveryId { received_at_ms: selection.since_ms, seq: 0 };
-                Box::new(self.journal.deliveries_from(start).take_while(move |record| {
-                    record.as_ref().map_or(true, |record| {
-                        selection.until_ms.is_none_or(|until| record.id.received_at_ms < until)
-                    })
-                }))
+                // What had landed when the walk began, however long it takes:
+                // deliveries arriving meanwhile are sent by their own fan-out,
+                // and `matched` stays what a dry run of the same window said.
+                match self.journal.listing_bound() {
+                    Ok(bound) => {
+                        let end = selection
+                            .until_ms
+                            .map_or(bound, |until| bound.min(DeliveryId { received_at_ms: until, seq: 0 }));
+                        Box::new(
+                            self.journal.deliveries_from(start).take_while(move |record| {
+                                record.as_ref().map_or(true, |record| record.id < end)
+                            }),
+                        )
+                    }
+                    Err(err) => Box::new(std::iter::once(Err(err))),
+                }
             } else {
                 Box::new(selection.ids.iter().filter_map(move |id| self.journal.get(*id).transpose()))
             };

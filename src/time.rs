@@ -25,9 +25,9 @@ pub fn rfc3339(unix_secs: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+00:00)` into Unix milliseconds.
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` into Unix milliseconds.
 pub fn parse_rfc3339(text: &str) -> Option<u64> {
-    let text = text.strip_suffix('Z').or_else(|| text.strip_suffix("+00:00"))?;
+    let (text, offset_secs) = split_offset(text)?;
     let (date, time) = text.split_once('T')?;
     let mut date_parts = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
     let (year, month, day) = (date_parts.next()??, date_parts.next()??, date_parts.next()??);
@@ -38,7 +38,7 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
     // arithmetic below far from overflow (a fuzzer found year 202666666666666).
     if !(0..=9999).contains(&year)
         || !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
+        || !(1..=days_in_month(year, month)).contains(&day)
         || !(0..=23).contains(&hour)
         || !(0..=59).contains(&minute)
         || !(0..=60).contains(&second)
@@ -60,8 +60,43 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hour * 3_600 + minute * 60 + second;
+    let secs = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_secs;
     u64::try_from(secs * 1_000 + millis).ok()
+}
+
+/// The time without its zone, and the zone's offset east of UTC in seconds:
+/// `Z`, or `+HH:MM` / `-HH:MM` (what `date -Iseconds` writes).
+fn split_offset(text: &str) -> Option<(&str, i64)> {
+    if let Some(text) = text.strip_suffix('Z') {
+        return Some((text, 0));
+    }
+    let at = text.len().checked_sub(6)?;
+    let (text, zone) = (text.get(..at)?, text.get(at..)?.as_bytes());
+    let sign = match zone[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let digits = |pair: &[u8]| -> Option<i64> {
+        pair.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| i64::from(pair[0] - b'0') * 10 + i64::from(pair[1] - b'0'))
+    };
+    let (hours, minutes) = (digits(&zone[1..3])?, digits(&zone[4..6])?);
+    if zone[3] != b':' || hours > 23 || minutes > 59 {
+        return None;
+    }
+    Some((text, sign * (hours * 3_600 + minutes * 60)))
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// An instant as operators write it: a duration ago (`"2h"`, `"30m"`), an
@@ -103,6 +138,10 @@ mod tests {
         }
         assert_eq!(parse_rfc3339("2025-07-02T23:29:35.114Z"), Some(1_751_498_975_114));
         assert_eq!(parse_rfc3339("2025-07-02T23:29:35.1+00:00"), Some(1_751_498_975_100));
+        // Other zones, as `date -Iseconds` writes them.
+        assert_eq!(parse_rfc3339("2025-07-03T01:29:35+02:00"), Some(1_751_498_975_000));
+        assert_eq!(parse_rfc3339("2025-07-02T18:59:35-04:30"), Some(1_751_498_975_000));
+        assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z"), Some(1_709_164_800_000));
         for bad in [
             "",
             "2025-07-02",
@@ -114,6 +153,18 @@ mod tests {
             "202666666666666-11-28T09:0:000Z",
             "10000-01-01T00:00:00Z",
             "2025-07-02T-1:00:00Z",
+            // Days the month does not have are typos, not the next month.
+            "2026-02-31T00:00:00Z",
+            "2025-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            // Malformed zones.
+            "2025-07-02T23:29:35+1:00",
+            "2025-07-02T23:29:35+24:00",
+            "2025-07-02T23:29:35+01:60",
+            "2025-07-02T23:29:35+01-00",
+            "2025-07-02T23:29:35 01:00",
+            "1970-01-01T00:00:00+01:00",
+            "+00:00",
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }

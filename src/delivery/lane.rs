@@ -529,9 +529,27 @@ impl Lane {
                 // attached (re-signed below over exactly these bytes).
                 let mut refused = None;
                 let mut enriched = None;
-                if record.source != settings.source
-                    && !self.replayed_here_by_name(&job, &record.source, &settings.source)
-                {
+                let other_source = record.source != settings.source;
+                let replayed_here = if other_source {
+                    self.replayed_here_by_name(&job, &record.source, &settings.source)
+                } else {
+                    Ok(false)
+                };
+                let replayed_here = match replayed_here {
+                    Ok(replayed_here) => replayed_here,
+                    Err(err) => {
+                        // Unknown, not refused: left pending, as a job that
+                        // cannot be loaded is (below), never dead for a read error.
+                        tracing::error!(
+                            target_name = %self.name, delivery_id = %entry.delivery, error = %err,
+                            "cannot read the replay that requeued the job; it stays pending in the journal for the next start"
+                        );
+                        self.settle_probe(probe);
+                        self.inbox.bell.notify_one();
+                        return;
+                    }
+                };
+                if other_source && !replayed_here {
                     // The target was removed and its name given to a target
                     // of another source (or its source renamed): this
                     // delivery was never routed to it as it is now, and its
@@ -695,21 +713,19 @@ impl Lane {
     /// the job while the target took `target_source`, as it still does: the
     /// operator's word that a delivery of another source goes here (a
     /// renamed source). Any other replay leaves the source check on.
-    fn replayed_here_by_name(&self, job: &crate::journal::Job, source: &str, target_source: &str) -> bool {
-        let Some(replay) = job.replay else { return false };
-        match self.journal.replay_summary(replay) {
-            Ok(Some(summary)) => {
-                let named = &summary.selection;
-                named["source"] == source
-                    && named["target"] == self.name.as_str()
-                    && named["target_source"] == target_source
-            }
-            Ok(None) => false,
-            Err(err) => {
-                tracing::warn!(target_name = %self.name, replay = %replay, error = %err, "cannot read the replay that requeued a job");
-                false
-            }
-        }
+    fn replayed_here_by_name(
+        &self,
+        job: &crate::journal::Job,
+        source: &str,
+        target_source: &str,
+    ) -> Result<bool, crate::journal::JournalError> {
+        let Some(replay) = job.replay else { return Ok(false) };
+        Ok(self.journal.replay_summary(replay)?.is_some_and(|summary| {
+            let named = &summary.selection;
+            named["source"] == source
+                && named["target"] == self.name.as_str()
+                && named["target_source"] == target_source
+        }))
     }
 
     /// A probe must come back one way or the other, even when nothing was
