@@ -8,11 +8,11 @@
 //!   which carries its receive time, so the window check needs no lookup.
 //! - `G` source `\0` event group → the key of the latest delivery of that
 //!   Monitor detection and a backfilled flag; kept as long as that delivery,
-//!   or past a purge of it until it is past retention (`T`). A backfilled
+//!   and once retention or a purge removed it, until that is past retention (`T`). A backfilled
 //!   detection and its real webhook are one delivery, whichever came first
 //!   and however late (see `backfill`).
-//! - `T` purge time ++ delivery id → the `G` key a purge of that delivery
-//!   left behind.
+//! - `T` removal time ++ delivery id → the `G` key the retention sweep or a
+//!   purge of that delivery left behind.
 //! - `J` delivery id ++ target → encoded [`Job`] (state and attempt history).
 //! - `P` target → present while an operator has the target paused.
 //! - `Q` target `\0` class due_ms delivery id → empty: the work index of

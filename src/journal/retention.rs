@@ -3,13 +3,13 @@
 //! from the oldest delivery up to a cutoff and delete a delivery with all of
 //! its jobs in one batch; neither ever touches a delivery with a pending job.
 //!
-//! A detection's event-group entry (`G`, what backfill checks) goes with
-//! the delivery that owns it under retention, since backfill never looks
-//! past retention. A purge keeps it, or the next backfill would bring the
-//! purged detection back, and notes it under the time of the purge (`T`),
-//! so that retention removes it once that is past retention. The purge time,
-//! not the delivery's: a detection's group can have events days after its
-//! first webhook, and backfill picks a group by its latest event.
+//! A detection's event-group entry (`G`, what backfill checks) outlives the
+//! delivery that owns it, or the next backfill would bring the detection
+//! back: retention and purges keep it, noted under the time they removed
+//! the delivery (`T`), and retention removes it once that is past retention.
+//! That time, not the delivery's: a detection's group can have events days
+//! after its first webhook, and backfill picks a group by its latest event,
+//! so a backfill may well look at a group whose webhook is past retention.
 
 use super::{DeliveryId, Job, JobState, Journal, JournalError, keys};
 
@@ -105,8 +105,6 @@ impl Journal {
             let mut batch = sled::Batch::default();
             let mut dead_removed: Vec<String> = Vec::new();
             let mut removed = Vec::new();
-            // Removed before the batch, and only if still the same (see `remove_group_entries`).
-            let mut group_entries = Vec::new();
             let mut next = None;
             for (examined, entry) in self.tree()?.range(keys::delivery(start)..).enumerate() {
                 let (key, value) = entry?;
@@ -136,17 +134,10 @@ impl Journal {
                 removed.push(id);
                 if let Some(group) = crate::envelope::Envelope::from_body(&record.body).event_group_id {
                     let group_key = keys::group(&record.source, &group);
-                    if let Some(entry) = self.group_entry_owned_by(id, &group_key)? {
-                        match rule {
-                            // Backfill never looks past retention.
-                            Rule::AllDelivered => group_entries.push((group_key, entry)),
-                            // Kept, or the next backfill would bring the
-                            // detection back, until a retention past the
-                            // purge (see `sweep_group_tombstones`).
-                            Rule::DeadAndSettled => {
-                                batch.insert(keys::group_tombstone(now_ms, id), group_key)
-                            }
-                        }
+                    // Kept, or the next backfill would bring the detection
+                    // back, until a retention past now (see `sweep_group_tombstones`).
+                    if self.group_entry_owned_by(id, &group_key)?.is_some() {
+                        batch.insert(keys::group_tombstone(now_ms, id), group_key);
                     }
                 }
                 for job in jobs {
@@ -158,11 +149,6 @@ impl Journal {
                 }
             }
             if !dry_run {
-                // Entries first: a crash in between leaves deliveries without
-                // one, which the next sweep deletes, never an entry pointing
-                // at a deleted delivery (a real webhook of it would be
-                // answered as a duplicate of nothing, and never sent).
-                self.remove_group_entries(group_entries)?;
                 self.wrote(self.tree()?.apply_batch(batch))?;
                 for target in dead_removed {
                     self.count_dead(&target, -1);
@@ -271,8 +257,8 @@ impl Journal {
         Ok(())
     }
 
-    /// Removes the group entries purges kept, for purges before `cutoff_ms`:
-    /// past retention from the purge, as retention removes a delivered one's.
+    /// Removes the group entries retention and purges kept, for deliveries
+    /// removed before `cutoff_ms`: past retention from their removal.
     fn sweep_group_tombstones(&self, cutoff_ms: u64) -> Result<(), JournalError> {
         let end = keys::group_tombstones_before(cutoff_ms);
         let mut removed_any = false;

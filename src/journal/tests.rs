@@ -675,7 +675,7 @@ async fn journals_from_before_the_group_index_get_it_at_open() {
 }
 
 #[tokio::test]
-async fn retention_drops_a_detections_group_entry_and_a_purge_keeps_it() {
+async fn retention_and_purges_keep_a_detections_group_entry_for_one_more_retention() {
     use crate::delivery::policy::Decision;
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(&config(dir.path())).unwrap();
@@ -685,21 +685,26 @@ async fn retention_drops_a_detections_group_entry_and_a_purge_keeps_it() {
     settle(&journal, delivered, "a", Decision::Delivered).await;
     settle(&journal, dead, "a", Decision::Dead).await;
 
+    let removed_from = crate::time::now_ms();
     assert_eq!(journal.prune_delivered(2_000).unwrap().deliveries, 1);
-    assert!(!journal.has_event_group("parallel", "g_delivered").unwrap(), "retention removes it");
-    let purged_from = crate::time::now_ms();
+    // The group may have had events since its webhook: a backfill of them
+    // must not bring the detection back.
+    assert!(journal.has_event_group("parallel", "g_delivered").unwrap(), "retention keeps it");
     assert_eq!(journal.purge_dead(2_000, None, false).unwrap().deliveries, 1);
     assert!(
         journal.has_event_group("parallel", "g_dead").unwrap(),
         "a purge keeps it: a backfill must not revive it"
     );
     assert_eq!(journal.len(), 0);
-    // Until retention has passed the purge (not the delivery: the group may
-    // have had events since), then it goes.
-    journal.prune_delivered(purged_from).unwrap();
-    assert!(journal.has_event_group("parallel", "g_dead").unwrap(), "the purge is not yet past retention");
+    // Until retention has passed the removal (not the delivery), then both go.
+    journal.prune_delivered(removed_from).unwrap();
+    for group in ["g_delivered", "g_dead"] {
+        assert!(journal.has_event_group("parallel", group).unwrap(), "{group}: not yet past retention");
+    }
     journal.prune_delivered(crate::time::now_ms() + 1).unwrap();
-    assert!(!journal.has_event_group("parallel", "g_dead").unwrap(), "past retention: the tombstone goes");
+    for group in ["g_delivered", "g_dead"] {
+        assert!(!journal.has_event_group("parallel", group).unwrap(), "{group}: past retention, it goes");
+    }
     assert_eq!(journal.tree().unwrap().scan_prefix(keys::GROUP_TOMBSTONE).count(), 0);
 }
 
@@ -718,7 +723,11 @@ async fn a_detections_group_entry_outlives_each_copy_but_the_last() {
     }
     assert_eq!(journal.prune_delivered(2_000).unwrap().deliveries, 1);
     assert!(journal.has_event_group("parallel", "g").unwrap(), "a copy of the detection is still kept");
+    assert_eq!(journal.tree().unwrap().scan_prefix(keys::GROUP_TOMBSTONE).count(), 0, "not the first's");
     assert_eq!(journal.prune_delivered(6_000).unwrap().deliveries, 1);
+    // The last copy's entry outlives it by one retention.
+    assert!(journal.has_event_group("parallel", "g").unwrap());
+    journal.prune_delivered(crate::time::now_ms() + 1).unwrap();
     assert!(!journal.has_event_group("parallel", "g").unwrap());
 
     // A purged copy's tombstone leaves alone an entry a later copy took over.
