@@ -28,6 +28,8 @@ const MAX_TRIES: u32 = 5;
 /// Backoff before the second try; doubles, capped at [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// The longest `Retry-After` honoured: past it, the pause is this long.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Events per listing page (the API's maximum).
 const PAGE_SIZE: u32 = 100;
 /// Pages walked at most in one backfill (100,000 events).
@@ -333,7 +335,46 @@ pub struct ParallelApi {
     config: ParallelConfig,
     /// `base_url` without a trailing slash (a bare authority displays one).
     base: String,
-    limiter: Arc<DefaultDirectRateLimiter>,
+    pace: Arc<Pace>,
+}
+
+/// How fast a source's calls may go: its rate bucket, and the pause the API
+/// last asked for (`Retry-After` on a 429 or 5xx). Shared by every call of
+/// the source, so that while the API asks to be left alone none of them
+/// goes out, not only the one that was told; kept across a reload that
+/// keeps the limit.
+struct Pace {
+    limiter: DefaultDirectRateLimiter,
+    /// Unix milliseconds before which no call goes out.
+    quiet_until_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Pace {
+    fn new(rate: crate::config::RateLimit) -> Pace {
+        Pace {
+            limiter: RateLimiter::direct(Quota::per_second(rate.per_second).allow_burst(rate.burst)),
+            quiet_until_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Waits out any pause the API asked for, then for a token.
+    async fn ready(&self) {
+        loop {
+            let until = self.quiet_until_ms.load(std::sync::atomic::Ordering::Acquire);
+            let now = crate::time::now_ms();
+            if until <= now {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(until - now)).await;
+        }
+        self.limiter.until_ready().await;
+    }
+
+    /// The API asked for `pause` (at most [`MAX_RETRY_AFTER`]).
+    fn asked_for(&self, pause: Duration) {
+        let until = crate::time::now_ms() + pause.min(MAX_RETRY_AFTER).as_millis() as u64;
+        self.quiet_until_ms.fetch_max(until, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl ParallelApi {
@@ -344,18 +385,15 @@ impl ParallelApi {
     /// A client for `config`, with `previous`'s connections, and its rate
     /// bucket when the limit is the same.
     fn keeping(config: &ParallelConfig, previous: Option<&ParallelApi>) -> Self {
-        let limiter = match previous {
-            Some(previous) if previous.config.rate_limit == config.rate_limit => previous.limiter.clone(),
-            _ => {
-                let rate = config.rate_limit;
-                Arc::new(RateLimiter::direct(Quota::per_second(rate.per_second).allow_burst(rate.burst)))
-            }
+        let pace = match previous {
+            Some(previous) if previous.config.rate_limit == config.rate_limit => previous.pace.clone(),
+            _ => Arc::new(Pace::new(config.rate_limit)),
         };
         ParallelApi {
             client: previous.map_or_else(|| http_client(&[], 4), |previous| previous.client.clone()),
             base: config.base_url.to_string().trim_end_matches('/').to_owned(),
             config: config.clone(),
-            limiter,
+            pace,
         }
     }
 
@@ -466,7 +504,7 @@ impl ParallelApi {
     }
 
     /// `GET path`, within the rate limit, retried on 429, 5xx and network
-    /// errors (honouring `Retry-After` up to the backoff cap).
+    /// errors. A `Retry-After` pauses every call of the source (see [`Pace`]).
     async fn get(&self, path_and_query: &str) -> Result<Bytes, ApiError> {
         let uri: Uri = format!("{}{path_and_query}", self.base)
             .parse()
@@ -475,7 +513,7 @@ impl ParallelApi {
         let mut tries = 0;
         loop {
             tries += 1;
-            self.limiter.until_ready().await;
+            self.pace.ready().await;
             let wait = match self.try_get(&uri).await {
                 Ok(body) => return Ok(body),
                 Err((retryable, retry_after, err)) => {
@@ -483,7 +521,14 @@ impl ParallelApi {
                         return Err(err);
                     }
                     tracing::warn!(path = %uri.path(), error = %err, tries, "Parallel API call failed; retrying");
-                    retry_after.map_or(backoff, |after| after.min(MAX_BACKOFF))
+                    match retry_after {
+                        // `ready` waits it out, with every other call.
+                        Some(after) => {
+                            self.pace.asked_for(after);
+                            Duration::ZERO
+                        }
+                        None => backoff,
+                    }
                 }
             };
             tokio::time::sleep(wait).await;
@@ -578,11 +623,14 @@ mod tests {
     #[test]
     fn a_reload_keeps_the_api_rate_bucket_unless_the_limit_changed() {
         let apis = ParallelApis::new(&config_with_rate(1));
-        assert!(apis.get("parallel").unwrap().limiter.check().is_ok(), "the one token of the burst");
+        assert!(apis.get("parallel").unwrap().pace.limiter.check().is_ok(), "the one token of the burst");
         apis.reload(&config_with_rate(1));
-        assert!(apis.get("parallel").unwrap().limiter.check().is_err(), "no fresh burst from a reload");
+        assert!(apis.get("parallel").unwrap().pace.limiter.check().is_err(), "no fresh burst from a reload");
         apis.reload(&config_with_rate(2));
-        assert!(apis.get("parallel").unwrap().limiter.check().is_ok(), "a new limit starts a new bucket");
+        assert!(
+            apis.get("parallel").unwrap().pace.limiter.check().is_ok(),
+            "a new limit starts a new bucket"
+        );
     }
 
     #[test]

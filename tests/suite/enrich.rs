@@ -304,3 +304,36 @@ async fn an_event_group_over_the_size_limit_is_not_read_to_the_end() {
     let pages = api.requests().iter().filter(|(uri, _)| uri.contains("event_group_id=mevtgrp_9")).count();
     assert_eq!(pages, 2, "stopped at the page that went over 4 MiB");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_from_the_api_pauses_every_call_of_the_source() {
+    let api = FakeParallel::start(MONITOR, vec![api_event(1, 0), api_event(2, 0)]).await;
+    let rich = TestTarget::start(Some(RICH_SECRET), vec![]).await;
+    let gateway = gateway(&api, target("rich", &rich, RICH_SECRET, "enrich = true")).await;
+    api.fail_next_asking(&[429], 3);
+    assert_eq!(
+        gateway.post_signed(Transport::Http, "parallel", "whevent_g1", &detected(1)).await.status,
+        200
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while api.request_times().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the first fetch reaches the API");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let told = api.request_times()[0];
+    // Another delivery's fetch, a second into the pause: it waits too, not
+    // only the call that was told.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        gateway.post_signed(Transport::Http, "parallel", "whevent_g2", &detected(2)).await.status,
+        200
+    );
+    let got = rich.wait_for(2, WAIT).await;
+    assert!(got.iter().all(|r| r.header("hookrelay-enrichment") == "attached"));
+    let after: Vec<Duration> = api.request_times()[1..].iter().map(|at| *at - told).collect();
+    assert!(after.len() >= 2, "both fetched: {after:?}");
+    assert!(
+        after.iter().all(|d| *d >= Duration::from_millis(2_900)),
+        "a call went out during the pause: {after:?}"
+    );
+}

@@ -24,7 +24,10 @@ pub struct FakeParallel {
     events: Arc<Vec<serde_json::Value>>,
     results: Arc<Mutex<HashMap<String, serde_json::Value>>>,
     seen: Arc<Mutex<Vec<(String, String)>>>,
-    failures: Arc<Mutex<VecDeque<u16>>>,
+    /// When each request in `seen` arrived.
+    seen_at: Arc<Mutex<Vec<std::time::Instant>>>,
+    /// Scripted answers: status and `Retry-After` in seconds.
+    failures: Arc<Mutex<VecDeque<(u16, u64)>>>,
     /// Event groups whose queries answer 500 while listed here.
     failing_groups: Arc<Mutex<Vec<String>>>,
     /// The monitor object's `metadata`; `None` answers 404 for the object,
@@ -45,6 +48,7 @@ impl FakeParallel {
             events: Arc::new(events),
             results: Default::default(),
             seen: Default::default(),
+            seen_at: Default::default(),
             failures: Default::default(),
             failing_groups: Default::default(),
             metadata: Arc::new(Mutex::new(Some(serde_json::Value::Null))),
@@ -77,7 +81,12 @@ impl FakeParallel {
 
     /// The next requests get these statuses (with `Retry-After: 0`).
     pub fn fail_next(&self, statuses: &[u16]) {
-        self.failures.lock().unwrap().extend(statuses);
+        self.fail_next_asking(statuses, 0);
+    }
+
+    /// The next requests get these statuses, with `Retry-After: {seconds}`.
+    pub fn fail_next_asking(&self, statuses: &[u16], seconds: u64) {
+        self.failures.lock().unwrap().extend(statuses.iter().map(|&status| (status, seconds)));
     }
 
     /// Queries for `group` answer 500 (with `Retry-After: 0`) until called
@@ -112,9 +121,15 @@ impl FakeParallel {
         self.seen.lock().unwrap().clone()
     }
 
+    /// When each request so far arrived.
+    pub fn request_times(&self) -> Vec<std::time::Instant> {
+        self.seen_at.lock().unwrap().clone()
+    }
+
     fn answer(&self, request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
         let key = request.headers().get("x-api-key").map_or("", |v| v.to_str().unwrap()).to_owned();
         self.seen.lock().unwrap().push((request.uri().to_string(), key.clone()));
+        self.seen_at.lock().unwrap().push(std::time::Instant::now());
         let reply = |status: u16, body: serde_json::Value| {
             let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
             *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
@@ -138,10 +153,12 @@ impl FakeParallel {
         let failing_monitor = self.failing_monitor.load(std::sync::atomic::Ordering::SeqCst)
             && request.uri().path() == monitor_path;
         let scripted = self.failures.lock().unwrap().pop_front();
-        if let Some(status) = scripted.or((failing_group || failing_monitor).then_some(500)) {
+        if let Some((status, retry_after)) =
+            scripted.or((failing_group || failing_monitor).then_some((500, 0)))
+        {
             // Echoes the key, as a careless proxy might: it must never be passed on.
             let mut response = error(status, &format!("try again (key {key})"));
-            response.headers_mut().insert("retry-after", "0".parse().unwrap());
+            response.headers_mut().insert("retry-after", retry_after.to_string().parse().unwrap());
             return response;
         }
         let path = request.uri().path();
