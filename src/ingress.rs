@@ -32,6 +32,13 @@ pub const HOOKS_PREFIX: &str = "/hooks/";
 const RETRY_AFTER_FULL_SECS: u64 = 60;
 /// Retry-After for a failing journal write: often transient.
 const RETRY_AFTER_UNAVAILABLE_SECS: u64 = 5;
+/// Retry-After when more appends are under way than the journal keeps up with.
+const RETRY_AFTER_BUSY_SECS: u64 = 1;
+/// Appends under way at most, per `server.max_connections`: twice what the
+/// connections can carry at once (8 requests each), so appends that outlive
+/// their request (a sender that gave up waiting) cannot pile up for good
+/// behind a slow disk, each holding its body.
+const APPENDS_PER_CONNECTION: usize = 16;
 
 /// What happened to one request; becomes the status, the error body and the log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +54,7 @@ pub enum Outcome {
     Rejected(VerifyError),
     JournalFull,
     JournalUnavailable,
+    JournalBusy,
 }
 
 impl Outcome {
@@ -61,7 +69,9 @@ impl Outcome {
             Outcome::BodyUnreadable => StatusCode::BAD_REQUEST,
             Outcome::Rejected(err) if err.is_malformed() => StatusCode::BAD_REQUEST,
             Outcome::Rejected(_) => StatusCode::UNAUTHORIZED,
-            Outcome::JournalFull | Outcome::JournalUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Outcome::JournalFull | Outcome::JournalUnavailable | Outcome::JournalBusy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -80,6 +90,7 @@ impl Outcome {
             Outcome::Rejected(err) => err.code(),
             Outcome::JournalFull => "journal_full",
             Outcome::JournalUnavailable => "journal_unavailable",
+            Outcome::JournalBusy => "journal_busy",
         }
     }
 
@@ -96,6 +107,9 @@ impl Outcome {
             Outcome::Rejected(err) => err.to_string(),
             Outcome::JournalFull => "the journal is over its size limit; retry later".into(),
             Outcome::JournalUnavailable => "the journal cannot take writes right now; retry later".into(),
+            Outcome::JournalBusy => {
+                "the journal is behind: too many deliveries are being written; retry shortly".into()
+            }
         }
     }
 
@@ -104,6 +118,7 @@ impl Outcome {
             Outcome::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             Outcome::JournalFull => Some(RETRY_AFTER_FULL_SECS),
             Outcome::JournalUnavailable => Some(RETRY_AFTER_UNAVAILABLE_SECS),
+            Outcome::JournalBusy => Some(RETRY_AFTER_BUSY_SECS),
             _ => None,
         }
     }
@@ -199,6 +214,8 @@ pub struct Ingress {
     journal: Arc<Journal>,
     /// Appends under way, including those whose request was dropped.
     appending: Arc<AtomicUsize>,
+    /// At most this many (see [`APPENDS_PER_CONNECTION`]).
+    max_appending: usize,
 }
 
 /// Counts one append under way for as long as it lives.
@@ -215,6 +232,11 @@ impl Drop for Appending {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Whether another append may start: fewer than `max` are under way.
+fn appends_below(count: &AtomicUsize, max: usize) -> bool {
+    count.load(Ordering::Acquire) < max
 }
 
 /// Returns once `count` is zero, or after `limit`; says which.
@@ -239,6 +261,7 @@ impl Ingress {
             metrics,
             journal,
             appending: Arc::new(AtomicUsize::new(0)),
+            max_appending: config.server.max_connections.saturating_mul(APPENDS_PER_CONNECTION),
         }
     }
 
@@ -294,7 +317,7 @@ impl Ingress {
             _ => "",
         };
         match outcome {
-            Outcome::JournalUnavailable | Outcome::JournalFull => tracing::error!(
+            Outcome::JournalUnavailable | Outcome::JournalFull | Outcome::JournalBusy => tracing::error!(
                 source,
                 webhook_id,
                 status,
@@ -450,6 +473,9 @@ impl Ingress {
         if let Err(retry_after_secs) = source.admit() {
             return Outcome::RateLimited { retry_after_secs };
         }
+        if !appends_below(&self.appending, self.max_appending) {
+            return Outcome::JournalBusy;
+        }
         let envelope = Envelope::from_body(&body);
         let targets = rules.router.targets_for(&source.name, envelope.event_type.as_deref(), &body);
         let delivery = NewDelivery {
@@ -540,6 +566,19 @@ fn truncate_for_log(text: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn appends_past_the_cap_are_refused_with_a_retry_after() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let under_way: Vec<Appending> = (0..3).map(|_| Appending::enter(&count)).collect();
+        assert!(appends_below(&count, 4));
+        assert!(!appends_below(&count, 3), "the cap counts appends whose request is gone too");
+        drop(under_way);
+        assert!(appends_below(&count, 1));
+        let busy = Outcome::JournalBusy.into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[RETRY_AFTER], "1");
+    }
 
     #[tokio::test]
     async fn a_stop_waits_for_appends_under_way_up_to_its_limit() {

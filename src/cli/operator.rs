@@ -537,8 +537,10 @@ fn follow(admin: &AdminArgs, id: &str) -> Result<Value, u8> {
     let mut last_line = Instant::now();
     loop {
         let asked = Instant::now();
+        // A progress answer walks every pair of the replay: for a replay of
+        // millions it can take longer than an ordinary answer may.
         let progress =
-            admin_call(admin, hyper::Method::GET, &format!("/v1/replays/{id}"), None, ANSWER_TIMEOUT)?;
+            admin_call(admin, hyper::Method::GET, &format!("/v1/replays/{id}"), None, LONG_CALL_TIMEOUT)?;
         let took = asked.elapsed();
         let finished = progress["finished"].as_bool().unwrap_or(true);
         let line = progress_line(&progress);
