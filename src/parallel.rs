@@ -108,7 +108,7 @@ impl EventsPage {
     /// Each event's group and date; events without a group (completions)
     /// are left out. The group field is `event_group_id` or, in some schema
     /// versions, `monitor_group_id`.
-    pub fn dated_groups(&self) -> Vec<(String, Option<u64>)> {
+    pub fn dated_groups(&self) -> Vec<(String, Option<EventDate>)> {
         self.events
             .iter()
             .filter_map(|event| {
@@ -129,14 +129,42 @@ impl EventsPage {
     }
 }
 
+/// The time an `event_date` stands for: an instant, or for the date-only
+/// and partial forms the whole day or month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventDate {
+    /// Unix ms at its start: the time a backfilled detection is given.
+    pub start_ms: u64,
+    /// The last Unix ms it may mean: what is compared with `since`, so that
+    /// a month-only date is not taken for the first of the month.
+    pub end_ms: u64,
+}
+
 /// An `event_date`: RFC 3339, or the date-only (`2026-04-07`) or partial
-/// (`2026-04`) ISO 8601 forms Parallel also uses; Unix ms at its start.
-pub fn parse_event_date(text: &str) -> Option<u64> {
-    crate::time::parse_rfc3339(text).or_else(|| match text.len() {
-        10 => crate::time::parse_rfc3339(&format!("{text}T00:00:00Z")),
-        7 => crate::time::parse_rfc3339(&format!("{text}-01T00:00:00Z")),
-        _ => None,
-    })
+/// (`2026-04`) ISO 8601 forms Parallel also uses.
+pub fn parse_event_date(text: &str) -> Option<EventDate> {
+    if let Some(at) = crate::time::parse_rfc3339(text) {
+        return Some(EventDate { start_ms: at, end_ms: at });
+    }
+    let start_of = |day: &str| crate::time::parse_rfc3339(&format!("{day}T00:00:00Z"));
+    let (start, end) = match text.len() {
+        10 => {
+            let start = start_of(text)?;
+            (start, start + DAY_MS)
+        }
+        7 => {
+            let (year, month) = text.split_once('-')?;
+            let (year, month) = (year.parse::<u32>().ok()?, month.parse::<u32>().ok()?);
+            let next = if month == 12 {
+                format!("{:04}-01-01", year + 1)
+            } else {
+                format!("{year:04}-{:02}-01", month + 1)
+            };
+            (start_of(&format!("{text}-01"))?, start_of(&next)?)
+        }
+        _ => return None,
+    };
+    Some(EventDate { start_ms: start, end_ms: end - 1 })
 }
 
 const DAY_MS: u64 = 86_400_000;
@@ -152,14 +180,14 @@ pub fn since_day(since_ms: u64) -> u64 {
 /// days only). Groups with no dated event are left out: their age is
 /// unknown, and injecting a monitor's whole history is never wanted.
 pub fn event_groups(
-    events: impl IntoIterator<Item = (String, Option<u64>)>,
+    events: impl IntoIterator<Item = (String, Option<EventDate>)>,
     since_ms: u64,
 ) -> Vec<EventGroup> {
     let mut spans: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for (group, date) in events {
         let Some(date) = date else { continue };
-        let span = spans.entry(group).or_insert((date, date));
-        *span = (span.0.min(date), span.1.max(date));
+        let span = spans.entry(group).or_insert((date.start_ms, date.end_ms));
+        *span = (span.0.min(date.start_ms), span.1.max(date.end_ms));
     }
     let since = since_day(since_ms);
     let mut groups: Vec<EventGroup> = spans
@@ -411,7 +439,7 @@ impl ParallelApi {
             // The listing runs newest first: a page wholly older than
             // `since` means the rest is too.
             let all_older = !dated.is_empty()
-                && dated.iter().all(|(_, date)| date.is_some_and(|date| date < since_day(since_ms)));
+                && dated.iter().all(|(_, date)| date.is_some_and(|date| date.end_ms < since_day(since_ms)));
             events.extend(dated);
             !all_older
         })
@@ -646,7 +674,7 @@ mod tests {
         .unwrap();
         let dated = page.dated_groups();
         assert_eq!(dated.len(), 2, "not the group that cannot be a webhook-id: {dated:?}");
-        assert_eq!(dated[0], ("g1".to_owned(), crate::time::parse_rfc3339("2026-11-20T10:00:00Z")));
+        assert_eq!(dated[0], ("g1".to_owned(), parse_event_date("2026-11-20T10:00:00Z")));
         assert_eq!(dated[1].0, "g2");
         assert_eq!(page.next_cursor.as_deref(), Some("c2"));
         let last = EventsPage::parse(br#"{"events":[]}"#).unwrap();
@@ -658,29 +686,52 @@ mod tests {
     #[test]
     fn groups_fold_by_earliest_event_and_drop_old_ones() {
         let day = |n: u64| n * DAY_MS;
+        let at = |ms: u64| Some(EventDate { start_ms: ms, end_ms: ms });
         let events = [
-            ("g2".to_owned(), Some(day(12) + 5_000)),
-            ("g1".to_owned(), Some(day(11))),
-            ("g2".to_owned(), Some(day(12) + 4_000)),
-            ("old".to_owned(), Some(day(9))),
-            ("spans".to_owned(), Some(day(8))),
-            ("spans".to_owned(), Some(day(10))),
+            ("g2".to_owned(), at(day(12) + 5_000)),
+            ("g1".to_owned(), at(day(11))),
+            ("g2".to_owned(), at(day(12) + 4_000)),
+            ("old".to_owned(), at(day(9))),
+            ("spans".to_owned(), at(day(8))),
+            ("spans".to_owned(), at(day(10))),
             ("undated".to_owned(), None),
+            // A month-only date of a month that takes in day 10.
+            ("month".to_owned(), Some(EventDate { start_ms: day(1), end_ms: day(31) - 1 })),
         ];
         // Since the middle of day 10: day 10 counts (dates may be days only).
         let groups = event_groups(events, day(10) + 3_600_000);
         let ids: Vec<(&str, Option<u64>)> =
             groups.iter().map(|g| (g.id.as_str(), g.first_event_ms)).collect();
-        assert_eq!(ids, [("spans", Some(day(8))), ("g1", Some(day(11))), ("g2", Some(day(12) + 4_000))]);
+        assert_eq!(
+            ids,
+            [
+                ("month", Some(day(1))),
+                ("spans", Some(day(8))),
+                ("g1", Some(day(11))),
+                ("g2", Some(day(12) + 4_000)),
+            ]
+        );
     }
 
     #[test]
     fn event_dates_in_every_form_parallel_uses() {
-        let midnight = crate::time::parse_rfc3339("2026-04-07T00:00:00Z");
-        assert_eq!(parse_event_date("2026-04-07"), midnight);
-        assert_eq!(parse_event_date("2026-04-07T00:00:00Z"), midnight);
-        assert_eq!(parse_event_date("2026-04"), crate::time::parse_rfc3339("2026-04-01T00:00:00Z"));
-        assert_eq!(parse_event_date("yesterday"), None);
+        let ms = |text: &str| crate::time::parse_rfc3339(text).unwrap();
+        let midnight = ms("2026-04-07T00:00:00Z");
+        assert_eq!(
+            parse_event_date("2026-04-07T00:00:00Z"),
+            Some(EventDate { start_ms: midnight, end_ms: midnight })
+        );
+        // A day, or a month, stands for all of it.
+        let day = EventDate { start_ms: midnight, end_ms: ms("2026-04-08T00:00:00Z") - 1 };
+        assert_eq!(parse_event_date("2026-04-07"), Some(day));
+        let april =
+            EventDate { start_ms: ms("2026-04-01T00:00:00Z"), end_ms: ms("2026-05-01T00:00:00Z") - 1 };
+        assert_eq!(parse_event_date("2026-04"), Some(april));
+        let december = parse_event_date("2026-12").unwrap();
+        assert_eq!(december.end_ms, ms("2027-01-01T00:00:00Z") - 1);
+        for bad in ["yesterday", "2026-13", "2026-00", "20a6-04", "2026-04-31"] {
+            assert_eq!(parse_event_date(bad), None, "{bad}");
+        }
     }
 
     #[test]
