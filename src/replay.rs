@@ -325,8 +325,12 @@ impl Replayer {
             };
         // One snapshot of the rules for the whole walk.
         let rules = self.rules.get();
-        records.flat_map(move |record| match record {
-            Ok(record) => self.candidates_of(&rules, selection, &record),
+        // A record that cannot be decoded is logged and passed over (it
+        // could not be sent anyway): one bad entry must not stop every
+        // replay of a window that takes it in.
+        records.flat_map(move |record| match crate::journal::unless_corrupt(record, "replay") {
+            Ok(Some(record)) => self.candidates_of(&rules, selection, &record),
+            Ok(None) => Vec::new(),
             Err(err) => vec![Err(err)],
         })
     }
@@ -358,8 +362,9 @@ impl Replayer {
         } else {
             None
         };
-        let jobs = match self.journal.jobs_of(record.id) {
-            Ok(jobs) => jobs,
+        let jobs = match crate::journal::unless_corrupt(self.journal.jobs_of(record.id), "replay") {
+            Ok(Some(jobs)) => jobs,
+            Ok(None) => return Vec::new(),
             Err(err) => return vec![Err(err)],
         };
         routes

@@ -1007,9 +1007,13 @@ fn last_delivery(tree: &sled::Tree) -> Result<Option<DeliveryId>, JournalError> 
 }
 
 /// `Ok(None)` for a corrupt record or job, logged: a scan over the whole
-/// journal (retention, the open's one-time indexing) goes on past one bad
-/// entry, which stays as it is, instead of stopping at it for good.
-fn unless_corrupt<T>(result: Result<T, JournalError>, scan: &'static str) -> Result<Option<T>, JournalError> {
+/// journal (retention, the open's one-time indexing, a replay and its
+/// progress) goes on past one bad entry, which stays as it is, instead of
+/// stopping at it for good.
+pub(crate) fn unless_corrupt<T>(
+    result: Result<T, JournalError>,
+    scan: &'static str,
+) -> Result<Option<T>, JournalError> {
     match result {
         Ok(value) => Ok(Some(value)),
         Err(err @ JournalError::Corrupt { .. }) => {

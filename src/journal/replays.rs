@@ -205,7 +205,9 @@ impl Journal {
                     error: super::DecodeError::Truncated,
                 });
             };
-            match self.job(delivery, target)? {
+            // A job that cannot be decoded cannot be sent either: counted
+            // as superseded, so that the replay can finish.
+            match super::unless_corrupt(self.job(delivery, target), "replay progress")?.flatten() {
                 Some(job) if job.replay == Some(id) => match job.state {
                     JobState::Pending => progress.pending += 1,
                     JobState::Delivered => progress.done += 1,

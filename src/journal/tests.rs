@@ -1205,3 +1205,21 @@ async fn the_targets_with_pending_jobs_are_found_indexed_or_not() {
     settle(&journal, other, "c", Decision::RetryAt(9_000)).await;
     assert_eq!(names(&journal), ["a", "ab", "c"]);
 }
+
+#[tokio::test]
+async fn a_replays_progress_passes_over_a_corrupt_job() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(dir.path())).unwrap();
+    let targets = vec!["a".to_owned()];
+    let first = journal.append(delivery("evt_1", 1_000), &targets).await.unwrap().id;
+    let second = journal.append(delivery("evt_2", 1_001), &targets).await.unwrap().id;
+    for id in [first, second] {
+        settle(&journal, id, "a", Decision::Dead).await;
+    }
+    let pairs = [first, second].map(|id| Ok((id, "a".to_owned())));
+    let started = journal.start_replay(serde_json::json!({}), pairs, 7_000, |_| {}).unwrap();
+    journal.tree().unwrap().insert(keys::job(first, "a"), &b"\xffnot a job"[..]).unwrap();
+    let progress = journal.replay_progress(started.id).unwrap().unwrap();
+    assert_eq!((progress.pending, progress.superseded), (1, 1), "{progress:?}");
+}
