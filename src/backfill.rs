@@ -55,6 +55,9 @@ pub struct Backfilled {
     pub event_groups: usize,
     /// Groups the journal had never seen, oldest first.
     pub missing: Vec<String>,
+    /// Groups left out because their first event is older than the journal
+    /// remembers detections (see [`remembered_since`]).
+    pub too_old: Vec<String>,
     /// (event group, delivery id) of each injected delivery.
     pub injected: Vec<(String, String)>,
 }
@@ -119,6 +122,7 @@ impl Backfiller {
             "dry_run": request.dry_run,
             "event_groups": done.event_groups,
             "missing": done.missing,
+            "too_old": done.too_old,
             "injected": done.injected.iter()
                 .map(|(group, id)| serde_json::json!({"event_group_id": group, "id": id}))
                 .collect::<Vec<_>>(),
@@ -147,7 +151,18 @@ impl Backfiller {
                 "source {source:?} has no [sources.{source}.parallel] API key configured"
             ))
         })?;
-        let groups = api.monitor_event_groups(monitor, since_ms).await.map_err(BackfillError::Api)?;
+        let listed = api.monitor_event_groups(monitor, since_ms).await.map_err(BackfillError::Api)?;
+        let (groups, too_old) =
+            split_remembered(listed, remembered_since(crate::time::now_ms(), self.settings.get().retention));
+        if !too_old.is_empty() {
+            tracing::warn!(
+                source,
+                monitor,
+                too_old = too_old.len(),
+                "left out event groups whose first event is older than the journal remembers detections: \
+                 they may have arrived and been pruned"
+            );
+        }
         let mut missing = Vec::new();
         for group in &groups {
             if !self.journal.has_event_group(source, &group.id).map_err(BackfillError::Journal)? {
@@ -194,8 +209,9 @@ impl Backfiller {
             }
         }
         Ok(Backfilled {
-            event_groups: groups.len(),
+            event_groups: groups.len() + too_old.len(),
             missing: missing.iter().map(|group| group.id.clone()).collect(),
+            too_old,
             injected,
         })
     }
@@ -241,6 +257,26 @@ impl Backfiller {
     }
 }
 
+/// Since when the journal remembers every detection that arrived: a
+/// delivery is kept at least `retention`, and its event-group entry one
+/// retention more (see `journal::retention`). A group whose first event is
+/// older may have arrived and been forgotten, however recent its latest
+/// event (groups gain events for weeks; a month-only date reaches back to
+/// the start of its month): backfilling it could send it a second time.
+fn remembered_since(now_ms: u64, retention: std::time::Duration) -> u64 {
+    now_ms.saturating_sub(2 * retention.as_millis() as u64)
+}
+
+/// The groups whose first event the journal remembers, and the ids of the others.
+fn split_remembered(
+    groups: Vec<crate::parallel::EventGroup>,
+    since_ms: u64,
+) -> (Vec<crate::parallel::EventGroup>, Vec<String>) {
+    let (kept, too_old): (Vec<_>, Vec<_>) =
+        groups.into_iter().partition(|group| group.first_event_ms.is_none_or(|first| first >= since_ms));
+    (kept, too_old.into_iter().map(|group| group.id).collect())
+}
+
 /// How long the reconcile task sleeps when nothing is scheduled (a reload
 /// may add a schedule).
 const RECONCILE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -279,6 +315,22 @@ mod tests {
     use std::time::Duration;
 
     const HOUR_MS: u64 = 3_600_000;
+
+    #[test]
+    fn groups_first_seen_before_the_journal_remembers_are_left_out() {
+        let day = 24 * HOUR_MS;
+        let retention = Duration::from_millis(7 * day);
+        let now = 100 * day;
+        let since = remembered_since(now, retention);
+        assert_eq!(since, 86 * day, "a delivery's retention, then its group entry's");
+        let group = |id: &str, first| crate::parallel::EventGroup { id: id.into(), first_event_ms: first };
+        let (kept, too_old) = split_remembered(
+            vec![group("old", Some(since - 1)), group("edge", Some(since)), group("new", Some(99 * day))],
+            since,
+        );
+        let kept: Vec<&str> = kept.iter().map(|g| g.id.as_str()).collect();
+        assert_eq!((kept, too_old), (vec!["edge", "new"], vec!["old".to_owned()]));
+    }
 
     #[test]
     fn a_backfill_window_is_refused_once_its_day_starts_before_the_horizon() {

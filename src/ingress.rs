@@ -226,17 +226,19 @@ impl Appending {
         count.fetch_add(1, Ordering::AcqRel);
         Appending(count.clone())
     }
+
+    /// [`Appending::enter`] if fewer than `max` are under way, in one step
+    /// (concurrent requests cannot all pass the check and overshoot).
+    fn within(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(Appending(count.clone()))
+    }
 }
 
 impl Drop for Appending {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// Whether another append may start: fewer than `max` are under way.
-fn appends_below(count: &AtomicUsize, max: usize) -> bool {
-    count.load(Ordering::Acquire) < max
 }
 
 /// Returns once `count` is zero, or after `limit`; says which.
@@ -372,7 +374,7 @@ impl Ingress {
             body,
         };
         // Not a webhook: not counted as one, whoever waits.
-        self.journal_and_fan_out(delivery, targets, false).await
+        self.journal_and_fan_out(delivery, targets, None).await
     }
 
     /// Journals `delivery` and hands its fresh jobs to their lanes, as one
@@ -383,15 +385,16 @@ impl Ingress {
     /// of the webhook is answered as a duplicate.
     ///
     /// A delivery whose caller is gone by then is logged here, and a webhook
-    /// (`webhook`) counted, as `handle` would have.
+    /// (one that comes with its `slot`) counted, as `handle` would have.
     async fn journal_and_fan_out(
         &self,
         delivery: NewDelivery,
         targets: Vec<String>,
-        webhook: bool,
+        slot: Option<Appending>,
     ) -> Result<Appended, JournalError> {
         let (journal, lanes, metrics) = (self.journal.clone(), self.lanes.clone(), self.metrics.clone());
-        let appending = Appending::enter(&self.appending);
+        let webhook = slot.is_some();
+        let appending = slot.unwrap_or_else(|| Appending::enter(&self.appending));
         let started = Instant::now();
         let (source, webhook_id) = (delivery.source.clone(), delivery.webhook_id.clone());
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -470,11 +473,12 @@ impl Ingress {
         // the URL could otherwise use it up and have the sender's own
         // deliveries refused (a sender that gives up after its retries
         // would lose them).
+        // A slot first: a refusal for the journal's sake spends no budget.
+        let Some(slot) = Appending::within(&self.appending, self.max_appending) else {
+            return Outcome::JournalBusy;
+        };
         if let Err(retry_after_secs) = source.admit() {
             return Outcome::RateLimited { retry_after_secs };
-        }
-        if !appends_below(&self.appending, self.max_appending) {
-            return Outcome::JournalBusy;
         }
         let envelope = Envelope::from_body(&body);
         let targets = rules.router.targets_for(&source.name, envelope.event_type.as_deref(), &body);
@@ -490,7 +494,7 @@ impl Ingress {
             event_group: envelope.event_group_id,
             body,
         };
-        match self.journal_and_fan_out(delivery, targets, true).await {
+        match self.journal_and_fan_out(delivery, targets, Some(slot)).await {
             Ok(appended) => Outcome::Accepted { id: appended.id.to_string(), duplicate: appended.duplicate },
             Err(JournalError::Full { size, limit }) => {
                 tracing::error!(size, limit, "journal is over journal.max_disk; refusing deliveries");
@@ -528,6 +532,13 @@ where
             let Ok(data) = frame.map_err(|_| Outcome::BodyUnreadable)?.into_data() else { continue };
             if data.remaining() > limit - bytes.len() {
                 return Err(Outcome::BodyTooLarge { limit: max_body });
+            }
+            // Grown by doubling, but never past the limit: a body held while
+            // it is written takes at most `max_body`.
+            let needed = bytes.len() + data.remaining();
+            if needed > bytes.capacity() {
+                let grown = bytes.capacity().saturating_mul(2).max(needed).min(limit);
+                bytes.reserve_exact(grown - bytes.len());
             }
             bytes.put(data);
         }
@@ -571,10 +582,12 @@ mod tests {
     fn appends_past_the_cap_are_refused_with_a_retry_after() {
         let count = Arc::new(AtomicUsize::new(0));
         let under_way: Vec<Appending> = (0..3).map(|_| Appending::enter(&count)).collect();
-        assert!(appends_below(&count, 4));
-        assert!(!appends_below(&count, 3), "the cap counts appends whose request is gone too");
-        drop(under_way);
-        assert!(appends_below(&count, 1));
+        let fourth = Appending::within(&count, 4).expect("one more fits");
+        assert!(Appending::within(&count, 4).is_none(), "the cap counts appends whose request is gone too");
+        assert_eq!(count.load(Ordering::Acquire), 4, "a refusal takes no slot");
+        drop((under_way, fourth));
+        assert!(Appending::within(&count, 1).is_some());
+        assert_eq!(count.load(Ordering::Acquire), 0, "a slot is given back when dropped");
         let busy = Outcome::JournalBusy.into_response();
         assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(busy.headers()[RETRY_AFTER], "1");
@@ -651,8 +664,9 @@ mod tests {
     #[tokio::test]
     async fn a_trickled_body_holds_no_frame_past_its_copy() {
         let mut trickle = Trickle { left: 1_000, handed_out: Vec::new(), most_held: 0 };
-        let body = read_body(&mut trickle, 1_000, Duration::from_secs(10)).await;
-        assert_eq!(body.map(|b| b.len()).ok(), Some(1_000));
+        let body = read_body(&mut trickle, 1_000, Duration::from_secs(10)).await.ok().unwrap();
+        assert_eq!(body.len(), 1_000);
+        assert!(body.capacity() <= 1_000, "grown past the limit: {}", body.capacity());
         assert!(trickle.most_held <= 1, "frames held while reading: {}", trickle.most_held);
         // One byte over the limit: refused, whichever frame it comes in.
         let mut over = Trickle { left: 1_001, handed_out: Vec::new(), most_held: 0 };

@@ -373,8 +373,15 @@ pub struct ParallelApi {
 /// keeps the limit.
 struct Pace {
     limiter: DefaultDirectRateLimiter,
-    /// Unix milliseconds before which no call goes out.
+    /// [`monotonic_ms`] before which no call goes out.
     quiet_until_ms: std::sync::atomic::AtomicU64,
+}
+
+/// Milliseconds on a clock that never steps (unlike the wall clock, which
+/// a correction can set back by hours, and a pause with it).
+fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
 }
 
 impl Pace {
@@ -389,7 +396,7 @@ impl Pace {
     async fn ready(&self) {
         loop {
             let until = self.quiet_until_ms.load(std::sync::atomic::Ordering::Acquire);
-            let now = crate::time::now_ms();
+            let now = monotonic_ms();
             if until <= now {
                 break;
             }
@@ -400,7 +407,7 @@ impl Pace {
 
     /// The API asked for `pause` (at most [`MAX_RETRY_AFTER`]).
     fn asked_for(&self, pause: Duration) {
-        let until = crate::time::now_ms() + pause.min(MAX_RETRY_AFTER).as_millis() as u64;
+        let until = monotonic_ms() + pause.min(MAX_RETRY_AFTER).as_millis() as u64;
         self.quiet_until_ms.fetch_max(until, std::sync::atomic::Ordering::AcqRel);
     }
 }

@@ -307,7 +307,7 @@ impl Replayer {
                 // What had landed when the walk began, however long it takes:
                 // deliveries arriving meanwhile are sent by their own fan-out,
                 // and `matched` stays what a dry run of the same window said.
-                match self.journal.listing_bound() {
+                match self.journal.replay_bound() {
                     Ok(bound) => {
                         let end = selection
                             .until_ms

@@ -364,6 +364,19 @@ pub(super) fn backfill(args: BackfillArgs) -> u8 {
     for id in &missing {
         println!("  {id}");
     }
+    let too_old: Vec<&str> = body["too_old"]
+        .as_array()
+        .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !too_old.is_empty() {
+        println!(
+            "{} left out: first seen before the journal remembers detections (2 x journal.retention); check them by hand",
+            too_old.len()
+        );
+        for id in &too_old {
+            println!("  {id}");
+        }
+    }
     if args.dry_run {
         println!("dry run: nothing injected");
     } else {

@@ -720,7 +720,10 @@ impl Lane {
         target_source: &str,
     ) -> Result<bool, crate::journal::JournalError> {
         let Some(replay) = job.replay else { return Ok(false) };
-        Ok(self.journal.replay_summary(replay)?.is_some_and(|summary| {
+        // A record that cannot be decoded never will be: not the operator's
+        // word, so the check stays on (an I/O error is asked again later).
+        let summary = crate::journal::unless_corrupt(self.journal.replay_summary(replay), "replay record")?;
+        Ok(summary.flatten().is_some_and(|summary| {
             let named = &summary.selection;
             named["source"] == source
                 && named["target"] == self.name.as_str()

@@ -208,6 +208,7 @@ impl LaneStatus {
             .lock()
             .expect("not poisoned")
             .iter()
+            .filter(|&(_, &pending)| pending > 0)
             .map(|(name, &pending)| (name.clone(), self.describe_left_behind(name, pending)))
             .collect();
         for lane in self.0.all() {
@@ -268,14 +269,11 @@ impl LaneStatus {
         if let Some(lane) = lane {
             lane.drop_queue();
         }
-        // Listed for as long as the journal holds any of its jobs (a forget
-        // that failed part way is run again).
-        let mut left_behind = self.0.left_behind.lock().expect("not poisoned");
-        if let Some(pending) = left_behind.get_mut(target) {
+        // What is left (all of it, when a forget failed part way): listed
+        // while some is pending, and its dead jobs gauged, as a retired
+        // lane's are.
+        if let Some(pending) = self.0.left_behind.lock().expect("not poisoned").get_mut(target) {
             *pending = self.0.journal.pending_count(target);
-            if *pending == 0 {
-                left_behind.remove(target);
-            }
         }
         Ok(forgotten)
     }

@@ -462,6 +462,17 @@ impl Journal {
         Ok(self.horizon.bound(crate::time::now_ms(), || db.generate_id())?)
     }
 
+    /// Where a replay's walk of the time index ends, read when it begins:
+    /// past every delivery journaled by then, those stamped ahead of a clock
+    /// that was set back included, and before any still landing or to come
+    /// (sent by their own fan-out). Unlike a listing, a replay may name
+    /// deliveries that sort after a page's cursor: it keeps no cursor.
+    pub fn replay_bound(&self) -> Result<DeliveryId, JournalError> {
+        let bound = self.listing_bound()?;
+        let last = last_delivery(&self.tree()?)?;
+        Ok(last.map_or(bound, |last| bound.max(DeliveryId { seq: last.seq.saturating_add(1), ..last })))
+    }
+
     fn check_quota(&self, now_ms: u64) -> Result<(), JournalError> {
         let Some(quota) = &self.quota else { return Ok(()) };
         let last = quota.refreshed_at_ms.load(Ordering::Relaxed);

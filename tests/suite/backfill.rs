@@ -64,6 +64,10 @@ async fn backfill_after_a_three_day_outage_injects_exactly_the_missing_detection
     // gateway got only 1 and 2.
     let mut events: Vec<_> = (1..=5).map(|n| api_event(n, 5 - n as u64)).collect();
     events.insert(0, api_event(9, 9));
+    // A detection first seen 70 days ago, with an event yesterday: past what
+    // the journal remembers (twice the default 30-day retention), it may
+    // have arrived and been pruned, so it is left out, and said so.
+    events.extend([api_event(7, 70), api_event(7, 1)]);
     let api = FakeParallel::start(MONITOR, events).await;
     let consumer = TestTarget::start(Some(TARGET_SECRET), vec![]).await;
     let gateway = gateway(&api, &consumer).await;
@@ -83,8 +87,9 @@ async fn backfill_after_a_three_day_outage_injects_exactly_the_missing_detection
     .await;
     assert_eq!(dry.status, 200, "{}", dry.text());
     let dry = dry.json();
-    assert_eq!(dry["event_groups"], 5, "the nine-day-old detection is before --since: {dry}");
+    assert_eq!(dry["event_groups"], 6, "the nine-day-old detection is before --since: {dry}");
     assert_eq!(dry["missing"], serde_json::json!(["mevtgrp_3", "mevtgrp_4", "mevtgrp_5"]));
+    assert_eq!(dry["too_old"], serde_json::json!(["mevtgrp_7"]));
     assert_eq!(dry["injected"], serde_json::json!([]));
     assert_eq!(gateway.journal.len(), 2);
 
