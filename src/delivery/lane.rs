@@ -344,6 +344,17 @@ impl Lane {
     /// and is asked again later.
     pub(crate) async fn page(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         while !*stop.borrow() {
+            // After a storage failure sled's tree still shows writes that
+            // never reached the disk (a retry's new entry): a page read
+            // now could queue a job under an entry the reopen takes back.
+            // The resync after the reopen reads the queue again.
+            if !self.journal.is_writable() {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(JOURNAL_RECHECK_MS)) => {}
+                    _ = stop.wait_for(|stopping| *stopping) => {}
+                }
+                continue;
+            }
             let work = self.inbox.queue.lock().expect("not poisoned").paging();
             let done = match work {
                 None => {

@@ -377,6 +377,10 @@ impl Journal {
     /// [`Journal::reopen`], opening again when sled's recovery took
     /// `long_recovery` or more; says whether it did.
     fn reopen_again_after(&self, long_recovery: Duration) -> Result<bool, JournalError> {
+        // No sweep or replay between reading a chunk from one store and
+        // writing it to the next (what the old one showed in memory, a
+        // failed flush took back on disk).
+        let _maintenance = self.maintenance.lock().expect("not poisoned");
         let old = self.store.write().expect("not poisoned").take();
         if let Some(old) = old {
             // Calls that took the store before the swap finish first: sled

@@ -75,8 +75,8 @@ impl<'a> Batch<'a> {
         }
     }
 
-    /// Writes the batch with the summary so far, then hands its queue
-    /// entries over.
+    /// Writes and flushes the batch with the summary so far, then hands its
+    /// queue entries over.
     fn commit(
         mut self,
         summary: &ReplaySummary,
@@ -84,6 +84,10 @@ impl<'a> Batch<'a> {
     ) -> Result<(), JournalError> {
         self.writes.insert(keys::replay(summary.id.0), encode_summary(summary));
         self.journal.wrote(self.journal.tree()?.apply_batch(self.writes))?;
+        // Durable before a lane sees it: a lane sending a job whose requeue
+        // a failed flush took back would write its outcome over the job as
+        // the disk has it (delivered or dead).
+        self.journal.wrote(self.journal.db()?.flush())?;
         for target in self.revived {
             self.journal.count_dead(&target, -1);
         }
