@@ -378,10 +378,39 @@ impl Gateway {
     }
 }
 
+/// What one watchdog tick saw of the journal writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterCheck {
+    /// It answered the ping within the period.
+    Answered,
+    /// No answer within the period, but it finished groups since the last
+    /// tick: busy behind a long queue, not wedged.
+    BusyWriting,
+    /// No answer, and no group finished since the last tick.
+    Silent,
+    /// A storage failure closed the store and the reopen keeps failing (a
+    /// full disk): the process serves 503s and retries the reopen.
+    BetweenStores,
+    /// Its thread is gone.
+    Gone,
+}
+
+/// Whether systemd gets `WATCHDOG=1`: the watchdog restarts a process that
+/// is stuck, which a restart can fix, not one whose disk is full (a restart
+/// would only fail to open the journal, over and over) or whose writer has
+/// a long queue to work through.
+fn watchdog_ping_due(check: WriterCheck) -> bool {
+    match check {
+        WriterCheck::Answered | WriterCheck::BusyWriting | WriterCheck::BetweenStores => true,
+        WriterCheck::Silent | WriterCheck::Gone => false,
+    }
+}
+
 /// While systemd listens: `STATUS=` every [`STATUS_INTERVAL`], and with the
-/// watchdog on, `WATCHDOG=1` at half `WATCHDOG_USEC` — but only after the
-/// journal writer answered a ping, so a wedged writer (or a runtime too
-/// stuck to run this task) gets the service restarted.
+/// watchdog on, `WATCHDOG=1` at half `WATCHDOG_USEC` — but only while the
+/// journal writer answers a ping or keeps finishing groups (see
+/// [`watchdog_ping_due`]), so a wedged writer (or a runtime too stuck to run
+/// this task) gets the service restarted.
 async fn heartbeat(
     notifier: Arc<systemd::Notifier>,
     journal: Arc<Journal>,
@@ -395,14 +424,32 @@ async fn heartbeat(
     let period = watchdog.map_or(STATUS_INTERVAL, |interval| interval.min(STATUS_INTERVAL));
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flushes = journal.flush_count();
     while next_tick(&mut ticks, &mut stop).await {
         if watchdog.is_some() {
-            match tokio::time::timeout(period, journal.ping()).await {
-                Ok(Ok(())) => notifier.watchdog(),
-                Ok(Err(err)) => {
-                    tracing::error!(error = %err, "journal writer is gone; withholding the watchdog ping")
+            let check = match tokio::time::timeout(period, journal.ping()).await {
+                Ok(Ok(())) => WriterCheck::Answered,
+                Ok(Err(_)) | Err(_) if journal.is_between_stores() => WriterCheck::BetweenStores,
+                Ok(Err(_)) => WriterCheck::Gone,
+                Err(_) if journal.flush_count() != flushes => WriterCheck::BusyWriting,
+                Err(_) => WriterCheck::Silent,
+            };
+            flushes = journal.flush_count();
+            match check {
+                WriterCheck::Answered => {}
+                WriterCheck::BusyWriting => {
+                    tracing::warn!("journal writer is behind a long queue, still writing")
                 }
-                Err(_) => tracing::error!("journal writer did not answer; withholding the watchdog ping"),
+                WriterCheck::BetweenStores => {
+                    tracing::warn!("journal is closed until a reopen succeeds; the process is alive")
+                }
+                WriterCheck::Silent => {
+                    tracing::error!("journal writer did not answer; withholding the watchdog ping")
+                }
+                WriterCheck::Gone => tracing::error!("journal writer is gone; withholding the watchdog ping"),
+            }
+            if watchdog_ping_due(check) {
+                notifier.watchdog();
             }
         }
         notifier.status(&status());
@@ -546,6 +593,23 @@ pub mod metrics;
 mod tests {
     use super::*;
     use crate::journal::NewDelivery;
+
+    #[test]
+    fn the_watchdog_restarts_a_stuck_writer_not_a_busy_one_or_a_full_disk() {
+        use WriterCheck::*;
+        let pinged: Vec<bool> =
+            [Answered, BusyWriting, BetweenStores, Silent, Gone].into_iter().map(watchdog_ping_due).collect();
+        assert_eq!(pinged, [true, true, true, false, false]);
+    }
+
+    #[tokio::test]
+    async fn a_journal_between_stores_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open_journal(dir.path());
+        assert!(!journal.is_between_stores());
+        journal.reopen().unwrap();
+        assert!(!journal.is_between_stores(), "a reopen that worked leaves a store");
+    }
 
     fn delivery(n: u64, received_at_ms: u64) -> NewDelivery {
         NewDelivery {

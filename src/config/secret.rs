@@ -120,7 +120,8 @@ pub(crate) fn credential_path(name: &str, env: &dyn Environment) -> Result<PathB
     let dir = env.var("CREDENTIALS_DIRECTORY").ok_or_else(|| {
         format!(
             "credential:{name} needs $CREDENTIALS_DIRECTORY, which systemd sets \
-             for a unit with LoadCredential={name}:..."
+             for a unit with LoadCredential={name}:... (to check a config by hand, set it to \
+             the directory of the credential files, e.g. /etc/hookrelay/credentials)"
         )
     })?;
     Ok(Path::new(&dir).join(name))

@@ -351,6 +351,12 @@ impl Journal {
         !self.failed.is_failed()
     }
 
+    /// True between stores: a reopen after a storage failure closed the
+    /// old one and could not open the next yet (it is tried again).
+    pub fn is_between_stores(&self) -> bool {
+        self.store.read().expect("not poisoned").is_none()
+    }
+
     /// How many times the journal was reopened.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)

@@ -491,13 +491,13 @@ print("verified")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("python3 runs (installed by .ci/run)");
+        .expect("python3 runs (scripts/test installs it)");
     child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("ModuleNotFoundError"),
-        "pip install standardwebhooks first (.ci/run does): {stderr}"
+        "pip install standardwebhooks first (scripts/test does): {stderr}"
     );
     out.status.success()
 }

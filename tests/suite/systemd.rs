@@ -1,7 +1,7 @@
 //! hookrelay as a systemd service: the unit files (checked by
 //! `systemd-analyze`), the sd_notify protocol against a datagram socket the
 //! test owns, SIGHUP reload, and socket activation through systemd's own
-//! `systemd-socket-activate`. `.ci/run` installs the systemd package.
+//! `systemd-socket-activate`. `scripts/test` installs the systemd package.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -18,7 +18,7 @@ const ROTATED_TARGET_SECRET: &str = "whsec_bmV3LXRhcmdldC1zZWNyZXQtMg==";
 
 fn tool(name: &str) -> Command {
     let found = Command::new("sh").args(["-c", &format!("command -v {name}")]).output().unwrap();
-    assert!(found.status.success(), "{name} is missing: install the systemd package (.ci/run does)");
+    assert!(found.status.success(), "{name} is missing: install the systemd package (scripts/test does)");
     Command::new(name)
 }
 
