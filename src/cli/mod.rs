@@ -208,6 +208,15 @@ fn serve(path: &Path) -> u8 {
                     return EXIT_FAILURE;
                 }
             };
+        // Before the journal opens (seconds, after a long run): a stop asked
+        // meanwhile is kept, and honoured as a clean one once it is up.
+        let stop_signals = match StopSignals::install() {
+            Ok(signals) => signals,
+            Err(err) => {
+                eprintln!("hookrelay: cannot handle SIGTERM and SIGINT: {err}");
+                return EXIT_FAILURE;
+            }
+        };
         let gateway = match Gateway::with_listeners(config, inbound, admin).await {
             Ok(gateway) => gateway,
             Err(err) => {
@@ -223,7 +232,7 @@ fn serve(path: &Path) -> u8 {
             }
         };
         tokio::spawn(reload_on_sighup(hangups, gateway.reload_handle()));
-        match gateway.run(shutdown_signal()).await {
+        match gateway.run(stop_signals.received()).await {
             Ok(()) => EXIT_OK,
             Err(err) => {
                 tracing::error!(error = %err, "stopped with an error");
@@ -265,16 +274,32 @@ async fn reload_on_sighup(mut hangups: tokio::signal::unix::Signal, reload: crat
     }
 }
 
+/// SIGTERM and SIGINT, handled from when they are installed: one that
+/// arrives before anything waits for it is kept.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    /// Resolves on the first of them.
+    async fn received(mut self) {
+        let name = tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down");
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "shutting down");
+    StopSignals::install().expect("SIGTERM and SIGINT handlers install").received().await
 }
 
 fn check_config(path: &Path) -> u8 {
