@@ -264,7 +264,7 @@ impl Backfiller {
 /// event (groups gain events for weeks; a month-only date reaches back to
 /// the start of its month): backfilling it could send it a second time.
 fn remembered_since(now_ms: u64, retention: std::time::Duration) -> u64 {
-    now_ms.saturating_sub(2 * retention.as_millis() as u64)
+    now_ms.saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX).saturating_mul(2))
 }
 
 /// The groups whose first event the journal remembers, and the ids of the others.

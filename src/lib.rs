@@ -106,6 +106,10 @@ const APPENDS_AT_STOP: Duration = Duration::from_secs(5);
 const JOURNAL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const REOPEN_BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long the journal may stay between stores with no reopen finishing
+/// before the watchdog counts the process stuck: the longest backoff, and
+/// a reopen's own waits for the old store and sled's lock, with room.
+const REOPEN_STUCK_AFTER: Duration = Duration::from_secs(120);
 
 /// A gateway whose journal is open and whose listeners are bound.
 pub struct Gateway {
@@ -389,7 +393,7 @@ enum WriterCheck {
     /// No answer, and no group finished since the last tick.
     Silent,
     /// A storage failure closed the store and the reopen keeps failing (a
-    /// full disk): the process serves 503s and retries the reopen.
+    /// full disk), each try finishing: the process serves 503s and retries.
     BetweenStores,
     /// Its thread is gone.
     Gone,
@@ -424,17 +428,30 @@ async fn heartbeat(
     let period = watchdog.map_or(STATUS_INTERVAL, |interval| interval.min(STATUS_INTERVAL));
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut flushes = journal.flush_count();
+    // What the writer (of which store) and the recovery had done at the last tick.
+    let progress = |journal: &Journal| (journal.generation(), journal.flush_count());
+    let mut last = progress(&journal);
+    let (mut reopens, mut reopen_seen) = (journal.reopens_tried(), tokio::time::Instant::now());
     while next_tick(&mut ticks, &mut stop).await {
         if watchdog.is_some() {
+            if journal.reopens_tried() != reopens {
+                (reopens, reopen_seen) = (journal.reopens_tried(), tokio::time::Instant::now());
+            }
             let check = match tokio::time::timeout(period, journal.ping()).await {
                 Ok(Ok(())) => WriterCheck::Answered,
-                Ok(Err(_)) | Err(_) if journal.is_between_stores() => WriterCheck::BetweenStores,
+                // Only while reopens keep finishing: one stuck inside a
+                // reopen (a writer wedged in fsync) is for the watchdog.
+                Ok(Err(_)) | Err(_)
+                    if journal.is_between_stores() && reopen_seen.elapsed() < REOPEN_STUCK_AFTER =>
+                {
+                    WriterCheck::BetweenStores
+                }
+                Ok(Err(_)) | Err(_) if journal.is_between_stores() => WriterCheck::Silent,
                 Ok(Err(_)) => WriterCheck::Gone,
-                Err(_) if journal.flush_count() != flushes => WriterCheck::BusyWriting,
+                Err(_) if progress(&journal) != last => WriterCheck::BusyWriting,
                 Err(_) => WriterCheck::Silent,
             };
-            flushes = journal.flush_count();
+            last = progress(&journal);
             match check {
                 WriterCheck::Answered => {}
                 WriterCheck::BusyWriting => {

@@ -302,8 +302,15 @@ impl Lane {
     /// Reads the next page of a class whose jobs past the bound wait in the
     /// journal (see `queue`). Blocking: reads sled.
     fn refill(&self, refill: Refill) -> Result<usize, JournalError> {
+        let generation = self.journal.generation();
         self.read_and_queue(|journal, name| {
             let page = journal.queued_page(name, refill.class, refill.from, refill.limit, false)?;
+            // A write failed while the page was read: it may show what the
+            // reopen takes back (see `page`). (A flush that fails only after
+            // this check still slips through; the window is the read's.)
+            if !journal.is_writable() || journal.generation() != generation {
+                return Err(JournalError::Storage("the journal failed during a page read".into()));
+            }
             Ok(move |queue: &mut LaneQueue, skip: &dyn Fn(DeliveryId) -> bool| {
                 queue.refilled(refill, page, skip)
             })

@@ -130,9 +130,14 @@ pub struct Journal {
     failed: Arc<Health>,
     /// Bumped by every successful reopen.
     generation: AtomicU64,
+    /// Reopens finished, whether they worked or not (see `reopens_tried`).
+    reopens_tried: AtomicU64,
     path: PathBuf,
     cache: u64,
     dedup_window_ms: u64,
+    /// `journal.retention` (a startup setting), for how long an event-group
+    /// entry outlives its delivery (see `retention`).
+    retention_ms: u64,
     quota: Option<Quota>,
     /// Dead jobs per target, mirroring the `K` index. Signed and never
     /// clamped: a revive may be counted before the death it undoes, and the
@@ -293,9 +298,11 @@ impl Journal {
             store: RwLock::new(Some(Arc::new(store))),
             failed,
             generation: AtomicU64::new(0),
+            reopens_tried: AtomicU64::new(0),
             path: config.path.clone(),
             cache: config.cache,
             dedup_window_ms,
+            retention_ms: u64::try_from(config.retention.as_millis()).unwrap_or(u64::MAX),
             quota,
             dead: Mutex::new(HashMap::new()),
             maintenance: Mutex::new(()),
@@ -376,8 +383,16 @@ impl Journal {
     /// another recovery.
     pub fn reopen(&self) -> Result<Recovery, JournalError> {
         let recovery = self.failed.recovery();
-        self.reopen_again_after(LONG_RECOVERY)?;
+        let reopened = self.reopen_again_after(LONG_RECOVERY);
+        self.reopens_tried.fetch_add(1, Ordering::AcqRel);
+        reopened?;
         Ok(recovery)
+    }
+
+    /// How many reopens finished, worked or not: a recovery that keeps
+    /// trying is alive; one stuck inside a reopen is not.
+    pub fn reopens_tried(&self) -> u64 {
+        self.reopens_tried.load(Ordering::Acquire)
     }
 
     /// [`Journal::reopen`], opening again when sled's recovery took
@@ -386,7 +401,8 @@ impl Journal {
         // No sweep or replay between reading a chunk from one store and
         // writing it to the next (what the old one showed in memory, a
         // failed flush took back on disk).
-        let _maintenance = self.maintenance.lock().expect("not poisoned");
+        // (A `()` lock: a sweep that panicked holding it leaves nothing half done.)
+        let _maintenance = self.maintenance.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let old = self.store.write().expect("not poisoned").take();
         if let Some(old) = old {
             // Calls that took the store before the swap finish first: sled

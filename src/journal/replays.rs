@@ -154,6 +154,14 @@ impl Journal {
         self.wrote(self.tree()?.insert(keys::replay(id.0), encode_summary(&summary)))?;
         let mut batch = Batch::new(self);
         for pair in pairs {
+            // A storage failure would refuse the next batch anyway: end now,
+            // so the reopen (which waits for this lock) need not wait for
+            // the rest of a long walk.
+            if !self.is_writable() {
+                return Err(JournalError::Storage(
+                    "the journal failed while the replay was being created".into(),
+                ));
+            }
             let (delivery, target) = pair?;
             if !batch.pairs.insert((delivery, target.clone())) {
                 // Already in this batch: reading its job back would see the

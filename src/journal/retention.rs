@@ -135,9 +135,12 @@ impl Journal {
                 if let Some(group) = crate::envelope::Envelope::from_body(&record.body).event_group_id {
                     let group_key = keys::group(&record.source, &group);
                     // Kept, or the next backfill would bring the detection
-                    // back, until a retention past now (see `sweep_group_tombstones`).
+                    // back, until a retention past now, and at least two past
+                    // its arrival, as backfill counts on (a purge may come
+                    // the day after; see `sweep_group_tombstones`).
                     if self.group_entry_owned_by(id, &group_key)?.is_some() {
-                        batch.insert(keys::group_tombstone(now_ms, id), group_key);
+                        let from = now_ms.max(id.received_at_ms.saturating_add(self.retention_ms));
+                        batch.insert(keys::group_tombstone(from, id), group_key);
                     }
                 }
                 for job in jobs {

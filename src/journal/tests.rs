@@ -1223,3 +1223,24 @@ async fn a_replays_progress_passes_over_a_corrupt_job() {
     let progress = journal.replay_progress(started.id).unwrap().unwrap();
     assert_eq!((progress.pending, progress.superseded), (1, 1), "{progress:?}");
 }
+
+#[tokio::test]
+async fn a_detection_purged_soon_after_it_arrived_is_remembered_two_retentions() {
+    use crate::delivery::policy::Decision;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let journal = Journal::open(&config).unwrap();
+    let now = crate::time::now_ms();
+    let dead = journal.append(detection("whevent_1", "g", now), &["a".to_owned()]).await.unwrap().id;
+    settle(&journal, dead, "a", Decision::Dead).await;
+    assert_eq!(journal.purge_dead(now + 1, None, false).unwrap().deliveries, 1);
+    // A retention past the purge is not enough: backfill counts on two past
+    // the detection's arrival (see `backfill::remembered_since`).
+    // A sweep at time T prunes with the cutoff T - retention.
+    let retention = config.retention.as_millis() as u64;
+    let sweep_at = |at: u64| journal.prune_delivered(at - retention).unwrap();
+    sweep_at(dead.received_at_ms + retention * 3 / 2);
+    assert!(journal.has_event_group("parallel", "g").unwrap(), "kept past a retention after the purge");
+    sweep_at(dead.received_at_ms + 2 * retention + 1);
+    assert!(!journal.has_event_group("parallel", "g").unwrap(), "then it goes");
+}
