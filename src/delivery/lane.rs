@@ -556,14 +556,13 @@ impl Lane {
                 let replayed_here = match replayed_here {
                     Ok(replayed_here) => replayed_here,
                     Err(err) => {
-                        // Unknown, not refused: left pending, as a job that
-                        // cannot be loaded is (below), never dead for a read error.
-                        tracing::error!(
-                            target_name = %self.name, delivery_id = %entry.delivery, error = %err,
-                            "cannot read the replay that requeued the job; it stays pending in the journal for the next start"
+                        // Unknown, not refused: never dead for a read error.
+                        self.leave_pending(
+                            &entry,
+                            probe,
+                            &err,
+                            "cannot read the replay that requeued the job",
                         );
-                        self.settle_probe(probe);
-                        self.inbox.bell.notify_one();
                         return;
                     }
                 };
@@ -617,17 +616,7 @@ impl Lane {
                 (outcome, info.number, job, record.webhook_id.clone())
             }
             Err(err) => {
-                // Left pending in the journal, out of memory: the next start,
-                // or reopen after a storage failure, reads it again. (Put
-                // back at once, a job that never loads would be every probe
-                // and keep the breaker open.) Not the target's doing: the
-                // breaker hears of it only to settle a probe.
-                tracing::error!(
-                    target_name = %self.name, delivery_id = %entry.delivery, error = %err,
-                    "cannot load the job; it stays pending in the journal for the next start"
-                );
-                self.settle_probe(probe);
-                self.inbox.bell.notify_one();
+                self.leave_pending(&entry, probe, &err, "cannot load the job");
                 return;
             }
         };
@@ -747,6 +736,20 @@ impl Lane {
                 && named["target"] == self.name.as_str()
                 && named["target_source"] == target_source
         }))
+    }
+
+    /// A job that cannot be read now: left pending in the journal, out of
+    /// memory; the next start, or reopen after a storage failure, reads it
+    /// again. (Put back at once, a job that never loads would be every probe
+    /// and keep the breaker open.) Not the target's doing: the breaker hears
+    /// of it only to settle a probe.
+    fn leave_pending(&self, entry: &QueueEntry, probe: bool, err: &JournalError, what: &str) {
+        tracing::error!(
+            target_name = %self.name, delivery_id = %entry.delivery, error = %err,
+            "{what}; it stays pending in the journal for the next start"
+        );
+        self.settle_probe(probe);
+        self.inbox.bell.notify_one();
     }
 
     /// A probe must come back one way or the other, even when nothing was
