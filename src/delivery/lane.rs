@@ -4,6 +4,7 @@
 //! outcome in the journal.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,15 @@ pub(super) const UNRECORDED_PER_LANE: usize = 256;
 
 /// How often a lane looks again while the journal refuses writes.
 const JOURNAL_RECHECK_MS: u64 = 1_000;
+
+/// How long after a job could not be read the lane reads its queue from
+/// the journal again (see [`Lane::leave_pending`]): soon enough that a
+/// passing read error costs a delivery half a minute, not a restart; rarely
+/// enough that a job that never loads is an error line every half minute.
+#[cfg(not(test))]
+const REREAD_AFTER_MS: u64 = 30_000;
+#[cfg(test)]
+const REREAD_AFTER_MS: u64 = 300;
 
 /// What a target's config says about sending; swapped whole by a reload.
 /// An attempt uses the snapshot it started with.
@@ -101,6 +111,9 @@ pub(crate) struct Lane {
     /// Deliveries whose attempt started and is not yet recorded.
     in_flight: Mutex<Flight>,
     enricher: Arc<Enricher>,
+    /// When the pager reads the queue again after a job could not be read
+    /// (`now_ms`; 0: not wanted).
+    reread_at_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Lane {
@@ -122,6 +135,7 @@ impl Lane {
             metrics,
             in_flight: Mutex::new(Flight::default()),
             enricher,
+            reread_at_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -362,11 +376,25 @@ impl Lane {
                 }
                 continue;
             }
+            if self.reread_if_due().await {
+                continue;
+            }
             let work = self.inbox.queue.lock().expect("not poisoned").paging();
             let done = match work {
                 None => {
+                    // Woken for more paging, for a stop, or when a re-read is due.
+                    let reread = match self.reread_at_ms.load(Ordering::Acquire) {
+                        0 => None,
+                        due => Some(Duration::from_millis(due.saturating_sub(now_ms()))),
+                    };
                     tokio::select! {
                         () = self.inbox.pager.notified() => {}
+                        () = async {
+                            match reread {
+                                Some(wait) => tokio::time::sleep(wait).await,
+                                None => std::future::pending().await,
+                            }
+                        } => {}
                         _ = stop.wait_for(|stopping| *stopping) => {}
                     }
                     continue;
@@ -739,17 +767,51 @@ impl Lane {
     }
 
     /// A job that cannot be read now: left pending in the journal, out of
-    /// memory; the next start, or reopen after a storage failure, reads it
-    /// again. (Put back at once, a job that never loads would be every probe
-    /// and keep the breaker open.) Not the target's doing: the breaker hears
+    /// memory, and the pager reads the queue again after [`REREAD_AFTER_MS`]
+    /// (so does a reopen after a storage failure, and the next start). Put
+    /// back at once instead, a job that never loads would be every probe
+    /// and keep the breaker open. Not the target's doing: the breaker hears
     /// of it only to settle a probe.
     fn leave_pending(&self, entry: &QueueEntry, probe: bool, err: &JournalError, what: &str) {
         tracing::error!(
             target_name = %self.name, delivery_id = %entry.delivery, error = %err,
-            "{what}; it stays pending in the journal for the next start"
+            "{what}; it stays pending in the journal, read again in {}s", REREAD_AFTER_MS / 1000
         );
+        let due = now_ms() + REREAD_AFTER_MS;
+        let _ = self.reread_at_ms.compare_exchange(0, due, Ordering::AcqRel, Ordering::Acquire);
+        self.inbox.pager.notify_one();
         self.settle_probe(probe);
         self.inbox.bell.notify_one();
+    }
+
+    /// The re-read [`Lane::leave_pending`] asked for, once due: true when it ran.
+    async fn reread_if_due(self: &Arc<Self>) -> bool {
+        let due = self.reread_at_ms.load(Ordering::Acquire);
+        if due == 0 || now_ms() < due || !self.journal.is_writable() {
+            return false;
+        }
+        self.reread_at_ms.store(0, Ordering::Release);
+        let lane = self.clone();
+        match tokio::task::spawn_blocking(move || lane.reload()).await {
+            Ok(Ok(queued)) => {
+                if queued > 0 {
+                    tracing::info!(target_name = %self.name, queued, "read the queue again after a job could not be read");
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(target_name = %self.name, error = %err, "cannot read the queue again; trying later");
+                let _ = self.reread_at_ms.compare_exchange(
+                    0,
+                    now_ms() + REREAD_AFTER_MS,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+            Err(err) => {
+                tracing::warn!(target_name = %self.name, error = %err, "the queue re-read did not run")
+            }
+        }
+        true
     }
 
     /// A probe must come back one way or the other, even when nothing was

@@ -763,6 +763,31 @@ mod tests {
         dispatcher.run().await;
     }
 
+    /// A job its attempt cannot read (here: damaged, then mended) is read
+    /// again from the journal a little later, and sent; not left until the
+    /// next start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_that_could_not_be_read_is_read_again_and_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, counts) = serve(Duration::ZERO).await;
+        let (dispatcher, journal, stop) = dispatcher(dir.path(), addr, 4);
+        dispatcher.status().set_paused("t", true, 0).unwrap();
+        let id = journal.append(new_delivery("evt_unreadable".into()), &["t".to_owned()]).await.unwrap().id;
+        dispatcher.inboxes().deliver("t", id);
+        let good = journal.replace_job_bytes(id, "t", b"\xffnot a job").expect("the job");
+        assert_eq!(dispatcher.status().gauges(0)["t"].pending, 1);
+        dispatcher.status().set_paused("t", false, 0).unwrap();
+        // Its attempt could not read it: out of the lane's memory, still
+        // pending in the journal.
+        wait_until(|| dispatcher.status().gauges(0)["t"].pending == 0, "the attempt gave it up").await;
+        assert_eq!(counts.received.load(Ordering::SeqCst), 0, "nothing sent while it cannot be read");
+        journal.replace_job_bytes(id, "t", &good);
+        wait_until(|| counts.received.load(Ordering::SeqCst) == 1, "sent once it can be read").await;
+        wait_until(|| journal.pending_count("t") == 0, "settled").await;
+        stop.send(true).unwrap();
+        dispatcher.run().await;
+    }
+
     /// A reopen's resync can find a fresh job in the journal and the lane
     /// take it before ingress hands the same job over: the hand-off must not
     /// queue it again while its attempt is under way.

@@ -389,6 +389,18 @@ impl Journal {
         Ok(recovery)
     }
 
+    /// Test hook: puts `bytes` where the job of `delivery` to `target` is
+    /// stored (a damaged job, or the good one back); returns what was there.
+    #[cfg(test)]
+    pub(crate) fn replace_job_bytes(
+        &self,
+        delivery: DeliveryId,
+        target: &str,
+        bytes: &[u8],
+    ) -> Option<sled::IVec> {
+        self.tree().unwrap().insert(keys::job(delivery, target), bytes).unwrap()
+    }
+
     /// How many reopens finished, worked or not: a recovery that keeps
     /// trying is alive; one stuck inside a reopen is not.
     pub fn reopens_tried(&self) -> u64 {
