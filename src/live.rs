@@ -21,12 +21,8 @@ impl<T> Live<T> {
         *self.0.write().expect("not poisoned") = Arc::new(value);
     }
 
-    /// [`Live::set`], returning what it replaced (to put back with
-    /// [`Live::put_back`] when the rest of a reload fails).
-    pub fn replace(&self, value: T) -> Arc<T> {
-        std::mem::replace(&mut *self.0.write().expect("not poisoned"), Arc::new(value))
-    }
-
+    /// Sets what [`Live::get`] returned earlier again (when the rest of a
+    /// reload fails).
     pub fn put_back(&self, previous: Arc<T>) {
         *self.0.write().expect("not poisoned") = previous;
     }

@@ -153,14 +153,10 @@ pub fn parse_event_date(text: &str) -> Option<EventDate> {
             (start, start + DAY_MS)
         }
         7 => {
+            let start = start_of(&format!("{text}-01"))?;
             let (year, month) = text.split_once('-')?;
-            let (year, month) = (year.parse::<u32>().ok()?, month.parse::<u32>().ok()?);
-            let next = if month == 12 {
-                format!("{:04}-01-01", year + 1)
-            } else {
-                format!("{year:04}-{:02}-01", month + 1)
-            };
-            (start_of(&format!("{text}-01"))?, start_of(&next)?)
+            let days = crate::time::days_in_month(year.parse().ok()?, month.parse().ok()?);
+            (start, start + days as u64 * DAY_MS)
         }
         _ => return None,
     };
@@ -327,7 +323,8 @@ impl ParallelApis {
     /// Returns the clients it replaced, for [`ParallelApis::put_back`].
     pub(crate) fn reload(&self, config: &Config) -> ApisBefore {
         let previous = self.0.get();
-        ApisBefore(self.0.replace(Self::build(config, &previous)))
+        self.0.set(Self::build(config, &previous));
+        ApisBefore(previous)
     }
 
     /// Undoes a [`ParallelApis::reload`] whose reload failed later on.

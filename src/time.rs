@@ -89,7 +89,7 @@ fn split_offset(text: &str) -> Option<(&str, i64)> {
     Some((text, sign * (hours * 3_600 + minutes * 60)))
 }
 
-fn days_in_month(year: i64, month: i64) -> i64 {
+pub(crate) fn days_in_month(year: i64, month: i64) -> i64 {
     let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
     match month {
         2 if leap => 29,
